@@ -1,0 +1,1 @@
+"""Records, readers, prompts, negatives, collation and the data module."""
