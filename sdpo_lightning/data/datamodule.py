@@ -1,0 +1,187 @@
+"""``RecDataModule``: candidate-list files → tokenized batches, with negative sampling."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from sdpo_lightning.data.collate import (
+    RecDataset,
+    make_collate,
+    negative_indices,
+    select_completions,
+)
+from sdpo_lightning.data.negatives import STRATEGIES
+from sdpo_lightning.data.prompts import PromptBuilder
+from sdpo_lightning.data.readers import load_examples
+
+log = logging.getLogger(__name__)
+
+VAL_EPOCH = -1  # validation negatives are drawn once, with this fixed "epoch"
+
+
+class RecDataModule(pl.LightningDataModule):
+    """Reads candidate-list files, builds prompts, tokenizes, batches and samples negatives.
+
+    The tokenizer is the LightningModule's (``trainer.lightning_module.tokenizer``) unless
+    set on this object before ``setup``.
+
+    Args:
+        train_file: training candidate-list file (``.json`` or ``.jsonl``).
+        val_file: validation file (fixed negatives; validation loss and HR@1).
+        test_file: test file (generation and ranking evaluation).
+        predict_file: file for ``predict``.
+        prompt_templates: preset (``movies``, ``music``, ``books``), a template, or a list.
+        num_negatives: K, negatives per example for DPO / S-DPO.
+        negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered``.
+        temperature: temperature of ``tempered`` sampling.
+        batch_size: training batch size (examples).
+        eval_batch_size: validation / test batch size (default: ``batch_size``).
+        max_length: token budget of prompt + longest completion (oldest history dropped).
+        num_workers: data loader workers.
+        seed: seeds template choice and negatives.
+        lenient: skip (and count) bad records instead of failing.
+        separator: joins titles in the prompt.
+        completion_prefix: text before the title in the completion.
+        limit_val_examples: use only the first N validation examples (``None``: all).
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        prompt_templates: str | list[str] = "movies",
+        num_negatives: int = 3,
+        negative_sampling: str = "random",
+        temperature: float = 1.0,
+        batch_size: int = 4,
+        eval_batch_size: int | None = None,
+        max_length: int = 512,
+        num_workers: int = 0,
+        seed: int = 0,
+        lenient: bool = False,
+        separator: str = ", ",
+        completion_prefix: str = " ",
+        limit_val_examples: int | None = None,
+    ) -> None:
+        super().__init__()
+        if negative_sampling not in STRATEGIES:
+            raise ValueError(f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}")
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        self.save_hyperparameters()
+        self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
+        self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
+        self.tokenizer: Any = None
+        self.datasets: dict[str, RecDataset] = {}
+        self._title_ids: dict[str, list[int]] = {}
+        self.popularity: Counter = Counter()  # target counts of the training split
+
+    # ---------------------------------------------------------------- loading
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+            self.tokenizer = getattr(module, "tokenizer", None)
+        if self.tokenizer is None:
+            raise RuntimeError("RecDataModule needs a tokenizer: set dm.tokenizer or attach a module")
+        return self.tokenizer
+
+    def load_split(self, split: str, path: str, min_candidates: int) -> RecDataset:
+        """Read, validate and tokenize one file into a dataset."""
+        tok = self._tokenizer()
+        result = load_examples(path, min_candidates=min_candidates, lenient=self.hparams.lenient)
+        examples = result.examples
+        if split == "validate" and self.hparams.limit_val_examples:
+            examples = examples[: self.hparams.limit_val_examples]
+        encoded = [
+            self.prompts.encode(ex, i, tok, self.hparams.max_length, self._title_ids, source=str(path))
+            for i, ex in enumerate(examples)
+        ]
+        truncated = sum(e.history_used < len(x.history) for e, x in zip(encoded, examples))
+        log.info(
+            "%s: %d examples (%d skipped, %d with history truncated to fit max_length=%d)",
+            path, len(examples), len(result.skipped), truncated, self.hparams.max_length,
+        )
+        if split == "fit":
+            self.popularity = Counter(ex.target for ex in examples)
+        return RecDataset(examples, encoded, popularity=self.popularity if split == "fit" else None)
+
+    def setup(self, stage: str | None = None) -> None:
+        k1 = self.hparams.num_negatives + 1
+        needed = {
+            "fit": [("fit", k1), ("validate", k1)],
+            "validate": [("validate", k1)],
+            "test": [("test", 1)],
+            "predict": [("predict", 1)],
+        }[stage or "fit"]
+        for split, min_c in needed:
+            path = self.files[split]
+            if path is None:
+                if split in ("validate",) and stage == "fit":
+                    continue
+                raise ValueError(f"RecDataModule: no {split} file configured (data.{self._arg(split)})")
+            if split not in self.datasets:
+                self.datasets[split] = self.load_split(split, path, min_c)
+
+    @staticmethod
+    def _arg(split: str) -> str:
+        return {"fit": "train_file", "validate": "val_file", "test": "test_file", "predict": "predict_file"}[split]
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=make_collate(self._tokenizer().pad_token_id),
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    @property
+    def _eval_bs(self) -> int:
+        return self.hparams.eval_batch_size or self.hparams.batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("fit", True, self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "validate" not in self.datasets:
+            return []
+        return self._loader("validate", False, self._eval_bs)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self._eval_bs)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", False, self._eval_bs)
+
+    # ---------------------------------------------------------------- negatives
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Pick the chosen completion and K negatives for training and validation batches."""
+        trainer = self.trainer
+        if trainer is None or not (trainer.training or trainer.validating or trainer.sanity_checking):
+            return batch
+        k = self.hparams.num_negatives
+        if trainer.training:
+            strategy, epoch = self.hparams.negative_sampling, trainer.current_epoch
+        else:
+            strategy, epoch = "random", VAL_EPOCH
+        scores = None
+        if strategy in ("hard", "tempered"):
+            scores = trainer.lightning_module.reference_candidate_scores(batch)
+        neg = negative_indices(batch, k, strategy, self.hparams.seed, epoch, scores, self.hparams.temperature)
+        return select_completions(batch, neg)
+
+    def negatives_for(self, split: str, indices: Sequence[int], epoch: int) -> torch.Tensor:
+        """The negatives a split's examples get in an epoch (for inspection and tests)."""
+        batch = make_collate(self._tokenizer().pad_token_id)([self.datasets[split][i] for i in indices])
+        strategy = self.hparams.negative_sampling if split == "fit" else "random"
+        return negative_indices(batch, self.hparams.num_negatives, strategy, self.hparams.seed, epoch)

@@ -1,0 +1,94 @@
+"""Choosing K distinct negatives from an example's candidate list.
+
+Every draw goes through a ``torch.Generator`` seeded from ``(seed, epoch, example index)``,
+so the negatives are the same for the same config and seed whatever the number of data
+workers or processes, and are re-drawn each epoch.
+
+Strategies:
+    random:     uniform without replacement (the paper's).
+    popularity: without replacement, weighted by ``count + 1`` where ``count`` is how often
+                the item is a target in the training data.
+    hard:       the K candidates the reference scores highest (needs reference scores).
+    tempered:   without replacement from ``softmax(score / temperature)`` (Gumbel top-k);
+                temperature → 0 is ``hard``, → ∞ is ``random``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable, Sequence
+
+import torch
+
+STRATEGIES = ("random", "popularity", "hard", "tempered")
+_MASK = 2**63 - 1
+
+
+def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator seeded by a fixed mix of seed, epoch and example index."""
+    mixed = ((seed * 1_000_003 + epoch) * 1_000_033 + index) & _MASK
+    return torch.Generator().manual_seed(mixed)
+
+
+def target_popularity(targets: Iterable[str]) -> Counter:
+    """How often each title is a target (the ``popularity`` strategy's counts)."""
+    return Counter(targets)
+
+
+def _gumbel_top_k(logits: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Sample ``k`` distinct indices without replacement from ``softmax(logits)``."""
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return torch.topk(logits.double() + gumbel, k).indices
+
+
+def sample_negatives(
+    n_candidates: int,
+    target_index: int,
+    k: int,
+    strategy: str = "random",
+    generator: torch.Generator | None = None,
+    weights: Sequence[float] | None = None,
+    scores: Sequence[float] | torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> list[int]:
+    """Indices of ``k`` distinct negatives (never the target).
+
+    Args:
+        n_candidates: size of the candidate list.
+        target_index: index of the target, excluded.
+        k: number of negatives.
+        strategy: one of :data:`STRATEGIES`.
+        generator: the seeded generator (see :func:`example_generator`).
+        weights: per-candidate popularity counts (``popularity``).
+        scores: per-candidate reference log-likelihoods (``hard``, ``tempered``).
+        temperature: softmax temperature of ``tempered``.
+
+    Returns:
+        ``k`` candidate indices, in draw order (``hard``: best first).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown negative sampling strategy {strategy!r}; choose from {STRATEGIES}")
+    pool = torch.tensor([i for i in range(n_candidates) if i != target_index], dtype=torch.long)
+    if k > len(pool):
+        raise ValueError(f"asked for {k} negatives but only {len(pool)} non-target candidates")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    if strategy == "random":
+        order = torch.randperm(len(pool), generator=generator)[:k]
+        return pool[order].tolist()
+    if strategy == "popularity":
+        if weights is None:
+            raise ValueError("the popularity strategy needs per-candidate weights")
+        w = torch.as_tensor(weights, dtype=torch.float64)[pool] + 1.0
+        return pool[_gumbel_top_k(torch.log(w), k, generator)].tolist()
+    if scores is None:
+        raise ValueError(f"the {strategy} strategy needs reference scores (reference: cached)")
+    s = torch.as_tensor(scores, dtype=torch.float64)[pool]
+    if strategy == "hard":
+        # stable: ties go to the earlier candidate
+        order = sorted(range(len(pool)), key=lambda i: (-float(s[i]), i))[:k]
+        return pool[torch.tensor(order)].tolist()
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return pool[_gumbel_top_k(s / temperature, k, generator)].tolist()

@@ -1,0 +1,177 @@
+"""Prompt templates, the seeded per-example template choice, and tokenization with truncation.
+
+Prompt and completion are tokenized separately and their ids concatenated, the same way
+for training, scoring and generation, so a title has the same token ids after any prompt.
+The completion is ``completion_prefix + title`` followed by EOS, so the model learns to stop.
+When an example is too long for ``max_length`` the oldest history items are dropped first;
+the candidate list and the completion are never cut.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from sdpo_lightning.data.records import Example
+
+PRESETS: dict[str, list[str]] = {
+    "movies": [
+        "After watching {history}, which movie do you think the person will choose next "
+        "from {candidates}? Answer with one title.\nAnswer:",
+        "This user has watched {history} in the previous. Please predict the next movie this "
+        "user will watch. Choose the answer from the following movie titles: {candidates}.\n"
+        "Answer:",
+    ],
+    "music": [
+        "After listening to {history}, which artist do you think the person will listen to "
+        "next from {candidates}? Answer with one name.\nAnswer:",
+        "This user has listened to {history} in the previous. Please predict the next artist "
+        "this user will listen to. Choose the answer from the following artists: "
+        "{candidates}.\nAnswer:",
+    ],
+    "books": [
+        "After reading {history}, which book do you think the person will read next from "
+        "{candidates}? Answer with one title.\nAnswer:",
+        "This user has read {history} in the previous. Please predict the next book this user "
+        "will read. Choose the answer from the following book titles: {candidates}.\nAnswer:",
+    ],
+}
+
+
+def resolve_templates(templates: str | Sequence[str]) -> list[str]:
+    """Turn a preset name, one template or a list of templates into a checked list.
+
+    Raises:
+        ValueError: unknown preset, or a template without ``{history}`` / ``{candidates}``.
+    """
+    if isinstance(templates, str):
+        if templates in PRESETS:
+            return list(PRESETS[templates])
+        if "{" not in templates:
+            raise ValueError(
+                f"unknown prompt preset {templates!r}; presets: {sorted(PRESETS)}, "
+                "or give a template with {history} and {candidates}"
+            )
+        templates = [templates]
+    out = list(templates)
+    if not out:
+        raise ValueError("no prompt templates given")
+    for t in out:
+        for slot in ("{history}", "{candidates}"):
+            if slot not in t:
+                raise ValueError(f"prompt template {t!r} lacks the {slot} placeholder")
+    return out
+
+
+@dataclass
+class EncodedExample:
+    """Token ids of one example.
+
+    Attributes:
+        prompt_ids: the prompt (with BOS if the tokenizer adds one).
+        candidate_ids: completion ids (prefix + title + EOS) of every candidate, in order.
+        target_index: index of the target among the candidates.
+        prompt: the prompt text.
+        history_used: how many (most recent) history items the prompt kept.
+    """
+
+    prompt_ids: list[int]
+    candidate_ids: list[list[int]]
+    target_index: int
+    prompt: str
+    history_used: int
+
+
+class PromptBuilder:
+    """Renders and tokenizes prompts.
+
+    Args:
+        templates: a preset name (``movies``, ``music``, ``books``), a template, or a list.
+        seed: seeds the per-example template choice (a function of seed and example index).
+        separator: joins titles inside ``{history}`` and ``{candidates}``.
+        completion_prefix: put before the title in the completion (a space suits byte-level
+            BPE tokenizers after ``Answer:``; use ``""`` for SentencePiece).
+    """
+
+    def __init__(
+        self,
+        templates: str | Sequence[str] = "movies",
+        seed: int = 0,
+        separator: str = ", ",
+        completion_prefix: str = " ",
+    ) -> None:
+        self.templates = resolve_templates(templates)
+        self.seed = seed
+        self.separator = separator
+        self.completion_prefix = completion_prefix
+
+    def template_for(self, index: int) -> str:
+        """The template used for example ``index`` (deterministic in seed and index)."""
+        if len(self.templates) == 1:
+            return self.templates[0]
+        rng = random.Random(self.seed * 1_000_003 + index)
+        return self.templates[rng.randrange(len(self.templates))]
+
+    def render(self, example: Example, index: int, history: Sequence[str] | None = None) -> str:
+        """The prompt text of ``example`` (optionally with a shortened history)."""
+        hist = example.history if history is None else history
+        return self.template_for(index).format(
+            history=self.separator.join(hist), candidates=self.separator.join(example.candidates)
+        )
+
+    def completion_text(self, title: str) -> str:
+        """The completion text of a title (without EOS)."""
+        return self.completion_prefix + title
+
+    def encode(
+        self,
+        example: Example,
+        index: int,
+        tokenizer,
+        max_length: int,
+        title_ids: dict[str, list[int]] | None = None,
+        source: str = "data",
+    ) -> EncodedExample:
+        """Tokenize one example, dropping the oldest history items until it fits.
+
+        Args:
+            example: the example.
+            index: its index in its split (drives the template choice).
+            tokenizer: a Hugging Face tokenizer with ``eos_token_id``.
+            max_length: budget for prompt + the longest candidate completion.
+            title_ids: cache of completion ids per title (filled as a side effect).
+            source: file name for error messages.
+
+        Raises:
+            ValueError: the example does not fit even with one history item.
+        """
+        cache = {} if title_ids is None else title_ids
+        cands = []
+        for title in example.candidates:
+            if title not in cache:
+                ids = tokenizer(self.completion_text(title), add_special_tokens=False)["input_ids"]
+                cache[title] = list(ids) + [tokenizer.eos_token_id]
+            cands.append(cache[title])
+        longest = max(len(c) for c in cands)
+        hist = list(example.history)
+        while True:
+            prompt = self.render(example, index, hist)
+            prompt_ids = list(tokenizer(prompt)["input_ids"])
+            if len(prompt_ids) + longest <= max_length:
+                break
+            if len(hist) <= 1:
+                raise ValueError(
+                    f"{source}, record {index}: prompt needs {len(prompt_ids)} tokens with one "
+                    f"history item plus {longest} for the longest completion, over max_length="
+                    f"{max_length}; the candidate list and completions are never cut — raise "
+                    "max_length or shorten the template"
+                )
+            hist = hist[1:]
+        return EncodedExample(
+            prompt_ids=prompt_ids,
+            candidate_ids=cands,
+            target_index=example.target_index,
+            prompt=prompt,
+            history_used=len(hist),
+        )
