@@ -1,0 +1,146 @@
+"""Per-batch evaluation for validate / test / predict: the two protocols and the reports.
+
+* ``generation`` (the paper's): greedy decoding (optionally constrained to the candidate
+  titles), exact parsing (:func:`~sdpo_lightning.evaluation.parsing.parse_answer`),
+  ``hr@1`` = correct / all, ``valid_ratio`` = valid / all, ``hr@1_given_valid``.
+* ``ranking``: every candidate scored by its completion log-likelihood (shared prefix);
+  HR@1/3/5, NDCG@5/10, MRR. ValidRatio is 1 by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdpo_lightning.constrained import candidate_sequences, prefix_allowed_tokens_fn
+from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
+from sdpo_lightning.evaluation.parsing import parse_answer
+from sdpo_lightning.evaluation.report import build_summary, format_summary_table, write_summary
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def generate_answers(module: Any, batch: dict[str, Any]) -> list[str]:
+    """Greedy answers (decoded completion text) for the batch's prompts."""
+    h, tok = module.hparams, module.tokenizer
+    prompt = batch["prompt_input_ids"]
+    kwargs: dict[str, Any] = dict(
+        input_ids=prompt,
+        attention_mask=batch["prompt_attention_mask"],
+        max_new_tokens=h.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    if h.constrained:
+        cands = candidate_sequences(batch["candidate_input_ids"], batch["candidate_attention_mask"])
+        kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(cands, prompt.shape[1], tok.eos_token_id)
+    was_training = module.policy.training
+    module.policy.eval()
+    try:
+        out = module.policy.generate(**kwargs)
+    finally:
+        module.policy.train(was_training)
+    return tok.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
+
+
+class Evaluator(nn.Module):
+    """Accumulates metrics and per-example records of one split.
+
+    Args:
+        split: ``val``, ``test`` or ``predict`` (metric name prefix).
+        protocols: subset of ``generation``, ``ranking``.
+    """
+
+    def __init__(self, split: str, protocols: list[str]) -> None:
+        super().__init__()
+        self.split = split
+        self.protocols = list(protocols)
+        self.generation = GenerationMetrics()
+        self.ranking = RankingMetrics()
+        self.records: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def update(self, module: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Evaluate one batch; returns its per-example records."""
+        recs = [
+            {"index": int(i), "target": t, "prompt": p}
+            for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
+        ]
+        if "generation" in self.protocols:
+            texts = generate_answers(module, batch)
+            correct, valid = [], []
+            for rec, text, cands in zip(recs, texts, batch["candidates"]):
+                parsed = parse_answer(text, cands)
+                rec.update(generated=text, parsed=parsed.item, valid=parsed.valid,
+                           correct=parsed.valid and parsed.item == rec["target"])
+                correct.append(rec["correct"])
+                valid.append(rec["valid"])
+            dev = batch["index"].device
+            self.generation.update(torch.tensor(correct, device=dev), torch.tensor(valid, device=dev))
+        if "ranking" in self.protocols:
+            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+            out = module.score(batch, ids, mask, mode="shared_prefix")
+            scores = out.logps.float()  # (B, M)
+            if module.hparams.length_normalize:
+                scores = scores / out.n_tokens.clamp_min(1)
+            scores = scores.masked_fill(~batch["candidate_mask"], float("-inf"))
+            self.ranking.update(scores, batch["target_index"])
+            ranks = rank_of_target(scores, batch["target_index"]).tolist()
+            top = scores.argmax(dim=1).tolist()
+            for rec, r, t, cands, row in zip(recs, ranks, top, batch["candidates"], scores.tolist()):
+                rec.update(target_rank=int(r), top_item=cands[t], scores=[round(x, 4) for x in row[: len(cands)]])
+        self.records.extend(recs)
+        return recs
+
+    def compute_metrics(self) -> dict[str, torch.Tensor]:
+        """Synced metric values, named ``<split>/<metric>`` (ranking ones ``<split>/rank/...``)."""
+        out: dict[str, torch.Tensor] = {}
+        if "generation" in self.protocols:
+            out.update({f"{self.split}/{k}": v for k, v in self.generation.compute().items()})
+        if "ranking" in self.protocols:
+            out.update({f"{self.split}/rank/{k}": v for k, v in self.ranking.compute().items()})
+        return {k: v.float() for k, v in out.items()}
+
+    def gathered_records(self, module: Any) -> list[dict[str, Any]]:
+        """Every process's records (deduplicated by index, sorted)."""
+        recs = self.records
+        trainer = module.trainer
+        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, recs)
+            recs = [r for p in parts for r in p]
+        return sorted({r["index"]: r for r in recs}.values(), key=lambda r: r["index"])
+
+    def write_reports(self, module: Any, out_dir: Path) -> dict[str, Any] | None:
+        """Write ``predictions.jsonl`` and ``summary.json`` and print the summary table."""
+        records = self.gathered_records(module)
+        if module.trainer is not None and not module.trainer.is_global_zero:
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pred = out_dir / "predictions.jsonl"
+        with pred.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        h = module.hparams
+        data_file = getattr(getattr(module.trainer, "datamodule", None), "files", {}).get("test")
+        meta = {
+            "run": h.run_name or Path(module.trainer.default_root_dir).name,
+            "method": h.method or h.objective,
+            "dataset": Path(data_file).parent.name if data_file else "unknown",
+            "data_file": data_file,
+            "model": h.model_name_or_path or "tiny-llama",
+            "predictions": pred.name,
+        }
+        summary = build_summary(records, meta)
+        write_summary(out_dir, summary)
+        print(format_summary_table(summary))
+        log.info("wrote %s and %s", pred, out_dir / "summary.json")
+        return summary

@@ -1,0 +1,198 @@
+"""Policy loading (HF directory / hub id, GGUF file, tiny LLaMA config), LoRA, references.
+
+Reference handling:
+    * LoRA from the base model: the reference is the policy with its adapter disabled —
+      no second copy of the weights.
+    * LoRA continuing from an SFT adapter (the alignment stage): the SFT adapter is loaded
+      twice — a frozen ``reference`` adapter and the trainable ``default`` one that starts
+      from the same weights. The reference is the policy with the ``reference`` adapter
+      active (base + SFT adapter, exactly the SFT model); the exported adapter stands alone
+      on the base model.
+    * Full fine-tuning: a frozen second model built from the same source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ADAPTER = "reference"
+TINY_DEFAULTS: dict[str, Any] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyperparameters (passed to ``peft.LoraConfig``)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+def _split_gguf(model_name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Accept ``dir`` + ``gguf_file`` or a direct path to a ``.gguf`` file."""
+    if gguf_file is None and model_name_or_path.endswith(".gguf"):
+        p = Path(model_name_or_path)
+        return str(p.parent), p.name
+    return model_name_or_path, gguf_file
+
+
+def _check_exists(model_name_or_path: str, gguf_file: str | None) -> None:
+    local = Path(model_name_or_path)
+    looks_local = model_name_or_path.startswith((".", "/", "~")) or local.exists()
+    if looks_local and not local.exists():
+        raise FileNotFoundError(f"model path {model_name_or_path!r} does not exist")
+    if gguf_file and not (local / gguf_file).is_file():
+        raise FileNotFoundError(f"GGUF file {str(local / gguf_file)!r} does not exist")
+
+
+def load_tokenizer(
+    model_name_or_path: str | None,
+    gguf_file: str | None = None,
+    tokenizer_path: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load the tokenizer (from ``tokenizer_path`` if given, else from the model source).
+
+    A missing pad token is set to EOS; padding is on the left (prompts are left-padded).
+    """
+    from transformers import AutoTokenizer
+
+    if tokenizer_path is not None:
+        tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+    elif model_name_or_path is not None:
+        src, gguf = _split_gguf(model_name_or_path, gguf_file)
+        _check_exists(src, gguf)
+        kwargs = {"gguf_file": gguf} if gguf else {}
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kwargs)
+    else:
+        raise ValueError("a tiny model needs tokenizer_path (e.g. made by `python -m sdpo_lightning.data.synthetic`)")
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer of {tokenizer_path or model_name_or_path!r} has no EOS token")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def build_policy(
+    model_name_or_path: str | None,
+    tokenizer: Any,
+    gguf_file: str | None = None,
+    tiny_config: dict[str, Any] | None = None,
+    init_seed: int = 0,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """Build the causal LM.
+
+    Args:
+        model_name_or_path: HF directory or hub id, or a ``.gguf`` path; ``None`` for tiny.
+        tokenizer: the tokenizer (sizes the tiny model's vocabulary, sets special ids).
+        gguf_file: GGUF file name inside ``model_name_or_path``.
+        tiny_config: ``LlamaConfig`` overrides for a model built in code (random init with
+            ``init_seed``, so the same config always gives the same weights).
+        init_seed: seed of the tiny model's initialization.
+        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        trust_remote_code: allow custom modelling code (off by default).
+        attn_implementation: e.g. ``sdpa`` or ``eager`` (default: transformers' choice).
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    if model_name_or_path is None:
+        cfg = LlamaConfig(
+            **{**TINY_DEFAULTS, **(tiny_config or {})},
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if attn_implementation:
+            cfg._attn_implementation = attn_implementation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = LlamaForCausalLM(cfg)
+        return model.to(torch_dtype)
+    src, gguf = _split_gguf(model_name_or_path, gguf_file)
+    _check_exists(src, gguf)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | None) -> nn.Module:
+    """Wrap ``model`` with LoRA (new, or continuing from ``init_adapter`` with a frozen copy
+    of it as the reference). With ``lora=None`` and no adapter, return ``model`` unchanged."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter is not None:
+        if not (Path(init_adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"init_adapter {init_adapter!r} is not a peft adapter directory (no adapter_config.json)")
+        peft_model = PeftModel.from_pretrained(model, init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        peft_model.load_adapter(init_adapter, adapter_name="default", is_trainable=True)
+        peft_model.set_adapter("default")
+        _freeze_adapter(peft_model, REFERENCE_ADAPTER)
+        return peft_model
+    if lora is None:
+        return model
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _freeze_adapter(model: nn.Module, name: str) -> None:
+    for pname, p in model.named_parameters():
+        if f".{name}." in pname:
+            p.requires_grad_(False)
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel``."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def reference_mode(policy: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily turn a LoRA policy into its reference (see module docstring)."""
+    if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+        policy.set_adapter(REFERENCE_ADAPTER)
+        try:
+            yield policy
+        finally:
+            policy.set_adapter("default")
+            _freeze_adapter(policy, REFERENCE_ADAPTER)
+    else:
+        with policy.disable_adapter():
+            yield policy
+
+
+def trainable_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Only the parameters that train (what checkpoints carry)."""
+    return {prefix + n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

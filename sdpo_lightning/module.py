@@ -1,0 +1,305 @@
+"""The LightningModule: SFT and DPO / DPO-K / S-DPO training, evaluation in validate/test."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import lightning.pytorch as pl
+import torch
+
+from sdpo_lightning.evaluator import Evaluator
+from sdpo_lightning.models import (
+    LoraSettings,
+    apply_lora,
+    build_policy,
+    is_peft,
+    load_tokenizer,
+    reference_mode,
+    trainable_state_dict,
+)
+from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
+from sdpo_lightning.reference_cache import ReferenceCache
+from sdpo_lightning.scoring import completion_logps
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_NAMES = ("sft", *OBJECTIVES)
+
+
+class SDPOModule(pl.LightningModule):
+    """A causal LM trained as a sequential recommender.
+
+    Args:
+        model_name_or_path: HF directory or hub id, or a ``.gguf`` path; ``None`` builds a
+            tiny LLaMA from ``tiny_config`` (needs ``tokenizer_path``).
+        gguf_file: GGUF file name inside ``model_name_or_path``.
+        tokenizer_path: tokenizer directory (default: the model's).
+        tiny_config: ``LlamaConfig`` overrides of the in-code tiny model.
+        init_seed: weight-init seed of the tiny model.
+        dtype: weights dtype (``float32``, ``bfloat16``, ``float16``).
+        trust_remote_code: allow custom modelling code.
+        attn_implementation: ``sdpa`` / ``eager`` / ... (default: transformers' choice).
+        lora: LoRA settings; ``None`` is full fine-tuning (unless ``init_adapter`` is given).
+        init_adapter: a peft adapter directory (the SFT stage's export) to continue from; its
+            frozen copy is the reference.
+        gradient_checkpointing: trade compute for activation memory.
+        objective: ``sft`` | ``dpo`` | ``dpo_k`` | ``sdpo``.
+        beta: β of the implicit reward.
+        num_negatives: K, negatives per example (``dpo`` needs 1); linked to the data module.
+        scoring: ``shared_prefix`` (prompt once, completions branch off) | ``naive``.
+        reference: ``live`` (reference forward every step) | ``cached`` (scored once, on disk).
+        reference_cache_dir: where the cache lives (default ``<root>/reference_cache``).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio``.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        max_new_tokens: generation budget of the paper protocol.
+        eval_protocols: subset of ``generation``, ``ranking`` run by ``test``.
+        val_generation: also run greedy generation in validation (``val/hr@1``).
+        length_normalize: ranking by mean instead of summed token log-likelihood.
+        constrained: restrict generation to candidate titles (a prefix trie).
+        export_dir: where ``fit`` exports the adapter / model (default ``<root>/export``).
+        output_dir: where ``test`` writes predictions and summary (default: the trainer's
+            ``default_root_dir``).
+        run_name: name used in ``summary.json`` (default: the root directory's name).
+        method: method label in ``summary.json`` (default: the objective), e.g. ``Vanilla``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        gguf_file: str | None = None,
+        tokenizer_path: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        init_seed: int = 0,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        lora: LoraSettings | None = None,
+        init_adapter: str | None = None,
+        gradient_checkpointing: bool = False,
+        objective: str = "sdpo",
+        beta: float = 1.0,
+        num_negatives: int = 3,
+        scoring: str = "shared_prefix",
+        reference: str = "live",
+        reference_cache_dir: str | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        max_new_tokens: int = 32,
+        eval_protocols: list[str] | None = None,
+        val_generation: bool = False,
+        length_normalize: bool = False,
+        constrained: bool = False,
+        export_dir: str | None = None,
+        output_dir: str | None = None,
+        run_name: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVE_NAMES:
+            raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {objective!r}")
+        if objective == "dpo" and num_negatives != 1:
+            raise ValueError(f"objective 'dpo' is pairwise: num_negatives must be 1, got {num_negatives} (use dpo_k or sdpo)")
+        if scoring not in ("shared_prefix", "naive"):
+            raise ValueError(f"scoring must be 'shared_prefix' or 'naive', got {scoring!r}")
+        if reference not in ("live", "cached"):
+            raise ValueError(f"reference must be 'live' or 'cached', got {reference!r}")
+        protocols = list(eval_protocols or ["generation"])
+        bad = set(protocols) - {"generation", "ranking"}
+        if bad:
+            raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, ranking")
+        self.save_hyperparameters()
+        self.hparams.eval_protocols = protocols
+        self.tokenizer = load_tokenizer(model_name_or_path, gguf_file, tokenizer_path, trust_remote_code)
+        self.policy: torch.nn.Module | None = None
+        self.reference_model: torch.nn.Module | None = None
+        self.ref_cache: ReferenceCache | None = None
+        self.strict_loading = False  # checkpoints carry only the trainable weights
+        self.evaluators: dict[str, Evaluator] = {}
+
+    # ------------------------------------------------------------------ model
+    def _build(self) -> torch.nn.Module:
+        h = self.hparams
+        return build_policy(
+            h.model_name_or_path, self.tokenizer, h.gguf_file, h.tiny_config, h.init_seed,
+            h.dtype, h.trust_remote_code, h.attn_implementation,
+        )
+
+    def configure_model(self) -> None:
+        """Build the policy here so DeepSpeed ZeRO-3 can shard it at creation."""
+        if self.policy is not None:
+            return
+        h = self.hparams
+        policy = apply_lora(self._build(), h.lora, h.init_adapter)
+        if h.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = policy
+        if h.objective != "sft" and not is_peft(policy) and h.reference == "live":
+            ref = self._build().eval()
+            ref.requires_grad_(False)
+            self.reference_model = ref
+
+    @property
+    def is_preference(self) -> bool:
+        return self.hparams.objective != "sft"
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, model=None, mode=None):
+        """Summed completion log-probs (B, N) and token counts of ``ids`` after the prompts."""
+        return completion_logps(
+            model if model is not None else self.policy,
+            batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask,
+            mode=mode or self.hparams.scoring,
+        )
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Reference log-probs of the given completions (B, N), live."""
+        if self.reference_model is not None:
+            return self.score(batch, ids, mask, model=self.reference_model).logps
+        with reference_mode(self.policy):
+            return self.score(batch, ids, mask).logps
+
+    @contextlib.contextmanager
+    def reference_scorer(self) -> Iterator[tuple[torch.nn.Module, Callable]]:
+        """Yield ``(model, scorer)`` where ``scorer(batch, model)`` gives the reference
+        log-likelihood of every candidate (B, M). Full fine-tuning without a live frozen
+        copy builds a temporary one from the source (the policy may already have moved)."""
+
+        def scorer(batch: dict[str, Any], model: torch.nn.Module) -> torch.Tensor:
+            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+            return self.score(batch, ids, mask, model=model, mode="shared_prefix").logps
+
+        if self.reference_model is not None:
+            yield self.reference_model, scorer
+        elif is_peft(self.policy):
+            with reference_mode(self.policy):
+                yield self.policy, scorer
+        else:
+            ref = self._build().to(self.device).eval()
+            try:
+                yield ref, scorer
+            finally:
+                del ref
+
+    def reference_candidate_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Reference log-likelihood of every candidate (B, M) — hard-negative mining."""
+        if self.ref_cache is None:
+            raise RuntimeError("hard / tempered negatives need `reference: cached`")
+        return self.ref_cache.lookup(self._split(), batch["index"])
+
+    def _split(self) -> str:
+        return "fit" if self.trainer.training else "validate"
+
+    def _reference_for(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.ref_cache is not None:
+            all_scores = self.ref_cache.lookup(self._split(), batch["index"]).to(self.device)  # (B, M)
+            return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
+        return self.reference_logps(batch, batch["completion_input_ids"], batch["completion_attention_mask"])
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        ids, mask = batch["completion_input_ids"], batch["completion_attention_mask"]  # (B, N, C)
+        if not self.is_preference:
+            out = self.score(batch, ids[:, :1], mask[:, :1])
+            loss = sft_loss(out.logps[:, 0], out.n_tokens[:, 0]).mean()
+            metrics = {"loss": loss, "logps/chosen": out.logps[:, 0].detach().mean()}
+        else:
+            pol = self.score(batch, ids, mask).logps  # (B, 1 + K)
+            ref = self._reference_for(batch)  # (B, 1 + K)
+            out = preference_loss(
+                self.hparams.objective, pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], self.hparams.beta
+            )
+            loss = out.losses.mean()
+            metrics = {"loss": loss, **reward_metrics(out, pol[:, 0], pol[:, 1:])}
+        bs = ids.shape[0]
+        on_step = split == "train"
+        opts = dict(on_step=on_step, on_epoch=not on_step, batch_size=bs, sync_dist=not on_step)
+        self.log(f"{split}/loss", metrics.pop("loss"), prog_bar=True, **opts)
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, **opts)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+        if self.hparams.val_generation:
+            self._evaluator("val", ["generation"]).update(self, batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluator("test", self.hparams.eval_protocols).update(self, batch)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        return self._evaluator("predict", self.hparams.eval_protocols).update(self, batch)
+
+    def _evaluator(self, split: str, protocols: list[str]) -> Evaluator:
+        if split not in self.evaluators:
+            self.evaluators[split] = Evaluator(split, protocols).to(self.device)
+        return self.evaluators[split]
+
+    def on_validation_epoch_end(self) -> None:
+        ev = self.evaluators.pop("val", None)
+        if ev is not None:
+            self.log_dict(ev.compute_metrics(), sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        ev = self.evaluators.pop("test", None)
+        if ev is None:
+            return
+        self.log_dict(ev.compute_metrics(), sync_dist=False)
+        ev.write_reports(self, self._output_dir())
+
+    def _output_dir(self) -> Path:
+        if self.hparams.output_dir:
+            return Path(self.hparams.output_dir)
+        return Path(self.trainer.default_root_dir)
+
+    # ------------------------------------------------------------------ fit hooks
+    def on_fit_start(self) -> None:
+        if self.is_preference and self.hparams.reference == "cached":
+            root = self.hparams.reference_cache_dir or os.path.join(self.trainer.default_root_dir, "reference_cache")
+            self.ref_cache = ReferenceCache.build(self, self.trainer.datamodule, root)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir or os.path.join(self.trainer.default_root_dir, "export"))
+
+    def export(self, directory: str | os.PathLike) -> Path:
+        """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if is_peft(self.policy):
+            self.policy.save_pretrained(str(out), selected_adapters=["default"])
+        else:
+            self.policy.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
+        log.info("exported %s to %s", "adapter" if is_peft(self.policy) else "model", out)
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = trainable_state_dict(self.policy, prefix="policy.")
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
