@@ -1,0 +1,351 @@
+"""Run summaries (``summary.json``) and the ``sdpo-report`` comparison table.
+
+**Per-example prediction record** (one JSON object per line of ``predictions.jsonl``):
+``index`` (int, unique example id, required), ``prompt`` (str, optional),
+``generated`` (str), ``parsed`` (str | null, the candidate named), ``target`` (str),
+``correct`` (bool), ``valid`` (bool) — the generation protocol; ``target_rank``
+(int, 1-based, ties against the target) and ``scores`` (list[float], optional) — the
+ranking protocol. A protocol is summarized when every record has its fields
+(``correct``+``valid``, resp. ``target_rank``).
+
+**summary.json** (``schema_version`` 1)::
+
+    {"schema_version": 1, "run": str, "method": str, "dataset": str, "model": str,
+     "n_examples": int,
+     "bootstrap": {"n_boot": int, "alpha": float, "seed": int},
+     "protocols": {
+       "generation": {"hr@1": M, "valid_ratio": M, "hr@1_given_valid": M},
+       "ranking": {"hr@1": M, "hr@3": M, "hr@5": M, "ndcg@5": M, "ndcg@10": M,
+                   "mrr": M}},
+     "predictions": str | null,   # path of predictions.jsonl, relative to this file
+     ...}                         # any further meta keys, copied verbatim
+    M = {"value": float | null, "ci_low": float | null, "ci_high": float | null,
+         "n": int}
+
+``value`` is the mean of per-example scores over ``n`` examples (hits; for NDCG@k
+``1/log2(rank+1)`` when ``rank <= k``; for MRR ``1/rank``); ``hr@1_given_valid`` is
+averaged over the ``n`` valid examples and is ``null`` when none is valid. CIs are
+percentile bootstrap intervals (:func:`~.bootstrap.bootstrap_ci`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import numbers
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bootstrap import bootstrap_ci, paired_bootstrap_pvalue
+
+SCHEMA_VERSION = 1
+_RESERVED = ("schema_version", "n_examples", "bootstrap", "protocols")
+_REQUIRED_META = ("run", "method", "dataset", "model")
+
+
+class ReportError(ValueError):
+    """A summary or predictions file is missing, malformed or inconsistent."""
+
+
+def _metric_values(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-example score arrays, per protocol and metric."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if records and all("correct" in r and "valid" in r for r in records):
+        correct = np.array([bool(r["correct"]) for r in records], dtype=np.float64)
+        valid = np.array([bool(r["valid"]) for r in records], dtype=bool)
+        bad = np.flatnonzero((correct > 0) & ~valid)
+        if bad.size:
+            index = records[bad[0]]["index"]
+            raise ReportError(f"prediction record index {index} is correct but not valid")
+        out["generation"] = {
+            "hr@1": correct, "valid_ratio": valid.astype(np.float64),
+            "hr@1_given_valid": correct[valid],
+        }
+    if records and all("target_rank" in r for r in records):
+        rank = np.array([int(r["target_rank"]) for r in records], dtype=np.float64)
+        if np.any(rank < 1):
+            raise ReportError("target_rank must be 1-based (>= 1)")
+        ndcg = 1.0 / np.log2(rank + 1.0)
+        out["ranking"] = {
+            "hr@1": (rank <= 1).astype(np.float64), "hr@3": (rank <= 3).astype(np.float64),
+            "hr@5": (rank <= 5).astype(np.float64), "ndcg@5": np.where(rank <= 5, ndcg, 0.0),
+            "ndcg@10": np.where(rank <= 10, ndcg, 0.0), "mrr": 1.0 / rank,
+        }
+    return out
+
+
+def build_summary(
+    per_example_records: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    *,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compute metric values and bootstrap CIs from per-example prediction records.
+
+    Args:
+        per_example_records: Records as described in the module docstring.
+        meta: ``run``, ``method``, ``dataset``, ``model`` (required), optionally
+            ``predictions`` (default ``"predictions.jsonl"``) and further keys.
+        n_boot: Bootstrap resamples per metric.
+        alpha: 1 - confidence level.
+        seed: Bootstrap seed (each metric uses the same seed).
+
+    Returns:
+        The summary dict (module docstring schema).
+    """
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing or any(k in meta for k in _RESERVED):
+        raise ReportError(
+            f"meta needs {_REQUIRED_META} and may not set {_RESERVED}; got {sorted(meta)}"
+        )
+    indices = [r.get("index") for r in per_example_records]
+    is_int = [isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in indices]
+    if not all(is_int) or len(set(indices)) != len(indices):
+        raise ReportError("every prediction record needs a unique integer 'index'")
+    protocols: dict[str, dict[str, dict[str, Any]]] = {}
+    for protocol, metrics in _metric_values(per_example_records).items():
+        protocols[protocol] = {}
+        for name, values in metrics.items():
+            entry: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None}
+            entry["n"] = int(values.size)
+            if values.size:
+                mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+                entry.update(value=mean, ci_low=lo, ci_high=hi)
+            protocols[protocol][name] = entry
+    summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    summary.update({k: meta[k] for k in _REQUIRED_META})
+    summary.update(n_examples=len(per_example_records), protocols=protocols,
+                   bootstrap={"n_boot": n_boot, "alpha": alpha, "seed": seed})
+    summary["predictions"] = meta.get("predictions", "predictions.jsonl")
+    summary.update({k: v for k, v in meta.items() if k not in summary})
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def format_summary_table(summary: Mapping[str, Any]) -> str:
+    """Plain-text table: protocol, metric, value, CI, n (one row per metric)."""
+    alpha = summary.get("bootstrap", {}).get("alpha", 0.05)
+    header = ["protocol", "metric", "value", f"{(1 - alpha) * 100:g}% CI", "n"]
+    rows = [header]
+    for protocol, metrics in summary["protocols"].items():
+        for name, m in metrics.items():
+            ci = "—" if m["ci_low"] is None else f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
+            rows.append([protocol, name, _fmt(m["value"]), ci, str(m["n"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    s = summary
+    lines = [f"{s['method']} on {s['dataset']} ({s['model']}), run {s['run']}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write ``run_dir/summary.json`` (strict JSON, no NaN) and return its path."""
+    path = Path(run_dir) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _finite(v: Any) -> Any:
+    """JSON-ready value: numpy scalars to Python, non-finite floats to None."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return [_finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def write_predictions(
+    run_dir: str | Path, records: Sequence[Mapping[str, Any]], name: str = "predictions.jsonl"
+) -> Path:
+    """Write per-example records as JSON Lines to ``run_dir/name``; return the path.
+
+    Non-finite floats (e.g. ``-inf`` log-likelihoods in ``scores``) become ``null``;
+    numpy scalars become Python numbers.
+    """
+    path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            clean = {k: _finite(v) for k, v in record.items()}
+            f.write(json.dumps(clean, ensure_ascii=False, allow_nan=False) + "\n")
+    return path
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Read a predictions JSONL file; errors name the file and line."""
+    path = Path(path)
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read predictions file ({e})") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path}:{lineno}: malformed JSON ({e})") from e
+        if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+            raise ReportError(f"{path}:{lineno}: a record must be an object with an int 'index'")
+        records.append(record)
+    return records
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """Load and validate a summary.json written by :func:`write_summary`."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read summary file ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: malformed JSON ({e})") from e
+    if not isinstance(summary, dict):
+        raise ReportError(f"{path}: a summary must be a JSON object")
+    for key in ("method", "dataset", "protocols"):
+        if key not in summary:
+            raise ReportError(f"{path}: missing key '{key}'")
+    gen = summary["protocols"].get("generation") if isinstance(summary["protocols"], dict) else None
+    for name in ("hr@1", "valid_ratio"):
+        entry = gen.get(name) if isinstance(gen, dict) else None
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise ReportError(f"{path}: missing protocols.generation.{name}.value")
+    return summary
+
+
+def _hits_by_index(summary_path: Path, summary: Mapping[str, Any]) -> dict[int, float] | None:
+    """Per-example HR@1 hits keyed by example index, or None when unavailable."""
+    name = summary.get("predictions")
+    if not name:
+        return None
+    pred_path = summary_path.parent / name
+    if not pred_path.is_file():
+        return None
+    records = read_predictions(pred_path)
+    if any("correct" not in r for r in records):
+        raise ReportError(f"{pred_path}: every record needs 'correct' for the paired test")
+    return {r["index"]: float(bool(r["correct"])) for r in records}
+
+
+def _pvalue(
+    last: tuple[Path, dict], other: tuple[Path, dict], n_boot: int, seed: int
+) -> float | None:
+    hits_last, hits_other = _hits_by_index(*last), _hits_by_index(*other)
+    if hits_last is None or hits_other is None:
+        return None
+    if hits_last.keys() != hits_other.keys():
+        only = len(hits_last.keys() - hits_other.keys()), len(hits_other.keys() - hits_last.keys())
+        raise ReportError(
+            f"predictions of {last[0]} and {other[0]} cover different example indices "
+            f"({only[0]} only in the first, {only[1]} only in the second)"
+        )
+    keys = sorted(hits_last)
+    a, b = [hits_last[k] for k in keys], [hits_other[k] for k in keys]
+    return paired_bootstrap_pvalue(a, b, n_boot=n_boot, seed=seed)
+
+
+def comparison_table(
+    summary_paths: Sequence[str | Path],
+    baseline_last: bool = False,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> str:
+    """Markdown table shaped like the paper's Table 1 (methods × datasets).
+
+    Rows are methods and columns datasets, each in order of first appearance. With
+    ``baseline_last``, a Rel.Ipv block gives the relative HR@1 improvement of the last
+    row over every other row, ``(last - row) / row * 100%``, with a two-sided paired
+    bootstrap p-value on per-example hits when both runs' predictions are available.
+    """
+    cells: dict[tuple[str, str], tuple[Path, dict]] = {}
+    methods: list[str] = []
+    datasets: list[str] = []
+    for raw in summary_paths:
+        path = Path(raw)
+        summary = load_summary(path)
+        key = (str(summary["method"]), str(summary["dataset"]))
+        if key in cells:
+            raise ReportError(f"{path}: {key[0]} on {key[1]} already given by {cells[key][0]}")
+        cells[key] = (path, summary)
+        methods += [key[0]] if key[0] not in methods else []
+        datasets += [key[1]] if key[1] not in datasets else []
+    if not cells:
+        raise ReportError("no summary files given")
+
+    def metric(key: tuple[str, str], name: str) -> float | None:
+        return cells[key][1]["protocols"]["generation"][name]["value"] if key in cells else None
+
+    header = ["Method"] + [f"{d} {m}" for d in datasets for m in ("HR@1", "ValidRatio")]
+    rel = baseline_last and len(methods) > 1
+    header += [f"Rel.Ipv {d}" for d in datasets] if rel else []
+    rows, any_p = [], False
+    for method in methods:
+        row = [method]
+        row += [_fmt(metric((method, d), m)) for d in datasets for m in ("hr@1", "valid_ratio")]
+        for d in datasets if rel else []:
+            last, this = metric((methods[-1], d), "hr@1"), metric((method, d), "hr@1")
+            if method == methods[-1] or last is None or not this:
+                row.append("—")
+                continue
+            cell = f"{(last - this) / this * 100:+.2f}%"
+            p = _pvalue(cells[(methods[-1], d)], cells[(method, d)], n_boot, seed)
+            if p is not None:
+                cell, any_p = cell + f" (p={p:.4f})", True
+            row.append(cell)
+        rows.append(row)
+    align = "|".join([":---"] + ["---:"] * (len(header) - 1))
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in header) + " |", f"|{align}|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    if rel:
+        lines += ["", f"Rel.Ipv: relative HR@1 improvement of {methods[-1]} over each row."]
+    if any_p:
+        lines += [
+            "p: two-sided paired bootstrap test on per-example hits "
+            f"(n_boot={n_boot}, seed={seed})."
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``sdpo-report``: render a comparison table of run summaries."""
+    parser = argparse.ArgumentParser(prog="sdpo-report", description=comparison_table.__doc__)
+    parser.add_argument("summaries", nargs="+", help="summary.json files (globs are expanded)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--baseline-last", action="store_true",
+                        help="add Rel.Ipv (+ p-values) of the last method over every other row")
+    parser.add_argument("--n-boot", type=int, default=10000, help="paired bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="paired bootstrap seed")
+    args = parser.parse_args(argv)
+    paths: list[str] = []
+    for pattern in args.summaries:
+        expanded = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not expanded:
+            print(f"sdpo-report: error: no file matches {pattern}", file=sys.stderr)
+            return 2
+        paths += expanded
+    try:
+        table = comparison_table(paths, args.baseline_last, n_boot=args.n_boot, seed=args.seed)
+    except ReportError as e:
+        print(f"sdpo-report: error: {e}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table, encoding="utf-8")
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
