@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -116,8 +117,11 @@ class SDPOModule(pl.LightningModule):
         bad = set(protocols) - {"generation", "ranking"}
         if bad:
             raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, ranking")
+        if isinstance(lora, LoraSettings):
+            lora = dataclasses.asdict(lora)  # plain data in hparams and checkpoints
         self.save_hyperparameters()
         self.hparams.eval_protocols = protocols
+        self.hparams.lora = lora
         self.tokenizer = load_tokenizer(model_name_or_path, gguf_file, tokenizer_path, trust_remote_code)
         self.policy: torch.nn.Module | None = None
         self.reference_model: torch.nn.Module | None = None
@@ -134,18 +138,41 @@ class SDPOModule(pl.LightningModule):
         )
 
     def configure_model(self) -> None:
-        """Build the policy here so DeepSpeed ZeRO-3 can shard it at creation."""
+        """Build the policy here so DeepSpeed ZeRO-3 can shard it at creation.
+
+        Under ZeRO-3 (see ``strategies.py``) a model read from a Hugging Face source is sharded
+        as it loads, and so is the frozen reference copy of full fine-tuning; LoRA adapters and
+        the tiny in-code model are built whole and partitioned when the DeepSpeed engine starts.
+        """
         if self.policy is not None:
             return
+        from sdpo_lightning import strategies
+
         h = self.hparams
-        policy = apply_lora(self._build(), h.lora, h.init_adapter)
+        ds_config = strategies.zero3_config(self._trainer)
+        if ds_config is not None:  # transformers holds it by weak reference: keep it alive
+            self._hf_ds_config = strategies.zero3_hf_config(ds_config)
+        lora = LoraSettings(**h.lora) if h.lora is not None else None
+        base = self._build_base()
+        with strategies.outside_zero_init():
+            policy = apply_lora(base, lora, h.init_adapter)
         if h.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy
         if h.objective != "sft" and not is_peft(policy) and h.reference == "live":
-            ref = self._build().eval()
+            ref = self._build_base().eval()
             ref.requires_grad_(False)
             self.reference_model = ref
+
+    def _build_base(self) -> torch.nn.Module:
+        """``_build`` for ``configure_model``: the tiny in-code model is built whole even under
+        ZeRO-3 (same weights as without DeepSpeed; partitioned when the engine starts)."""
+        from sdpo_lightning import strategies
+
+        if self.hparams.model_name_or_path is None:
+            with strategies.outside_zero_init():
+                return self._build()
+        return self._build()
 
     @property
     def is_preference(self) -> bool:
@@ -274,19 +301,63 @@ class SDPOModule(pl.LightningModule):
             self.export(self.hparams.export_dir or os.path.join(self.trainer.default_root_dir, "export"))
 
     def export(self, directory: str | os.PathLike) -> Path:
-        """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer."""
+        """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer.
+
+        Under DeepSpeed ZeRO-3 the weights are first gathered from the shards, a collective:
+        call it on every rank (only global rank 0 writes) — except right after ``fit``, whose
+        ``on_train_end`` has already gathered them for ``on_fit_end``.
+        """
+        from sdpo_lightning import strategies
+
         out = Path(directory)
+        weights = self.__dict__.pop("_export_weights", None)
+        if weights is None and strategies.is_partitioned(self.policy):
+            weights = self._gather_export_weights()
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return out
         out.mkdir(parents=True, exist_ok=True)
+        kwargs = {"state_dict": weights} if weights else {}
         if is_peft(self.policy):
-            self.policy.save_pretrained(str(out), selected_adapters=["default"])
+            self.policy.save_pretrained(str(out), selected_adapters=["default"], **kwargs)
         else:
-            self.policy.save_pretrained(str(out))
+            self.policy.save_pretrained(str(out), **kwargs)
         self.tokenizer.save_pretrained(str(out))
         log.info("exported %s to %s", "adapter" if is_peft(self.policy) else "model", out)
         return out
 
+    def _gather_export_weights(self) -> dict[str, torch.Tensor]:
+        """What ``export`` writes, gathered from ZeRO-3 shards (collective; rank 0 gets the
+        tensors, other ranks ``{}``): the trainable weights of a LoRA policy, else all."""
+        from sdpo_lightning import strategies
+
+        return strategies.gather_state_dict(self.policy, trainable_only=is_peft(self.policy))
+
+    def on_train_end(self) -> None:
+        """ZeRO-3: gather the weights ``on_fit_end`` exports (on rank 0 only) while every rank is
+        still here."""
+        from sdpo_lightning import strategies
+
+        if strategies.is_partitioned(self.policy):
+            self._export_weights = self._gather_export_weights()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = trainable_state_dict(self.policy, prefix="policy.")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints hold only trainable weights; all of them must be there.
+
+        Also moves an end-of-epoch checkpoint's loop state to the clean start of the next
+        epoch: Lightning 2.6 otherwise restores the finished epoch's batch counters into the
+        next epoch, which then counts as done at once (a resumed run skipped an epoch).
+        """
+        _normalize_epoch_end(checkpoint)
+        expected = set(trainable_state_dict(self.policy, prefix="policy."))
+        missing = sorted(expected - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise RuntimeError(
+                f"checkpoint lacks {len(missing)} trainable weight(s) of this model (e.g. {missing[0]}); "
+                "was it written with another LoRA / full fine-tuning setting?"
+            )
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:
@@ -303,3 +374,17 @@ class SDPOModule(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not epochs or not batches or not batches.get("is_last_batch"):
+        return
+    if epochs["current"]["processed"] <= epochs["current"]["completed"]:
+        return
+    for part in ("total", "current"):
+        done = epochs[part]["processed"]
+        epochs[part].update(ready=done, started=done, processed=done, completed=done)
+    batches["current"] = {k: 0 for k in batches["current"]}
+    batches["is_last_batch"] = False

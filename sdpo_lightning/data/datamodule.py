@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdpo_lightning.data.collate import (
+    EpochShuffleSampler,
     RecDataset,
     make_collate,
     negative_indices,
@@ -136,10 +137,16 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        sampler = None
+        if shuffle and not (self.trainer is not None and self.trainer.world_size > 1):
+            # single process: an epoch-seeded order, identical after a resume; with several
+            # processes Lightning swaps in its seeded DistributedSampler(shuffle=True)
+            sampler, shuffle = EpochShuffleSampler(len(self.datasets[split]), self.hparams.seed), False
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=make_collate(self._tokenizer().pad_token_id),
             persistent_workers=self.hparams.num_workers > 0,

@@ -1,0 +1,148 @@
+"""The ``sdpo`` CLI end to end on tiny data: SFT → S-DPO from its adapter → test; resume;
+reproducibility; every shipped config parses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sdpo_lightning.cli import cli_main
+from tests.conftest import REPO, TINY
+
+
+def _config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "default_root_dir": str(tmp / name), "accelerator": "cpu", "devices": 1,
+            "max_steps": 4, "limit_val_batches": 1, "val_check_interval": 2, "limit_test_batches": 2, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "num_sanity_val_steps": 0, "enable_model_summary": False,
+        },
+        "model": {
+            "model_name_or_path": None, "tokenizer_path": str(synthetic_dir / "tokenizer"),
+            "tiny_config": TINY, "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
+                                          "target_modules": ["q_proj", "v_proj"]},
+            "learning_rate": 1e-2, "max_new_tokens": 6, "num_negatives": 3,
+            "eval_protocols": ["generation", "ranking"], **model,
+        },
+        "data": {
+            "train_file": str(synthetic_dir / "train.json"), "val_file": str(synthetic_dir / "valid.json"),
+            "test_file": str(synthetic_dir / "test.json"), "batch_size": 2, "eval_batch_size": 4,
+            "max_length": 256,
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _metrics(root: Path) -> list[dict]:
+    import csv
+
+    (path,) = sorted(root.glob("csv/version_*/metrics.csv"))[-1:]
+    return list(csv.DictReader(path.open()))
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out
+
+
+def test_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
+    sft = _config(tmp_path, synthetic_dir, "sft", objective="sft")
+    cli_main(["fit", "-c", str(sft)])
+    adapter = tmp_path / "sft" / "export"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (tmp_path / "sft" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "sft" / "csv" / "version_0" / "config.yaml").is_file()
+    assert list((tmp_path / "sft" / "tb").rglob("events.out.tfevents*"))
+    rows = _metrics(tmp_path / "sft")
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
+
+    sdpo = _config(tmp_path, synthetic_dir, "sdpo", objective="sdpo", init_adapter=str(adapter), beta=0.5)
+    cli_main(["fit", "-c", str(sdpo)])
+    rows = _metrics(tmp_path / "sdpo")
+    for key in ("train/loss", "train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins",
+                "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected", "val/loss",
+                "val/rewards/margins"):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert values and all(torch.isfinite(torch.tensor(values))), key
+    # the first S-DPO step starts at the reference (= SFT model): rewards are exactly 0
+    first = next(r for r in rows if r.get("train/rewards/chosen"))
+    assert float(first["train/rewards/chosen"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(first["train/loss"]) == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-4)  # log(1+K)
+
+    ckpt = torch.load(tmp_path / "sdpo" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k and ".default." in k for k in ckpt["state_dict"])
+
+    cli_main(["test", "-c", str(sdpo), "--model.init_adapter", str(tmp_path / "sdpo" / "export")])
+    summary = json.loads((tmp_path / "sdpo" / "summary.json").read_text())
+    preds = [json.loads(line) for line in (tmp_path / "sdpo" / "predictions.jsonl").open()]
+    assert len(preds) == 8 == summary["n_examples"]
+    gen = summary["protocols"]["generation"]
+    assert gen["hr@1"]["value"] == pytest.approx(sum(p["correct"] for p in preds) / 8)
+    assert gen["valid_ratio"]["value"] == pytest.approx(sum(p["valid"] for p in preds) / 8)
+    assert {"index", "generated", "parsed", "target", "correct", "target_rank"} <= set(preds[0])
+
+
+def _adapter_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_killed_fit_resumes_to_the_same_adapter(tmp_path, synthetic_dir):
+    """Epochs of 3 steps; one run is killed hard in its third epoch (step 7) and resumed from `last`."""
+    common = ["--trainer.max_steps", "9", "--trainer.limit_train_batches", "3", "--trainer.max_epochs", "3",
+              "--trainer.val_check_interval", "1.0"]
+    full = _config(tmp_path, synthetic_dir, "full", objective="sdpo")
+    cli_main(["fit", "-c", str(full), *common])
+
+    crash = _config(tmp_path, synthetic_dir, "crash", objective="sdpo")
+    cmd = [sys.executable, "-m", "sdpo_lightning", "fit", "-c", str(crash), *common,
+           "--trainer.callbacks+=tests.integration.kill_callback.KillAtStep",
+           "--trainer.callbacks.step=7"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-3000:]
+    assert not (tmp_path / "crash" / "export").exists()
+    cli_main(["fit", "-c", str(crash), *common, "--ckpt_path", "last"])
+
+    a, b = _adapter_weights(tmp_path / "full" / "export"), _adapter_weights(tmp_path / "crash" / "export")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_same_config_and_seed_same_metrics(tmp_path, synthetic_dir):
+    results = []
+    for name in ("one", "two"):
+        cfg = _config(tmp_path, synthetic_dir, name, objective="sdpo")
+        cli_main(["fit", "-c", str(cfg)])
+        rows = _metrics(tmp_path / name)
+        results.append([(r["step"], r.get("train/loss"), r.get("val/loss")) for r in rows])
+    assert results[0] == results[1]
+
+
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "strategy" not in p.parts)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
+def test_shipped_config_parses(path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fit", "-c", str(path), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["objective"] in ("sft", "dpo", "dpo_k", "sdpo")
+    assert printed["model"]["num_negatives"] >= 1
+    assert "num_negatives" not in printed["data"]  # linked from model.num_negatives
