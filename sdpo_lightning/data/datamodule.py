@@ -48,7 +48,8 @@ class RecDataModule(pl.LightningDataModule):
         seed: seeds template choice and negatives.
         lenient: skip (and count) bad records instead of failing.
         separator: joins titles in the prompt.
-        completion_prefix: text before the title in the completion.
+        completion_prefix: text before the title in the completion (``auto``: ``""`` for
+            SentencePiece tokenizers, ``" "`` for byte-level BPE).
         limit_val_examples: use only the first N validation examples (``None``: all).
     """
 
@@ -69,7 +70,7 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         lenient: bool = False,
         separator: str = ", ",
-        completion_prefix: str = " ",
+        completion_prefix: str = "auto",
         limit_val_examples: int | None = None,
     ) -> None:
         super().__init__()

@@ -90,8 +90,9 @@ class PromptBuilder:
         templates: a preset name (``movies``, ``music``, ``books``), a template, or a list.
         seed: seeds the per-example template choice (a function of seed and example index).
         separator: joins titles inside ``{history}`` and ``{candidates}``.
-        completion_prefix: put before the title in the completion (a space suits byte-level
-            BPE tokenizers after ``Answer:``; use ``""`` for SentencePiece).
+        completion_prefix: put before the title in the completion; ``"auto"`` (resolved by
+            :meth:`resolve_prefix`) is ``""`` for SentencePiece tokenizers, which add a word
+            boundary themselves, and ``" "`` for byte-level BPE tokenizers.
     """
 
     def __init__(
@@ -99,7 +100,7 @@ class PromptBuilder:
         templates: str | Sequence[str] = "movies",
         seed: int = 0,
         separator: str = ", ",
-        completion_prefix: str = " ",
+        completion_prefix: str = "auto",
     ) -> None:
         self.templates = resolve_templates(templates)
         self.seed = seed
@@ -119,6 +120,14 @@ class PromptBuilder:
         return self.template_for(index).format(
             history=self.separator.join(hist), candidates=self.separator.join(example.candidates)
         )
+
+    def resolve_prefix(self, tokenizer) -> str:
+        """Fix ``completion_prefix="auto"`` for this tokenizer and return it."""
+        if self.completion_prefix == "auto":
+            ids = tokenizer("x", add_special_tokens=False)["input_ids"]
+            first = tokenizer.convert_ids_to_tokens(ids[:1])[0] if ids else ""
+            self.completion_prefix = "" if first.startswith("\u2581") else " "
+        return self.completion_prefix
 
     def completion_text(self, title: str) -> str:
         """The completion text of a title (without EOS)."""
@@ -146,6 +155,7 @@ class PromptBuilder:
         Raises:
             ValueError: the example does not fit even with one history item.
         """
+        self.resolve_prefix(tokenizer)
         cache = {} if title_ids is None else title_ids
         cands = []
         for title in example.candidates:

@@ -72,3 +72,18 @@ def test_does_not_fit_is_a_clear_error(tokenizer):
     pb = PromptBuilder("movies")
     with pytest.raises(ValueError, match=r"train.json, record 0: prompt needs \d+ tokens with one history item"):
         pb.encode(_example(3), 0, tokenizer, max_length=20, source="train.json")
+
+
+def test_auto_completion_prefix_follows_the_tokenizer(tokenizer):
+    """Byte-level BPE needs the space before the title; SentencePiece adds it itself."""
+    assert PromptBuilder("movies").resolve_prefix(tokenizer) == " "
+
+    class SentencePieceLike:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [7]}
+
+        def convert_ids_to_tokens(self, ids):
+            return ["\u2581x"]
+
+    assert PromptBuilder("movies").resolve_prefix(SentencePieceLike()) == ""
+    assert PromptBuilder("movies", completion_prefix="|").resolve_prefix(tokenizer) == "|"
