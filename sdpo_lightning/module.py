@@ -24,7 +24,7 @@ from sdpo_lightning.models import (
     trainable_state_dict,
 )
 from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
-from sdpo_lightning.reference_cache import ReferenceCache
+from sdpo_lightning.reference_cache import ReferenceCache, eval_mode
 from sdpo_lightning.scoring import completion_logps
 
 log = logging.getLogger(__name__)
@@ -218,19 +218,26 @@ class SDPOModule(pl.LightningModule):
                 del ref
 
     def reference_candidate_scores(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Reference log-likelihood of every candidate (B, M) — hard-negative mining."""
-        if self.ref_cache is None:
-            raise RuntimeError("hard / tempered negatives need `reference: cached`")
-        return self.ref_cache.lookup(self._split(), batch["index"])
+        """Reference log-likelihood of every candidate (B, M) from the cache — hard-negative
+        mining. The cache is loaded or built on first use (with ``reference: live`` too)."""
+        split = self._split()
+        if self.ref_cache is None or split not in self.ref_cache.tables:
+            self.ref_cache = ReferenceCache.for_module(self)
+        return self.ref_cache.lookup(split, batch["index"])
 
     def _split(self) -> str:
         return "fit" if self.trainer.training else "validate"
 
     def _reference_for(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.ref_cache is not None:
-            all_scores = self.ref_cache.lookup(self._split(), batch["index"]).to(self.device)  # (B, M)
+        if self.hparams.reference == "cached":
+            split = self._split()
+            if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
+                self.ref_cache = ReferenceCache.for_module(self)
+            all_scores = self.ref_cache.lookup(split, batch["index"]).to(self.device)  # (B, M)
             return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
-        return self.reference_logps(batch, batch["completion_input_ids"], batch["completion_attention_mask"])
+        # live: like the cache, score with dropout off (a LoRA reference adapter has dropout)
+        with eval_mode(self.reference_model if self.reference_model is not None else self.policy):
+            return self.reference_logps(batch, batch["completion_input_ids"], batch["completion_attention_mask"])
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
@@ -253,6 +260,12 @@ class SDPOModule(pl.LightningModule):
         self.log(f"{split}/loss", metrics.pop("loss"), prog_bar=True, **opts)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, **opts)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # peft's from_pretrained leaves the model in eval mode (dropout off); train it
+        self.policy.train()
+        if self.reference_model is not None:
+            self.reference_model.eval()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -292,9 +305,14 @@ class SDPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ fit hooks
     def on_fit_start(self) -> None:
-        if self.is_preference and self.hparams.reference == "cached":
-            root = self.hparams.reference_cache_dir or os.path.join(self.trainer.default_root_dir, "reference_cache")
-            self.ref_cache = ReferenceCache.build(self, self.trainer.datamodule, root)
+        """Load or build the reference cache before any step, for ``reference: cached`` and for
+        hard / tempered negatives. The scores never depend on the policy's current weights
+        (LoRA: adapter off or the frozen SFT adapter; full fine-tuning: the frozen copy or a
+        fresh build from the source), so a resumed run gets the same table."""
+        dm = self.trainer.datamodule
+        mining = dm is not None and dm.hparams.get("negative_sampling") in ("hard", "tempered")
+        if (self.is_preference and self.hparams.reference == "cached") or mining:
+            self.ref_cache = ReferenceCache.for_module(self)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

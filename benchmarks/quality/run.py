@@ -1,0 +1,211 @@
+"""Reproduce the paper's comparison end to end on real data, on CPU.
+
+SmolLM2-135M-Instruct (GGUF, ../shared/models) with LoRA on LastFM (../shared/data/lastfm):
+
+    zero-shot ("Vanilla") → SFT → {DPO, DPO-K (K=3), S-DPO K=3, S-DPO K=8}
+
+Every alignment run starts from the same SFT adapter (which is also its reference), with
+the same seed, rows and budget; the reference log-probs are cached once and shared by all
+four. Every model is tested with both protocols on the same test rows, then the
+Table-1-shaped comparison (sdpo-report), a ranking table and the reward-curve figures
+(sdpo-plots) are written.
+
+Data: ``train.json`` is split by user (seeded) into a fit part and a selection part
+(validation loss / reward curves); the test rows are a seeded sample of ``valid.json``.
+The budget (steps, rows, LoRA rank, max_length) is chosen to fit about 2 hours on 2 CPU
+cores; see ``--help`` and the README. Each stage writes a marker when it completes, so a
+re-run resumes where an interrupted one stopped. Artefacts live in ``--out`` (outside the
+repository by default).
+
+    python benchmarks/quality/run.py --out ../sdpo_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LASTFM = SHARED / "data" / "lastfm"
+
+ALIGN = [  # (run name, method label, objective, K)
+    ("dpo", "DPO", "dpo", 1),
+    ("dpo_k3", "DPO-K (K=3)", "dpo_k", 3),
+    ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3),
+    ("sdpo_k8", "S-DPO (K=8)", "sdpo", 8),
+]
+
+
+def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_rows: int) -> dict[str, Path]:
+    """Write the fit / selection / alignment / test files (seeded, by user for train)."""
+    data = out / "lastfm"  # the directory name is the dataset column of the report
+    data.mkdir(parents=True, exist_ok=True)
+    train = json.loads((LASTFM / "train.json").read_text())
+    rng = random.Random(seed)
+    # the rows carry no user id, but a user's rows are consecutive sliding windows: a row
+    # continues the previous one iff its history is the previous history + target (last 10)
+    hist = lambda r: r["historyList"].split("::") if isinstance(r["historyList"], str) else r["historyList"]  # noqa: E731
+    groups: list[list[dict]] = []
+    for r in train:
+        if groups:
+            prev = groups[-1][-1]
+            if hist(r) == (hist(prev) + [prev["trueSelection"]])[-len(hist(r)):] and len(hist(r)) >= len(hist(prev)):
+                groups[-1].append(r)
+                continue
+        groups.append([r])
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    n_select = max(1, round(select_frac * len(groups)))
+    select = [r for g in order[:n_select] for r in groups[g]]
+    fit = [r for g in order[n_select:] for r in groups[g]]
+    align = list(fit)
+    rng.shuffle(align)
+    test = json.loads((LASTFM / "valid.json").read_text())
+    test = [test[i] for i in sorted(rng.sample(range(len(test)), min(test_rows, len(test))))]
+    files = {"fit": fit, "select": select, "align": align[:align_rows], "test": test}
+    paths = {}
+    for name, rows in files.items():
+        paths[name] = data / f"{name}.json"
+        paths[name].write_text(json.dumps(rows, ensure_ascii=False))
+    (out / "split.json").write_text(json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)}))
+    return paths
+
+
+class Runner:
+    """Runs `sdpo` stages as subprocesses, with markers for resuming and a timing log."""
+
+    def __init__(self, out: Path, dry_run: bool = False) -> None:
+        self.out, self.dry_run = out, dry_run
+        self.timings_path = out / "timings.json"
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    def stage(self, name: str, args: list[str]) -> None:
+        marker = self.out / "done" / name
+        if marker.exists():
+            print(f"[skip] {name} (done)")
+            return
+        log = self.out / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "sdpo_lightning", *args]
+        print(f"[run ] {name}: {' '.join(cmd[2:])}", flush=True)
+        if self.dry_run:
+            return
+        start = time.perf_counter()
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        self.timings_path.write_text(json.dumps(self.timings, indent=1))
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        print(f"       {name}: {self.timings[name]:.0f}s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_quality", help="artefact directory")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--sft-steps", type=int, default=100)
+    p.add_argument("--align-steps", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--align-rows", type=int, default=512, help="training rows for the alignment runs")
+    p.add_argument("--test-rows", type=int, default=160, help="seeded sample of valid.json")
+    p.add_argument("--select-frac", type=float, default=0.1, help="share of train users held out")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--sft-lr", type=float, default=3e-4)
+    p.add_argument("--align-lr", type=float, default=1e-4)
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--dry-run", action="store_true", help="print the stages only")
+    a = p.parse_args(argv)
+    if not GGUF.is_file() or not (LASTFM / "train.json").is_file():
+        print(f"quality benchmark needs {GGUF} and {LASTFM}/train.json", file=sys.stderr)
+        return 2
+    out = a.out.resolve()
+    files = split_data(out, a.seed, a.select_frac, a.align_rows, a.test_rows)
+    run = Runner(out, a.dry_run)
+    lora = f"{{r: {a.lora_r}, alpha: {2 * a.lora_r}, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}"
+    common = [
+        "--seed_everything", str(a.seed),
+        "--model.model_name_or_path", str(GGUF), "--model.dtype", "float32",
+        "--model.gradient_checkpointing", "false", "--model.max_new_tokens", str(a.max_new_tokens),
+        "--model.eval_protocols", "[generation, ranking]",
+        "--trainer.precision", "32", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.accumulate_grad_batches", "1",
+        "--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
+        "--data.batch_size", str(a.batch_size), "--data.eval_batch_size", "8",
+        "--data.max_length", str(a.max_length), "--data.limit_val_examples", "64",
+        "--trainer.log_every_n_steps", "4",
+    ]
+    sft_cfg, sdpo_cfg = "configs/lastfm/sft.yaml", "configs/lastfm/sdpo.yaml"
+    runs = out / "runs"
+
+    def test(name: str, cfg: str, method: str, extra: list[str]) -> None:
+        run.stage(f"test_{name}", ["test", "-c", cfg, *common, "--trainer.default_root_dir", str(runs / name),
+                                   "--model.method", method, "--model.run_name", name, *extra])
+
+    test("vanilla", sft_cfg, "Vanilla", ["--model.lora", "null"])
+    run.stage("fit_sft", [
+        "fit", "-c", sft_cfg, *common, "--trainer.default_root_dir", str(runs / "sft"),
+        "--data.train_file", str(files["fit"]), "--model.lora", lora,
+        "--model.learning_rate", str(a.sft_lr), "--model.warmup_steps", "10",
+        "--trainer.max_steps", str(a.sft_steps), "--trainer.val_check_interval", str(a.sft_steps // 2),
+        "--trainer.max_epochs", "-1"])
+    sft_adapter = runs / "sft" / "export"
+    test("sft", sft_cfg, "SFT", ["--model.init_adapter", str(sft_adapter)])
+    for name, method, objective, k in ALIGN:
+        run.stage(f"fit_{name}", [
+            "fit", "-c", sdpo_cfg, *common, "--trainer.default_root_dir", str(runs / name),
+            "--data.train_file", str(files["align"]), "--model.init_adapter", str(sft_adapter),
+            "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(a.beta),
+            "--model.reference", "cached", "--model.reference_cache_dir", str(out / "reference_cache"),
+            "--model.learning_rate", str(a.align_lr), "--model.warmup_steps", "8",
+            "--trainer.max_steps", str(a.align_steps), "--trainer.val_check_interval", str(a.align_steps // 2),
+            "--trainer.max_epochs", "-1"])
+        test(name, sdpo_cfg, method, ["--model.init_adapter", str(runs / name / "export")])
+    if a.dry_run:
+        return 0
+    order = ["vanilla", "sft"] + [n for n, *_ in ALIGN]
+    summaries = [str(runs / n / "summary.json") for n in order]
+    from sdpo_lightning.analysis.cli import main as plots
+    from sdpo_lightning.evaluation.report import comparison_table
+
+    table = comparison_table(summaries, baseline_last=True)
+    ranking = ranking_table(summaries)
+    (out / "table.md").write_text(table + "\n" + ranking)
+    plots([str(runs / n) for n in order[1:]] + ["--out", str(out / "figures")])
+    total = sum(run.timings.values())
+    print(table)
+    print(ranking)
+    print(f"stage wall times (s): {json.dumps(run.timings)}; total {total / 60:.1f} min")
+    return 0
+
+
+def ranking_table(summaries: list[str]) -> str:
+    """Markdown: method × (generation HR@1, ValidRatio, ranking HR@1/3/5, NDCG@5/10, MRR) with CIs."""
+    cols = [("generation", "hr@1"), ("generation", "valid_ratio"), ("ranking", "hr@1"), ("ranking", "hr@3"),
+            ("ranking", "ndcg@5"), ("ranking", "ndcg@10"), ("ranking", "mrr")]
+    head = "| method | " + " | ".join(f"{p[:3]} {m}" for p, m in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for path in summaries:
+        s = json.loads(Path(path).read_text())
+        cells = []
+        for proto, metric in cols:
+            m = s["protocols"].get(proto, {}).get(metric)
+            cells.append("–" if not m or m["value"] is None else
+                         f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
