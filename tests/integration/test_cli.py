@@ -14,33 +14,7 @@ import torch
 import yaml
 
 from sdpo_lightning.cli import cli_main
-from tests.conftest import REPO, TINY
-
-
-def _config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {
-            "default_root_dir": str(tmp / name), "accelerator": "cpu", "devices": 1,
-            "max_steps": 4, "limit_val_batches": 1, "val_check_interval": 2, "limit_test_batches": 2, "log_every_n_steps": 1,
-            "enable_progress_bar": False, "num_sanity_val_steps": 0, "enable_model_summary": False,
-        },
-        "model": {
-            "model_name_or_path": None, "tokenizer_path": str(synthetic_dir / "tokenizer"),
-            "tiny_config": TINY, "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
-                                          "target_modules": ["q_proj", "v_proj"]},
-            "learning_rate": 1e-2, "max_new_tokens": 6, "num_negatives": 3,
-            "eval_protocols": ["generation", "ranking"], **model,
-        },
-        "data": {
-            "train_file": str(synthetic_dir / "train.json"), "val_file": str(synthetic_dir / "valid.json"),
-            "test_file": str(synthetic_dir / "test.json"), "batch_size": 2, "eval_batch_size": 4,
-            "max_length": 256,
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from tests.conftest import REPO, tiny_config as _config
 
 
 def _metrics(root: Path) -> list[dict]:

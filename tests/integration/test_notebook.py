@@ -1,9 +1,7 @@
 """``notebooks/reward_curves.ipynb`` runs end to end under ``nbclient`` and draws its figures.
 
-The notebook reads its run list from ``SDPO_RUNS``. Until a tiny real training run is
-available as a fixture, the runs here are logs written by Lightning's real loggers
-(:func:`sdpo_lightning.analysis.write_synthetic_run`); swap ``notebook_runs`` for the
-training-run fixture to exercise the notebook on genuine ``sdpo fit`` output.
+The notebook reads its run list from ``SDPO_RUNS``. The runs are genuine: two tiny
+``sdpo fit`` + ``sdpo test`` runs (S-DPO K=3 and DPO K=1) on the synthetic data.
 """
 
 from __future__ import annotations
@@ -27,14 +25,19 @@ FIGURE_CELLS = ["plot_losses", "plot_chosen_reward", "plot_rejected_rewards", "p
 
 
 @pytest.fixture(scope="module")
-def notebook_runs(tmp_path_factory) -> list[Path]:
-    """Run directories for the notebook: S-DPO K=3 (CSV + TB) and DPO (TB only)."""
-    from sdpo_lightning.analysis import write_synthetic_run
+def notebook_runs(tmp_path_factory, synthetic_dir) -> list[Path]:
+    """Two tiny real training runs (fit with validation generation, then test)."""
+    from sdpo_lightning.cli import cli_main
+    from tests.conftest import tiny_config
 
     root = tmp_path_factory.mktemp("nb_runs")
-    return [write_synthetic_run(root / "sdpo_k3", num_negatives=3, steps=12),
-            write_synthetic_run(root / "dpo", objective="dpo", num_negatives=1, steps=12,
-                                loggers=["tensorboard"], per_negative=False)]
+    runs = []
+    for name, objective, k in (("sdpo_k3", "sdpo", 3), ("dpo", "dpo", 1)):
+        cfg = tiny_config(root, synthetic_dir, name, objective=objective, num_negatives=k, val_generation=True)
+        cli_main(["fit", "-c", str(cfg), "--trainer.max_steps", "6"])
+        cli_main(["test", "-c", str(cfg)])
+        runs.append(root / name)
+    return runs
 
 
 def _images(cell) -> int:
