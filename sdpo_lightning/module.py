@@ -141,8 +141,9 @@ class SDPOModule(pl.LightningModule):
         """Build the policy here so DeepSpeed ZeRO-3 can shard it at creation.
 
         Under ZeRO-3 (see ``strategies.py``) a model read from a Hugging Face source is sharded
-        as it loads, and so is the frozen reference copy of full fine-tuning; LoRA adapters and
-        the tiny in-code model are built whole and partitioned when the DeepSpeed engine starts.
+        as it loads, and so is the frozen reference copy of full fine-tuning; LoRA adapters, the
+        tiny in-code model and GGUF files are built whole and partitioned when the DeepSpeed
+        engine starts.
         """
         if self.policy is not None:
             return
@@ -165,12 +166,14 @@ class SDPOModule(pl.LightningModule):
             self.reference_model = ref
 
     def _build_base(self) -> torch.nn.Module:
-        """``_build`` for ``configure_model``: the tiny in-code model is built whole even under
-        ZeRO-3 (same weights as without DeepSpeed; partitioned when the engine starts)."""
+        """``_build`` for ``configure_model``. Under ZeRO-3 the tiny in-code model (same weights
+        as without DeepSpeed) and GGUF files (transformers loads them through a quantizer, which
+        cannot fill ZeRO-3 shards) are built whole and partitioned when the engine starts."""
         from sdpo_lightning import strategies
 
-        if self.hparams.model_name_or_path is None:
-            with strategies.outside_zero_init():
+        h = self.hparams
+        if h.model_name_or_path is None or h.gguf_file or str(h.model_name_or_path).endswith(".gguf"):
+            with strategies.unsharded():
                 return self._build()
         return self._build()
 

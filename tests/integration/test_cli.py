@@ -99,13 +99,17 @@ def test_killed_fit_resumes_to_the_same_adapter(tmp_path, synthetic_dir):
 
 
 def test_same_config_and_seed_same_metrics(tmp_path, synthetic_dir):
+    """Two runs of one config and seed log the same losses at the same steps (to float
+    rounding: CPU kernels may sum in another order under another thread schedule)."""
     results = []
     for name in ("one", "two"):
         cfg = _config(tmp_path, synthetic_dir, name, objective="sdpo")
         cli_main(["fit", "-c", str(cfg)])
         rows = _metrics(tmp_path / name)
-        results.append([(r["step"], r.get("train/loss"), r.get("val/loss")) for r in rows])
-    assert results[0] == results[1]
+        results.append({(r["step"], k): float(r[k]) for r in rows for k in ("train/loss", "val/loss") if r.get(k)})
+    assert results[0].keys() == results[1].keys() and len(results[0]) >= 5
+    for key, value in results[0].items():
+        assert results[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "strategy" not in p.parts)
