@@ -159,7 +159,7 @@ class SDPOModule(pl.LightningModule):
             policy = apply_lora(base, lora, h.init_adapter)
         if h.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = policy
+        self.policy = policy.train()  # from_pretrained returns eval mode
         if h.objective != "sft" and not is_peft(policy) and h.reference == "live":
             ref = self._build_base().eval()
             ref.requires_grad_(False)
