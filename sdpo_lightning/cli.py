@@ -36,7 +36,9 @@ class SDPOCLI(LightningCLI):
             ]
         callbacks = list(config.get("callbacks") or [])
         extra = []
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        if config.get("enable_checkpointing", True) is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
             extra.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
         if not any(isinstance(c, RichProgressBar) for c in callbacks) and config.get("enable_progress_bar", True) is not False:
             extra.append(RichProgressBar(leave=True))

@@ -214,7 +214,10 @@ class SDPOModule(pl.LightningModule):
             with reference_mode(self.policy):
                 yield self.policy, scorer
         else:
-            ref = self._build().to(self.device).eval()
+            from sdpo_lightning import strategies
+
+            with strategies.unsharded():  # a temporary, unmanaged copy: never ZeRO-3-sharded
+                ref = self._build().to(self.device).eval()
             try:
                 yield ref, scorer
             finally:
@@ -372,8 +375,10 @@ class SDPOModule(pl.LightningModule):
         next epoch, which then counts as done at once (a resumed run skipped an epoch).
         """
         _normalize_epoch_end(checkpoint)
+        if not checkpoint.get("state_dict"):
+            return  # DeepSpeed keeps weights in its own shard files
         expected = set(trainable_state_dict(self.policy, prefix="policy."))
-        missing = sorted(expected - set(checkpoint.get("state_dict", {})))
+        missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
             raise RuntimeError(
                 f"checkpoint lacks {len(missing)} trainable weight(s) of this model (e.g. {missing[0]}); "

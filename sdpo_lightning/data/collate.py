@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from sdpo_lightning.data.negatives import example_generator, sample_negatives
 from sdpo_lightning.data.prompts import EncodedExample
@@ -62,24 +62,6 @@ class RecDataset(Dataset):
             "target": ex.target,
             "prompt": enc.prompt,
         }
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that is a function of (seed, epoch) only, so a resumed run sees the same
-    order as an uninterrupted one (Lightning calls :meth:`set_epoch` every epoch)."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 def make_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -8,10 +8,9 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sdpo_lightning.data.collate import (
-    EpochShuffleSampler,
     RecDataset,
     make_collate,
     negative_indices,
@@ -139,10 +138,16 @@ class RecDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         sampler = None
-        if shuffle and not (self.trainer is not None and self.trainer.world_size > 1):
-            # single process: an epoch-seeded order, identical after a resume; with several
-            # processes Lightning swaps in its seeded DistributedSampler(shuffle=True)
-            sampler, shuffle = EpochShuffleSampler(len(self.datasets[split]), self.hparams.seed), False
+        if shuffle:
+            # one seeded order for any number of processes, identical after a resume: the
+            # permutation is randperm(n, seed + epoch) (Lightning calls set_epoch each epoch)
+            # and process r takes every world-th item of it
+            t = self.trainer
+            world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
+            sampler = DistributedSampler(
+                self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
+            )
+            shuffle = False
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,

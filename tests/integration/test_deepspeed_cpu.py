@@ -4,11 +4,10 @@ Every run is a real ``sdpo fit`` in a subprocess; with ``devices: 2`` Lightning'
 the second rank. The baseline is one process without DeepSpeed on the same global batch
 (``batch_size`` 4 against 2 per rank).
 
-Same data order: under several processes Lightning's ``DistributedSampler`` draws
-``randperm(n, seed + epoch)`` (seed: ``seed_everything``) and rank ``r`` takes ``perm[r::2]``,
-so the global batch of step ``s`` is ``perm[4s:4s+4]``, the batch the single process draws from
-the data module's ``EpochShuffleSampler`` (``randperm(n, data.seed * 1000003 + epoch)``; both
-seeds are 0 here). Negatives depend only on (seed, epoch, example index). The probe records the
+Same data order: the data module's training sampler is a ``DistributedSampler`` seeded by
+``data.seed`` for any number of processes: ``randperm(n, seed + epoch)`` and rank ``r`` takes
+``perm[r::2]``, so the global batch of step ``s`` is ``perm[4s:4s+4]``, the batch the single
+process draws. Negatives depend only on (seed, epoch, example index). The probe records the
 example indices of every global batch, and the tests check them before comparing losses.
 """
 
