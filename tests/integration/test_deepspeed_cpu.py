@@ -131,7 +131,7 @@ def _config(inputs: Path, root: Path, stage: int | None, devices: int, lora: dic
     return path
 
 
-def _sdpo(subcommand: str, config: Path, *extra: str, timeout: int = 240) -> None:
+def _sdpo(subcommand: str, config: Path, *extra: str, timeout: int = 900) -> None:
     """``sdpo <subcommand> -c config`` in a subprocess (Lightning launches the other ranks)."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sdpo_lightning", subcommand, "-c", str(config), *extra]
