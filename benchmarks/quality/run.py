@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -34,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LASTFM = SHARED / "data" / "lastfm"
+
+# OpenMP threads spinning at barriers made steps 5-20x slower at random on shared cores
+ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 ALIGN = [  # (run name, method label, objective, K)
     ("dpo", "DPO", "dpo", 1),
@@ -99,7 +103,7 @@ class Runner:
             return
         start = time.perf_counter()
         with log.open("w") as f:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ENV)
         if proc.returncode != 0:
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
         self.timings[name] = round(time.perf_counter() - start, 1)
