@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # A CPU build of torch 2.13.0 is on these machines' disk; override TORCH_SPEC elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# OpenMP threads spinning at barriers slow torch down badly on small shared machines
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test test-slow bench install clean
 
@@ -21,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m sdpo_lightning.demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
