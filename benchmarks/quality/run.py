@@ -198,7 +198,7 @@ def ranking_table(summaries: list[str]) -> str:
     """Markdown: method × (generation HR@1, ValidRatio, ranking HR@1/3/5, NDCG@5/10, MRR) with CIs."""
     cols = [("generation", "hr@1"), ("generation", "valid_ratio"), ("ranking", "hr@1"), ("ranking", "hr@3"),
             ("ranking", "ndcg@5"), ("ranking", "ndcg@10"), ("ranking", "mrr")]
-    head = "| method | " + " | ".join(f"{p[:3]} {m}" for p, m in cols) + " |"
+    head = "| method | " + " | ".join(f"{dict(generation='gen', ranking='rank')[p]} {m}" for p, m in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for path in summaries:
         s = json.loads(Path(path).read_text())
