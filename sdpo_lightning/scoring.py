@@ -8,17 +8,21 @@ to the model when autograd is on. Two modes:
   ``[prompt, completion]`` sequences is a row of its own, shape ``(B*N, P+C)``. The
   model returns full logits; the log-softmax runs only on the completion positions.
 * ``"shared_prefix"``: the prompt is computed once per example. Each example becomes
-  one **packed row** ``[prompt, c_0, ..., c_{N-1}]`` of length ``P + N*C``, with a
-  block attention mask:
-  prompt tokens attend causally to real prompt tokens; completion tokens attend to the
-  real prompt tokens and to the earlier real tokens of their own completion only.
-  Position ids restart for every completion at ``n_prompt_tokens + j``. Logits are made
-  only at the N*C positions that predict completion tokens (``logits_to_keep``).
+  one **packed row** ``[prompt, c_0, ..., c_{N-1}]`` holding only the real tokens of each
+  completion (ragged packing: completion n takes exactly its own length, with no padding
+  between completions). Rows whose completions are shorter in total are right-padded as a
+  whole to ``P + T``, T = the most real completion tokens of any example. Block attention
+  mask: prompt tokens attend causally to real prompt tokens; completion tokens attend to the
+  real prompt tokens and to the earlier tokens of their own completion only; no real token
+  attends to padding. Position ids restart for every completion at ``n_prompt_tokens + j``.
+  Logits are made only at the T positions ``P-1 .. P+T-2`` (``logits_to_keep``): the first
+  token of every completion is predicted at the last prompt position, any other at the
+  position before it.
 
 Why a packed row and not a KV cache expanded to B*N? The packed row is a single ordinary
 forward pass. Gradients reach the prompt's activations through autograd with no special
 handling, and it works under gradient checkpointing (which forces ``use_cache=False``),
-with peft LoRA, and with DeepSpeed hooks. The attention cost is ``(P + N*C)^2`` rather
+with peft LoRA, and with DeepSpeed hooks. The attention cost is ``(P + T)^2`` rather
 than ``N*(P+C)^2``. For short completions that is about ``P^2``.
 
 Requirements: ``model.config._attn_implementation`` must be ``"sdpa"`` (the default;
@@ -110,24 +114,56 @@ def _attn_implementation(model: nn.Module) -> str:
     return getattr(config, "_attn_implementation", None) or "eager"
 
 
-def _packed_attention_mask(
-    p_mask: Tensor, c_mask: Tensor, attn_impl: str, dtype: torch.dtype
-) -> Tensor:
-    """Block mask for rows ``[prompt, c_0, ..., c_{N-1}]``: (B, 1, L, L), L = P + N*C.
+class _RaggedPack(NamedTuple):
+    """Where the real completion tokens of ``(B, N, C)`` sit in the packed rows."""
 
-    Real tokens never see padding. Each padding query sees itself, so that no row is all-masked
-    (an all-masked row gives NaN in SDPA). Their outputs are never read.
+    total: int  # T: most real completion tokens in one example (>= 1)
+    dest: Tensor  # (B, N*C) packed position of each completion slot; L = P + T for padding
+    segment: Tensor  # (B, L) -1 prompt, n completion n, -2 row padding
+    position_ids: Tensor  # (B, L)
+
+
+def _ragged_pack(p_mask: Tensor, c_mask: Tensor) -> _RaggedPack:
+    """Lay out rows ``[prompt, c_0, ..., c_{N-1}, row padding]`` with no padding inside.
+
+    Completion n of example b takes exactly its real length, straight after completion n-1.
+    Rows whose completions are shorter in total are right-padded to ``L = P + T``.
     """
     (B, P), (_, N, C) = p_mask.shape, c_mask.shape
-    L, device = P + N * C, p_mask.device
-    seg = torch.cat(  # (L,) block id: -1 = prompt, n = completion n
-        [torch.full((P,), -1, device=device), torch.arange(N, device=device).repeat_interleave(C)]
-    )
+    device = p_mask.device
+    real = c_mask.bool().reshape(B, N * C)  # (B, N*C)
+    total = max(int(real.sum(-1).max()), 1)  # T; at least one slot so that logits exist
+    L = P + total
+    dest = P + real.long().cumsum(-1) - 1  # (B, N*C): packed position of each real token
+    dest = torch.where(real, dest, torch.full_like(dest, L))  # padding slots -> dropped column L
+    completion = torch.arange(N, device=device).repeat_interleave(C).expand(B, N * C)
+    offset = torch.arange(C, device=device).repeat(N).expand(B, N * C)  # index in its completion
+    n_prompt = p_mask.long().sum(-1, keepdim=True)  # (B, 1)
+    segment = torch.full((B, L + 1), -2, dtype=torch.long, device=device)
+    segment[:, :P] = -1
+    segment.scatter_(1, dest, completion)
+    positions = torch.zeros((B, L + 1), dtype=torch.long, device=device)
+    positions[:, :P] = (p_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions.scatter_(1, dest, n_prompt + offset)  # restart after the prompt per completion
+    return _RaggedPack(total, dest, segment[:, :L], positions[:, :L])
+
+
+def _packed_attention_mask(
+    p_mask: Tensor, segment: Tensor, attn_impl: str, dtype: torch.dtype
+) -> Tensor:
+    """Block mask for packed rows ``[prompt, c_0, ..., c_{N-1}, pad]``: (B, 1, L, L).
+
+    ``segment`` (B, L) is -1 on the prompt, n on completion n and -2 on row padding. Real tokens
+    never see padding. Each padding query sees itself, so that no row is all-masked (an
+    all-masked row gives NaN in SDPA). Their outputs are never read.
+    """
+    (B, P), L, device = p_mask.shape, segment.shape[1], p_mask.device
     pos = torch.arange(L, device=device)
     causal = pos[:, None] >= pos[None, :]  # (L, L)
-    same_block = (seg[None, :] == -1) | (seg[None, :] == seg[:, None])  # (L, L)
-    key_real = torch.cat([p_mask.bool(), c_mask.bool().reshape(B, N * C)], dim=1)  # (B, L)
-    allowed = (causal & same_block)[None] & key_real[:, None, :]  # (B, L, L)
+    key_seg, query_seg = segment[:, None, :], segment[:, :, None]
+    same_block = (key_seg == -1) | (key_seg == query_seg)  # (B, L, L)
+    key_real = torch.cat([p_mask.bool(), segment[:, P:] >= 0], dim=1)  # (B, L)
+    allowed = causal[None] & same_block & key_real[:, None, :]  # (B, L, L)
     allowed = allowed | torch.eye(L, dtype=torch.bool, device=device)[None]
     allowed = allowed[:, None]  # (B, 1, L, L)
     if attn_impl == "sdpa":
@@ -147,29 +183,34 @@ def _shared_prefix(
             f"the model uses {attn_impl!r}; use mode='naive' or attn_implementation='sdpa'"
         )
     (B, P), (_, N, C) = p_ids.shape, c_ids.shape
-    device = p_ids.device
-    n_prompt = p_mask.long().sum(-1)  # (B,)
-    input_ids = torch.cat([p_ids, c_ids.reshape(B, N * C)], dim=1)  # (B, P + N*C)
-    p_pos = (p_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    c_pos = n_prompt[:, None] + torch.arange(C, device=device).repeat(N)[None]  # (B, N*C)
-    position_ids = torch.cat([p_pos, c_pos], dim=1)  # (B, P + N*C)
+    pack = _ragged_pack(p_mask, c_mask)
+    T, L = pack.total, P + pack.total
+    flat_ids, flat_mask = c_ids.reshape(B, N * C), c_mask.reshape(B, N * C)
+    input_ids = torch.zeros((B, L + 1), dtype=p_ids.dtype, device=p_ids.device)
+    input_ids[:, :P] = p_ids
+    input_ids = input_ids.scatter_(1, pack.dest, flat_ids)[:, :L]  # (B, L)
     dtype = model.get_input_embeddings().weight.dtype  # eager only; adds to the attention scores
-    mask = _packed_attention_mask(p_mask, c_mask, attn_impl, dtype)
-    # Token j of completion n is predicted at packed position P + n*C + j - 1. For j = 0 it is
-    # predicted at the last prompt position, P - 1.
-    keep = P - 1 + torch.arange(N * C, device=device)  # (N*C,)
-    first_token = torch.arange(N * C, device=device) % C == 0  # (N*C,)
-    keep = torch.where(first_token, torch.full_like(keep, P - 1), keep)
+    mask = _packed_attention_mask(p_mask, pack.segment, attn_impl, dtype)
+    # Logits at P-1 .. L-2 (T positions, shared by all rows). The first token of every
+    # completion is predicted at the last prompt position P-1 (kept index 0); any other token
+    # at packed position d is predicted at d-1 (kept index d-P).
+    keep = torch.arange(P - 1, L - 1, device=p_ids.device)  # (T,)
     logits = model(
         input_ids=input_ids,
         attention_mask=mask,
-        position_ids=position_ids,
+        position_ids=pack.position_ids,
         use_cache=False,
         logits_to_keep=keep,
-    ).logits  # (B, N*C, V)
-    token_logps = gather_completion_token_logps(
-        logits, c_ids.reshape(B, N * C), c_mask.reshape(B, N * C)
-    )  # (B, N*C)
+    ).logits  # (B, T, V)
+    first = torch.arange(N * C, device=p_ids.device).expand(B, N * C) % C == 0  # (B, N*C)
+    src = torch.where(first, torch.zeros_like(pack.dest), pack.dest - P)
+    src = src.clamp(0, T - 1)  # padding slots: any valid index, masked below
+    # log p(target) = logit[src, target] - logsumexp(logits[src]); no (B, N*C, V) copy.
+    V = logits.shape[-1]
+    logits = logits.float()
+    picked = logits.reshape(B, T * V).gather(1, src * V + flat_ids)  # (B, N*C)
+    lse = torch.logsumexp(logits, dim=-1).gather(1, src)  # (B, N*C)
+    token_logps = torch.where(flat_mask.bool(), picked - lse, torch.zeros_like(picked))
     return token_logps.reshape(B, N, C)
 
 

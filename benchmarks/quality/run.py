@@ -82,6 +82,14 @@ def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_r
     return paths
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 class Runner:
     """Runs `sdpo` stages as subprocesses, with markers for resuming and a timing log."""
 
@@ -90,10 +98,33 @@ class Runner:
         self.timings_path = out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
 
+    def _lock(self, name: str) -> bool:
+        """Claim a stage so that several runners (e.g. one with --reverse) can share the work;
+        a lock whose process is gone is stale and taken over."""
+        lock = self.out / "running" / name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _alive(owner):
+                return False
+            lock.write_text(str(os.getpid()))
+            return True
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+
     def stage(self, name: str, args: list[str]) -> None:
         marker = self.out / "done" / name
         if marker.exists():
             print(f"[skip] {name} (done)")
+            return
+        if not self.dry_run and not self._lock(name):
+            print(f"[busy] {name} (another runner has it)")
             return
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +141,7 @@ class Runner:
         self.timings_path.write_text(json.dumps(self.timings, indent=1))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+        (self.out / "running" / name).unlink(missing_ok=True)
         print(f"       {name}: {self.timings[name]:.0f}s", flush=True)
 
 
@@ -130,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--dry-run", action="store_true", help="print the stages only")
+    p.add_argument("--reverse", action="store_true",
+                   help="run the alignment methods in reverse order (a second runner shares the work)")
     a = p.parse_args(argv)
     if not GGUF.is_file() or not (LASTFM / "train.json").is_file():
         print(f"quality benchmark needs {GGUF} and {LASTFM}/train.json", file=sys.stderr)
@@ -154,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = out / "runs"
 
     def test(name: str, cfg: str, method: str, extra: list[str]) -> None:
+        if name != "vanilla" and not a.dry_run and not (out / "done" / f"fit_{name}").exists():
+            print(f"[wait] test_{name} (its fit runs in another runner)")
+            return
         run.stage(f"test_{name}", ["test", "-c", cfg, *common, "--trainer.default_root_dir", str(runs / name),
                                    "--model.method", method, "--model.run_name", name, *extra])
 
@@ -166,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "--trainer.max_epochs", "-1"])
     sft_adapter = runs / "sft" / "export"
     test("sft", sft_cfg, "SFT", ["--model.init_adapter", str(sft_adapter)])
-    for name, method, objective, k in ALIGN:
+    for name, method, objective, k in (ALIGN[::-1] if a.reverse else ALIGN):
         run.stage(f"fit_{name}", [
             "fit", "-c", sdpo_cfg, *common, "--trainer.default_root_dir", str(runs / name),
             "--data.train_file", str(files["align"]), "--model.init_adapter", str(sft_adapter),
@@ -177,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             "--trainer.max_epochs", "-1"])
         test(name, sdpo_cfg, method, ["--model.init_adapter", str(runs / name / "export")])
     if a.dry_run:
+        return 0
+    if not all((out / "done" / f"test_{n}").exists() for n in ["vanilla", "sft"] + [n for n, *_ in ALIGN]):
+        print("other stages are still running in another runner; it renders the tables")
         return 0
     order = ["vanilla", "sft"] + [n for n, *_ in ALIGN]
     summaries = [str(runs / n / "summary.json") for n in order]

@@ -183,6 +183,46 @@ def test_chunking_over_completions_is_exact(mode, chunk):
     assert_grads_close(g_chunked, g_full)
 
 
+def test_shared_prefix_packs_only_real_completion_tokens():
+    """Ragged packing: each row is [prompt, real completion tokens]; rows are padded as a whole."""
+    model = tiny_llama(lora=True)
+    p_ids, p_mask, c_ids, c_mask = make_batch(B=3, N=6, seed=12)
+    c_mask[1] = 0  # example 1: only one short completion, so its row is much shorter
+    c_mask[1, 2, :2] = 1
+    c_ids = c_ids.masked_fill(c_mask == 0, PAD)
+    batch = (p_ids, p_mask, c_ids, c_mask)
+    seen = []
+    hook = model.get_base_model().model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        weights = torch.randn(3, 6)
+        shared, g_shared = logps_and_grads(model, by("shared_prefix", batch), weights)
+    finally:
+        hook.remove()
+    P = int(p_mask.sum(-1).max())  # the first prompt has no padding (make_batch)
+    assert seen == [torch.Size([3, P + int(c_mask.sum((1, 2)).max())])]
+    naive, g_naive = logps_and_grads(model, by("naive", batch), weights)
+    torch.testing.assert_close(shared, naive, atol=ATOL, rtol=0)
+    assert_grads_close(g_shared, g_naive)
+
+
+def test_chunk_of_only_empty_completions():
+    model = tiny_llama(lora=True)
+    p_ids, p_mask, c_ids, c_mask = make_batch(B=2, N=4, seed=13)
+    c_mask[:, 2:] = 0  # the second chunk of 2 has no real token at all
+    c_ids = c_ids.masked_fill(c_mask == 0, PAD)
+    batch = (p_ids, p_mask, c_ids, c_mask)
+    weights = torch.randn(2, 4)
+    naive, g_naive = logps_and_grads(model, by("naive", batch), weights)
+    shared, g_shared = logps_and_grads(
+        model, by("shared_prefix", batch, max_completions_per_forward=2), weights
+    )
+    torch.testing.assert_close(shared, naive, atol=ATOL, rtol=0)
+    assert_grads_close(g_shared, g_naive)
+    assert torch.equal(shared[:, 2:], torch.zeros(2, 2))
+
+
 def test_output_types_counts_and_empty_rows():
     model = tiny_llama().eval()
     p_ids, p_mask, c_ids, c_mask = make_batch(B=2, N=3, seed=4)
