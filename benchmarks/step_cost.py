@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs, K and negative samplers.")
     layouts = {k: r["tokens"] for (kind, k, path), r in results.items() if kind == "sdpo" and path == "shared" and "tokens" in r}
     if layouts:
-        print("Packed completions (shared prefix), real tokens / slots incl. right padding: " + ", ".join(
+        print("Completion tokens in the batch, real / padded (B, N, C) input slots (the shared-prefix row "
+              "packs only the real ones): " + ", ".join(
             f"K={k}: {t['completion_real']}/{t['completion_slots']}" for k, t in sorted(layouts.items())))
     print("\n## DPO (K=1) against TRL's DPOTrainer, same model, rows, pairs and LoRA\n")
     print(table2)
