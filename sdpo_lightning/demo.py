@@ -10,7 +10,9 @@ config. Stages run through the same ``sdpo`` CLI and YAML configs a user would r
 4. ``sdpo fit  -c configs/quickstart_sdpo.yaml``  (LoRA on the SFT model; reference = SFT)
 5. ``sdpo test -c configs/quickstart_sdpo.yaml --model.init_adapter runs/quickstart/sdpo/export``
 
-and prints HR@1 / ValidRatio of both stages side by side.
+and prints HR@1 / ValidRatio of both stages side by side. Each test writes ``summary.json`` and
+``predictions.jsonl`` into its stage's run directory; ``sdpo-plots runs/quickstart --out
+runs/quickstart/figures`` draws the reward curves.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
     times["sft fit"] = _stage("SFT", ["fit", "-c", sft_cfg, *extra])
     times["sft test"] = _stage(
         "test SFT", ["test", "-c", sft_cfg, "--model.model_name_or_path", f"{root}/sft/export",
-                     "--model.method", "SFT", "--trainer.default_root_dir", f"{root}/sft_test", *extra])
+                     "--model.method", "SFT", "--trainer.default_root_dir", f"{root}/sft", *extra])
     times["sdpo fit"] = _stage("S-DPO", ["fit", "-c", sdpo_cfg, *extra])
     times["sdpo test"] = _stage(
         "test S-DPO", ["test", "-c", sdpo_cfg, "--model.init_adapter", f"{root}/sdpo/export",
-                       "--model.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo_test", *extra])
+                       "--model.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo", *extra])
     summaries = {
-        "SFT": json.loads((rootp / "sft_test" / "summary.json").read_text()),
-        "S-DPO": json.loads((rootp / "sdpo_test" / "summary.json").read_text()),
+        "SFT": json.loads((rootp / "sft" / "summary.json").read_text()),
+        "S-DPO": json.loads((rootp / "sdpo" / "summary.json").read_text()),
     }
     print("\n=== Quick start results (synthetic test split)")
     print(f"{'stage':8} {'HR@1':>8} {'ValidRatio':>11} {'rank HR@1':>10} {'MRR':>7}")
