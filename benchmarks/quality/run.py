@@ -137,7 +137,9 @@ class Runner:
             proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ENV)
         if proc.returncode != 0:
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
-        self.timings[name] = round(time.perf_counter() - start, 1)
+        # merge with what other runners wrote meanwhile
+        on_disk = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.timings = {**on_disk, **self.timings, name: round(time.perf_counter() - start, 1)}
         self.timings_path.write_text(json.dumps(self.timings, indent=1))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -227,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     ranking = ranking_table(summaries)
     (out / "table.md").write_text(table + "\n" + ranking)
     plots([str(runs / n) for n in order[1:]] + ["--out", str(out / "figures")])
-    total = sum(run.timings.values())
+    timings = json.loads(run.timings_path.read_text()) if run.timings_path.exists() else run.timings
+    total = sum(timings.values())
     print(table)
     print(ranking)
-    print(f"stage wall times (s): {json.dumps(run.timings)}; total {total / 60:.1f} min")
+    print(f"stage wall times (s): {json.dumps(timings)}; total {total / 60:.1f} min")
     return 0
 
 
