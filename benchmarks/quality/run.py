@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_quality", help="artefact directory")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sft-steps", type=int, default=100)
-    p.add_argument("--align-steps", type=int, default=64)
+    p.add_argument("--align-steps", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--align-rows", type=int, default=512, help="training rows for the alignment runs")
     p.add_argument("--test-rows", type=int, default=160, help="seeded sample of valid.json")
