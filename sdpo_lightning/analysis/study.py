@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 def _aggregate(table: pd.DataFrame, hue: str) -> pd.DataFrame:
     """Mean / min / max HR@1 per (``hue``, K), e.g. over seeds."""
     usable = table.dropna(subset=["num_negatives", "hr@1"])
+    if "objective" in usable.columns:  # SFT has no negatives: its K is a config leftover
+        usable = usable[usable["objective"].astype(str) != "sft"]
     left_out = sorted(set(table["run"]) - set(usable["run"]))
     if left_out:
         warnings.warn(

@@ -290,3 +290,12 @@ def test_package_imports_without_the_extra_and_names_it(both):
     result = subprocess.run([sys.executable, "-c", code, str(both)], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert "pip install sdpo_lightning[analysis]" in result.stdout
+
+
+def test_sft_runs_stay_out_of_the_negatives_study(runs):
+    """SFT trains on no negatives: its config's num_negatives must not place it at some K."""
+    table = sa.run_table(runs)
+    with_sft = table.assign(objective=["sft"] + list(table["objective"][1:]))
+    ax = sa.plot_hr1_vs_negatives(with_sft, kind="bar")
+    assert "sft" not in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(ax.patches) == len(table) - 1
