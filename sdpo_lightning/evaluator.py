@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,12 @@ from torch import nn
 from sdpo_lightning.constrained import candidate_sequences, prefix_allowed_tokens_fn
 from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
 from sdpo_lightning.evaluation.parsing import parse_answer
-from sdpo_lightning.evaluation.report import build_summary, format_summary_table, write_summary
+from sdpo_lightning.evaluation.report import (
+    build_summary,
+    format_summary_table,
+    write_predictions,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,7 @@ class Evaluator(nn.Module):
         records = self.gathered_records(module)
         if module.trainer is not None and not module.trainer.is_global_zero:
             return None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pred = out_dir / "predictions.jsonl"
-        with pred.open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        pred = write_predictions(out_dir, records)  # non-finite scores become null
         h = module.hparams
         data_file = getattr(getattr(module.trainer, "datamodule", None), "files", {}).get("test")
         meta = {

@@ -48,6 +48,22 @@ def tokenizer(synthetic_dir):
 
 
 @pytest.fixture()
+def count_builds(monkeypatch):
+    """Counts the reference passes (``score_dataset`` calls) made by ``ReferenceCache.build``."""
+    import sdpo_lightning.reference_cache as rc
+
+    calls: list[int] = []
+    real = rc.score_dataset
+
+    def counting(module, dataset, *args, **kwargs):
+        calls.append(len(dataset))
+        return real(module, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(rc, "score_dataset", counting)
+    return calls
+
+
+@pytest.fixture()
 def write_json(tmp_path):
     """Write a candidate-list file and return its path."""
 

@@ -13,7 +13,6 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-import sdpo_lightning.reference_cache as rc
 from sdpo_lightning.cli import cli_main
 from tests.integration.test_cli import _config, _metrics
 
@@ -74,19 +73,6 @@ def _assert_same_losses(live: list[dict], cached: list[dict]) -> None:
         assert a and [s for s, _ in a] == [s for s, _ in b], key
         torch.testing.assert_close(torch.tensor([v for _, v in b]), torch.tensor([v for _, v in a]),
                                    rtol=0, atol=ATOL, msg=key)
-
-
-@pytest.fixture()
-def count_builds(monkeypatch):
-    calls: list[int] = []
-    real = rc.score_dataset
-
-    def counting(module, dataset, *args, **kwargs):
-        calls.append(len(dataset))
-        return real(module, dataset, *args, **kwargs)
-
-    monkeypatch.setattr(rc, "score_dataset", counting)
-    return calls
 
 
 def test_lora_cached_reference_gives_the_live_losses_and_is_reused(tmp_path, small_dir, count_builds):

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sdpo_lightning.reference_cache as rc
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.module import SDPOModule
 from sdpo_lightning.reference_cache import (
@@ -60,20 +59,6 @@ def make(synthetic_dir: Path, data_dir: Path, model: dict | None = None, data: d
 
 def key_of(module: SDPOModule, dm: RecDataModule, split: str = "fit") -> str:
     return cache_key(reference_identity(module.hparams), data_identity(dm, split), dm.datasets[split])
-
-
-@pytest.fixture()
-def count_builds(monkeypatch):
-    """Counts calls of score_dataset made by ReferenceCache.build."""
-    calls: list[int] = []
-    real = rc.score_dataset
-
-    def counting(module, dataset, *args, **kwargs):
-        calls.append(len(dataset))
-        return real(module, dataset, *args, **kwargs)
-
-    monkeypatch.setattr(rc, "score_dataset", counting)
-    return calls
 
 
 # ---------------------------------------------------------------------------- the key
