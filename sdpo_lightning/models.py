@@ -40,6 +40,9 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    #: Decoder-layer indices that get adapters (``None``: all). Adapters on the top layers
+    #: only make training cheaper: autograd does not backpropagate through frozen lower layers.
+    layers_to_transform: list[int] | None = None
 
 
 def _split_gguf(model_name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -161,6 +164,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | 
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None,
     )
     return get_peft_model(model, config)
 
