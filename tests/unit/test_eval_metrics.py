@@ -215,3 +215,20 @@ def test_metrics_sync_across_two_processes() -> None:
     expected.update({f"r/{k}": v for k, v in _hand(RANKS).items()})
     for rank in (0, 1):
         assert results[rank] == pytest.approx(expected, abs=1e-6)
+
+
+def test_paired_ci_is_the_interval_of_the_per_example_difference() -> None:
+    """a - b = [1, 0, 0, 1, 0, 0, 0, 0] element-wise, so delta = 2/8 = 0.25; resampling
+    the differences must give exactly bootstrap_ci of that difference vector (same seed),
+    and the interval of a system against itself is the point 0."""
+    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+
+    a = [1, 1, 0, 1, 0, 1, 0, 0]
+    b = [0, 1, 0, 0, 0, 1, 0, 0]
+    delta, lo, hi = paired_bootstrap_ci(a, b, n_boot=500, seed=3)
+    assert delta == pytest.approx(0.25)
+    assert (delta, lo, hi) == bootstrap_ci([1, 0, 0, 1, 0, 0, 0, 0], n_boot=500, seed=3)
+    assert 0.0 <= lo <= delta <= hi <= 0.75
+    assert paired_bootstrap_ci(a, a, n_boot=100) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same examples"):
+        paired_bootstrap_ci([1.0, 0.0], [1.0])
