@@ -26,6 +26,7 @@ from sdpo_lightning.models import (
 from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
 from sdpo_lightning.reference_cache import ReferenceCache, eval_mode
 from sdpo_lightning.scoring import completion_logps
+from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ class SDPOModule(pl.LightningModule):
         max_new_tokens: generation budget of the paper protocol.
         eval_protocols: subset of ``generation``, ``ranking`` run by ``test``.
         val_generation: also run greedy generation in validation (``val/hr@1``).
+        trunk_cache: serve the frozen lower decoder layers (below the lowest LoRA layer, see
+            ``lora.layers_to_transform``) from activations computed once per example
+            (:mod:`sdpo_lightning.trunk_cache`); exact, shared-prefix scoring only.
+        val_ranking: also rank the candidates in validation (``val/rank/hr@1``, ...): a cheap
+            learning curve of the ranking protocol.
         length_normalize: ranking by mean instead of summed token log-likelihood.
         constrained: restrict generation to candidate titles (a prefix trie).
         export_dir: where ``fit`` exports the adapter / model (default ``<root>/export``).
@@ -97,6 +103,8 @@ class SDPOModule(pl.LightningModule):
         max_new_tokens: int = 32,
         eval_protocols: list[str] | None = None,
         val_generation: bool = False,
+        val_ranking: bool = False,
+        trunk_cache: bool = False,
         length_normalize: bool = False,
         constrained: bool = False,
         export_dir: str | None = None,
@@ -128,6 +136,7 @@ class SDPOModule(pl.LightningModule):
         self.ref_cache: ReferenceCache | None = None
         self.strict_loading = False  # checkpoints carry only the trainable weights
         self.evaluators: dict[str, Evaluator] = {}
+        self.trunk: TrunkCache | None = None
 
     # ------------------------------------------------------------------ model
     def _build(self) -> torch.nn.Module:
@@ -184,8 +193,18 @@ class SDPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ scoring
     def score(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, model=None, mode=None):
         """Summed completion log-probs (B, N) and token counts of ``ids`` after the prompts."""
+        model = model if model is not None else self.policy
+        if (self.hparams.get("trunk_cache") and model is self.policy and "candidate_input_ids" in batch
+                and (mode or self.hparams.scoring) == "shared_prefix"):
+            if self.trunk is None:
+                n_lower = frozen_layer_count(self.policy)
+                if n_lower == 0:
+                    raise ValueError("trunk_cache: the lowest decoder layer is trainable; put LoRA on the "
+                                     "top layers only (lora.layers_to_transform)")
+                self.trunk = TrunkCache(n_lower)
+            return self.trunk.completion_logps(model, batch, ids, mask)
         return completion_logps(
-            model if model is not None else self.policy,
+            model,
             batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask,
             mode=mode or self.hparams.scoring,
         )
@@ -278,8 +297,10 @@ class SDPOModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")
-        if self.hparams.val_generation:
-            self._evaluator("val", ["generation"]).update(self, batch)
+        protocols = [name for name, on in (("generation", self.hparams.val_generation),
+                                           ("ranking", self.hparams.get("val_ranking", False))) if on]
+        if protocols:
+            self._evaluator("val", protocols).update(self, batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluator("test", self.hparams.eval_protocols).update(self, batch)

@@ -1,0 +1,205 @@
+"""Frozen-trunk activation cache: compute the frozen lower decoder layers once per example.
+
+With LoRA on the top decoder layers only (``LoraSettings.layers_to_transform``), the
+embeddings and the lower layers are a fixed function of the tokens. In the shared-prefix
+packed row (see :mod:`sdpo_lightning.scoring`), a completion token attends only to the
+prompt and to its own completion, so its lower-layer activation does not depend on which
+other completions share the row. Hence the activations of ``[prompt, every candidate]``
+computed once per example serve every later packed row of that example — SFT (the target
+only), any K negatives, the reference and the ranking protocol:
+
+* first use of an example: one no-grad pass of the lower ``n_lower`` layers over its
+  all-candidates packed row; the prompt's and each candidate's hidden states are stored
+  (in memory, keyed by the token ids, so a split, a sampler or an epoch never mixes them);
+* every use: the packed row of the requested completions is assembled from the store and
+  only the upper layers run (``inputs_embeds`` with the decoder's layer list cut to the
+  upper layers), with the same block mask and position ids.
+
+The result equals :func:`~sdpo_lightning.scoring.completion_logps` in ``shared_prefix`` mode
+up to float rounding (tested), and so do the gradients: autograd never reaches the frozen
+layers either way. The saving is the forward of the lower layers on every step after an
+example's first, and the whole backward below the adapters is skipped in both.
+Single-process and DDP / ZeRO-2 only (ZeRO-3 partitions the layers' weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sdpo_lightning.scoring import (
+    CompletionLogps,
+    _packed_attention_mask,
+    _ragged_pack,
+    trim_padding,
+)
+
+__all__ = ["TrunkCache", "decoder_of", "frozen_layer_count"]
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``embed_tokens``, ``layers``, ``norm``) inside a causal LM / peft model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(inner, "model", None)
+    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        raise ValueError(f"trunk cache: cannot find the decoder layers of {type(inner).__name__}")
+    return decoder
+
+
+def frozen_layer_count(model: nn.Module) -> int:
+    """Number of leading decoder layers with no adapter of any name and no trainable weight."""
+    decoder = decoder_of(model)
+    if any(p.requires_grad for p in decoder.embed_tokens.parameters()):
+        return 0
+    for i, layer in enumerate(decoder.layers):
+        has_adapter = any("lora_" in name for name, _ in layer.named_modules())
+        if has_adapter or any(p.requires_grad for p in layer.parameters()):
+            return i
+    return len(decoder.layers)
+
+
+@contextlib.contextmanager
+def _only_layers(decoder: nn.Module, start: int, stop: int | None, skip_norm: bool) -> Iterator[None]:
+    """Temporarily cut the decoder to ``layers[start:stop]`` (and its final norm to identity)."""
+    layers, norm = decoder.layers, decoder.norm
+    decoder.layers = nn.ModuleList(list(layers)[start:stop])
+    if skip_norm:
+        decoder.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, norm
+
+
+def _key(prompt_ids: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> bytes:
+    """Digest of one example's real prompt ids and its candidates' real ids."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(prompt_ids.to(torch.int64).cpu().numpy().tobytes())
+    for ids, m in zip(cand_ids, cand_mask):
+        h.update(b"|" + ids[m.bool()].to(torch.int64).cpu().numpy().tobytes())
+    return h.digest()
+
+
+def _packed_inputs(p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor):
+    """Packed-row ids, block mask inputs and logit positions, as in ``scoring._shared_prefix``."""
+    (B, P), (_, N, C) = p_ids.shape, c_ids.shape
+    pack = _ragged_pack(p_mask, c_mask)
+    L = P + pack.total
+    input_ids = torch.zeros((B, L + 1), dtype=p_ids.dtype, device=p_ids.device)
+    input_ids[:, :P] = p_ids
+    input_ids = input_ids.scatter_(1, pack.dest, c_ids.reshape(B, N * C))[:, :L]  # (B, L)
+    return pack, input_ids, L
+
+
+class TrunkCache:
+    """Lower-layer activations of every example seen, keyed by its token ids.
+
+    Args:
+        n_lower: Number of frozen lower decoder layers served from the cache.
+    """
+
+    def __init__(self, n_lower: int) -> None:
+        if n_lower < 1:
+            raise ValueError(f"trunk cache needs at least one frozen lower layer, got {n_lower}")
+        self.n_lower = n_lower
+        self.store: dict[bytes, tuple[Tensor, list[Tensor]]] = {}
+        self.builds = 0  # examples whose lower layers were computed
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @torch.no_grad()
+    def _fill(self, model: nn.Module, p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor,
+              keys: list[bytes]) -> None:
+        """Run the lower layers on the all-candidates packed rows of these examples."""
+        p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, c_ids, c_mask)
+        (B, P), (_, M, C) = p_ids.shape, c_ids.shape
+        pack, input_ids, L = _packed_inputs(p_ids, p_mask, c_ids, c_mask)
+        decoder = decoder_of(model)
+        mask = _packed_attention_mask(p_mask, pack.segment, _attn(model), decoder.embed_tokens.weight.dtype)
+        with _only_layers(decoder, 0, self.n_lower, skip_norm=True):
+            hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=pack.position_ids,
+                             use_cache=False).last_hidden_state  # (B, L, H)
+        lengths = c_mask.long().sum(-1)  # (B, M)
+        n_prompt = p_mask.long().sum(-1)  # (B,)
+        dest = pack.dest.reshape(B, M, C)
+        for b, key in enumerate(keys):
+            prompt_h = hidden[b, P - int(n_prompt[b]):P].clone()  # left-padded: real ids last
+            cands = [hidden[b, dest[b, m, : int(lengths[b, m])]].clone() for m in range(M)]
+            self.store[key] = (prompt_h, cands)
+        self.builds += B
+
+    def completion_logps(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor) -> CompletionLogps:
+        """Like ``completion_logps(model, prompt, ids, mask, mode="shared_prefix")`` for a batch
+        whose ``ids`` rows are candidates of ``batch["candidate_input_ids"]``.
+
+        Raises:
+            KeyError: if a completion is not among its example's candidates.
+        """
+        p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        cand_ids, cand_mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
+        cand_index = _candidate_index(ids, mask, cand_ids, cand_mask)  # (B, N)
+        keys = [_key(p_ids[b][p_mask[b].bool()], cand_ids[b], cand_mask[b]) for b in range(p_ids.shape[0])]
+        missing = [b for b, k in enumerate(keys) if k not in self.store]
+        if missing:
+            sel = torch.tensor(missing, device=p_ids.device)
+            self._fill(model, p_ids[sel], p_mask[sel], cand_ids[sel], cand_mask[sel], [keys[b] for b in missing])
+        n_tokens = mask.long().sum(-1)  # (B, N)
+        p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
+        (B, P), (_, N, C) = p_ids.shape, c_ids.shape
+        pack, _, L = _packed_inputs(p_ids, p_mask, c_ids, c_mask)
+        decoder = decoder_of(model)
+        first = self.store[keys[0]][0]
+        hidden = torch.zeros((B, L + 1, first.shape[-1]), dtype=first.dtype, device=first.device)
+        dest = pack.dest.reshape(B, N, C)
+        for b, key in enumerate(keys):
+            prompt_h, cands = self.store[key]
+            hidden[b, P - prompt_h.shape[0]:P] = prompt_h
+            for n in range(N):
+                length = int(n_tokens[b, n])
+                if length:
+                    hidden[b, dest[b, n, :length]] = cands[int(cand_index[b, n])][:length]
+        attn = _packed_attention_mask(p_mask, pack.segment, _attn(model), decoder.embed_tokens.weight.dtype)
+        keep = torch.arange(P - 1, L - 1, device=p_ids.device)  # (T,), see scoring._shared_prefix
+        with _only_layers(decoder, self.n_lower, None, skip_norm=False):
+            logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn, position_ids=pack.position_ids,
+                           use_cache=False, logits_to_keep=keep).logits  # (B, T, V)
+        token_logps = _packed_token_logps(logits, pack.dest, c_ids.reshape(B, N * C), c_mask.reshape(B, N * C), P, C)
+        return CompletionLogps(token_logps.reshape(B, N, C).sum(-1), n_tokens)
+
+
+def _attn(model: nn.Module) -> str:
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"trunk cache needs attn_implementation sdpa or eager (custom 4D mask), got {impl!r}")
+    return impl
+
+
+def _candidate_index(ids: Tensor, mask: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> Tensor:
+    """For each completion (B, N, C), the index of the equal candidate in (B, M, C')."""
+    width = max(ids.shape[-1], cand_ids.shape[-1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))  # noqa: E731
+    a = pad(ids * mask)[:, :, None]  # (B, N, 1, W)
+    b = pad(cand_ids * cand_mask)[:, None]  # (B, 1, M, W)
+    same = (a == b).all(-1) & (pad(mask)[:, :, None] == pad(cand_mask)[:, None]).all(-1)  # (B, N, M)
+    if not bool(same.any(-1).all()):
+        raise KeyError("trunk cache: a completion is not among its example's candidates")
+    return same.float().argmax(-1)  # (B, N)
+
+
+def _packed_token_logps(logits: Tensor, dest: Tensor, flat_ids: Tensor, flat_mask: Tensor, P: int, C: int) -> Tensor:
+    """Per-slot log p(token) (B, N*C) from the kept logits (B, T, V) of a packed row: the
+    first token of every completion is predicted at the last prompt position (kept index 0),
+    any other at the packed position before it (kept index ``dest - P``)."""
+    B, T, V = logits.shape
+    first = torch.arange(flat_ids.shape[1], device=logits.device).expand_as(flat_ids) % C == 0  # (B, N*C)
+    src = torch.where(first, torch.zeros_like(dest), dest - P).clamp(0, T - 1)
+    logits = logits.float()
+    picked = logits.reshape(B, T * V).gather(1, src * V + flat_ids)  # (B, N*C)
+    lse = torch.logsumexp(logits, dim=-1).gather(1, src)  # (B, N*C)
+    return torch.where(flat_mask.bool(), picked - lse, torch.zeros_like(picked))
