@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from sdpo_lightning import checkpoint_io
 from sdpo_lightning.data.datamodule import RecDataModule
+from sdpo_lightning.errors import ConfigError, UserError, report, strip_debug_flag
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.run_lock import RunLock, is_secondary_rank
+
+PROG = "sdpo"
 
 
 class SDPOCLI(LightningCLI):
@@ -20,8 +28,70 @@ class SDPOCLI(LightningCLI):
     * unless a logger is configured, runs log to CSV (``<root>/csv``) and TensorBoard
       (``<root>/tb``), where ``<root>`` is ``trainer.default_root_dir``;
     * a rich progress bar and a checkpoint callback keeping ``<root>/checkpoints/last.ckpt``
-      are added unless the config has callbacks of those kinds.
+      are added unless the config has callbacks of those kinds;
+    * a config error (unknown key, bad value) raises :class:`ConfigError` with jsonargparse's
+      message instead of printing the whole usage; so does a ``ValueError`` / ``OSError`` raised
+      while the model, data module or trainer is built from the config;
+    * ``<root>/.sdpo.lock`` is held from before the model is built to the end of the command
+      (global rank 0), so a second run on the same root is refused (:mod:`run_lock`);
+    * an unreadable ``--ckpt_path`` raises :class:`CheckpointError` (:mod:`checkpoint_io`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._held = contextlib.ExitStack()
+        with self._held:  # the run lock is released however the command ends
+            super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        from jsonargparse import ArgumentError
+
+        for p in (parser, *getattr(self, "_subcommand_parsers", {}).values()):
+            p.exit_on_error = False  # raise ArgumentError instead of printing the whole usage
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            command = f"{PROG} {self._subcommand_in(args)}".strip()
+            raise ConfigError(f"{err} (see `{command} --help`)") from err
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the hyperparameters of ``--ckpt_path`` while parsing: name the
+        file when it cannot be read."""
+        from jsonargparse import ArgumentError
+
+        try:
+            super()._parse_ckpt_path()
+        except UserError:
+            raise
+        except ArgumentError as err:
+            raise ConfigError(f"the hyperparameters stored in --ckpt_path do not fit this config: {err}") from err
+        except Exception as err:
+            raise checkpoint_io.unreadable(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+
+    @staticmethod
+    def _subcommand_in(args: Any) -> str:
+        argv = sys.argv[1:] if args is None else args
+        return next((a for a in argv if a in ("fit", "validate", "test", "predict")), "") if isinstance(argv, list) else ""
+
+    def before_instantiate_classes(self) -> None:
+        model = self._get(self.config, "model", default={}) or {}
+        if model.get("objective") != "sft" and model.get("beta") is not None:
+            from sdpo_lightning.objectives import _check_beta
+
+            try:
+                _check_beta(model["beta"])
+            except ValueError as err:
+                raise ConfigError(f"model.beta: {err}") from None
+        if self.subcommand is not None and not is_secondary_rank():
+            root = self._get(self.config, "trainer", default={}).get("default_root_dir") or os.getcwd()
+            self._held.enter_context(RunLock(root))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (UserError, MisconfigurationException):
+            raise
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"invalid configuration: {err}") from err
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.num_negatives", "data.num_negatives")
@@ -44,18 +114,34 @@ class SDPOCLI(LightningCLI):
             extra.append(RichProgressBar(leave=True))
         if extra:
             config["callbacks"] = callbacks + extra
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        checkpoint_io.install(trainer.strategy)
+        return trainer
+
+
+#: Errors ``sdpo`` reports in one line: the project's user errors and Lightning's own
+#: misconfiguration errors (e.g. more devices than the machine has).
+KNOWN_ERRORS = (UserError, MisconfigurationException)
 
 
 def cli_main(args: list[str] | None = None) -> None:
-    """Entry point of the ``sdpo`` command (``args=None`` reads ``sys.argv``)."""
-    SDPOCLI(
-        SDPOModule,
-        RecDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Entry point of the ``sdpo`` command (``args=None`` reads ``sys.argv``).
+
+    A known user error (:data:`KNOWN_ERRORS`) prints ``sdpo: error: <message>`` on stderr
+    and exits with status 2 (``SystemExit``); with ``SDPO_DEBUG=1`` or ``--debug`` its
+    traceback comes first. Other exceptions propagate with their traceback.
+    """
+    args = strip_debug_flag(args)
+    try:
+        SDPOCLI(
+            SDPOModule,
+            RecDataModule,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except KNOWN_ERRORS as err:
+        raise SystemExit(report(PROG, err)) from None
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "reference"
+#: Written last into an export directory (``SDPOModule.export``): the files and their sizes.
+EXPORT_MARKER = "export_complete.json"
 TINY_DEFAULTS: dict[str, Any] = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -140,7 +142,12 @@ def build_policy(
         kwargs["gguf_file"] = gguf
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as err:  # no / broken config or weights: the user's directory
+        from sdpo_lightning.errors import ModelSourceError, one_line
+
+        raise ModelSourceError(f"cannot load the model from {src!r}: {one_line(err)[:300]}") from err
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -152,8 +159,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | 
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init_adapter is not None:
-        if not (Path(init_adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"init_adapter {init_adapter!r} is not a peft adapter directory (no adapter_config.json)")
+        check_adapter_dir(init_adapter)
         peft_model = PeftModel.from_pretrained(model, init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         peft_model.load_adapter(init_adapter, adapter_name="default", is_trainable=True)
         peft_model.set_adapter("default")
@@ -167,6 +173,64 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | 
         layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None,
     )
     return get_peft_model(model, config)
+
+
+def check_adapter_dir(path: str | Path) -> None:
+    """Refuse an adapter directory that is missing, incomplete or unreadable.
+
+    A directory exported by this project carries :data:`EXPORT_MARKER`, written last, listing
+    every file and its size: all must be there, whole. A directory without it (peft's own
+    ``save_pretrained``, older exports) is accepted when ``adapter_config.json`` parses and
+    ``adapter_model.safetensors`` (or ``adapter_model.bin``) reads.
+
+    Raises:
+        ModelSourceError: naming the directory, the file and the reason.
+    """
+    import json
+
+    from sdpo_lightning.errors import ModelSourceError
+
+    root = Path(path)
+    where = f"init_adapter {str(root)!r}"
+    if not root.is_dir():
+        raise ModelSourceError(f"{where}: {'not a directory' if root.exists() else 'no such directory'}")
+    marker = root / EXPORT_MARKER
+    if marker.is_file():
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelSourceError(f"{where}: unreadable {EXPORT_MARKER} ({err})") from None
+        for name, size in files.items():
+            have = (root / name).stat().st_size if (root / name).is_file() else None
+            if have != size:
+                state = "is missing" if have is None else f"has {have} bytes, the export wrote {size}"
+                raise ModelSourceError(f"{where}: incomplete export: {name} {state}")
+    config = root / "adapter_config.json"
+    if not config.is_file():
+        raise ModelSourceError(f"{where} is not a peft adapter directory (no adapter_config.json)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelSourceError(f"{where}: adapter_config.json is not valid JSON ({err})") from None
+    weights = root / "adapter_model.safetensors"
+    try:
+        if weights.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:  # reads and checks the header
+                if not list(f.keys()):
+                    raise ValueError("no tensors")
+        elif (root / "adapter_model.bin").is_file():
+            weights = root / "adapter_model.bin"
+            torch.load(weights, map_location="cpu", weights_only=True)
+        else:
+            raise ModelSourceError(f"{where}: incomplete adapter: no adapter_model.safetensors")
+    except ModelSourceError:
+        raise
+    except Exception as err:
+        raise ModelSourceError(f"{where}: {weights.name} is unreadable or truncated ({str(err)[:200]})") from None
+    if not marker.is_file():
+        log.info("%s has no %s (written by peft or an older version); its files read fine", root, EXPORT_MARKER)
 
 
 def _freeze_adapter(model: nn.Module, name: str) -> None:

@@ -348,6 +348,9 @@ class SDPOModule(pl.LightningModule):
     def export(self, directory: str | os.PathLike) -> Path:
         """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer.
 
+        The directory appears whole or not at all (written aside, sealed with a completion
+        marker, then renamed: :mod:`sdpo_lightning.export_dir`).
+
         Under DeepSpeed ZeRO-3 the weights are first gathered from the shards, a collective:
         call it on every rank (only global rank 0 writes) — except right after ``fit``, whose
         ``on_train_end`` has already gathered them for ``on_fit_end``.
@@ -360,13 +363,15 @@ class SDPOModule(pl.LightningModule):
             weights = self._gather_export_weights()
         if self._trainer is not None and not self.trainer.is_global_zero:
             return out
-        out.mkdir(parents=True, exist_ok=True)
+        from sdpo_lightning.export_dir import atomic_directory
+
         kwargs = {"state_dict": weights} if weights else {}
-        if is_peft(self.policy):
-            self.policy.save_pretrained(str(out), selected_adapters=["default"], **kwargs)
-        else:
-            self.policy.save_pretrained(str(out), **kwargs)
-        self.tokenizer.save_pretrained(str(out))
+        with atomic_directory(out) as tmp:
+            if is_peft(self.policy):
+                self.policy.save_pretrained(str(tmp), selected_adapters=["default"], **kwargs)
+            else:
+                self.policy.save_pretrained(str(tmp), **kwargs)
+            self.tokenizer.save_pretrained(str(tmp))
         log.info("exported %s to %s", "adapter" if is_peft(self.policy) else "model", out)
         return out
 
@@ -401,7 +406,9 @@ class SDPOModule(pl.LightningModule):
         expected = set(trainable_state_dict(self.policy, prefix="policy."))
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
-            raise RuntimeError(
+            from sdpo_lightning.errors import CheckpointError
+
+            raise CheckpointError(
                 f"checkpoint lacks {len(missing)} trainable weight(s) of this model (e.g. {missing[0]}); "
                 "was it written with another LoRA / full fine-tuning setting?"
             )

@@ -120,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sdpo-plots``; prints the written files, one per line.
 
     Returns:
-        0 on success, 2 on a usage error or a run directory without logs.
+        0 on success, 2 on a usage error or a run directory without logs (one
+        ``sdpo-plots: error:`` line; the traceback too with ``SDPO_DEBUG=1`` or ``--debug``).
     """
+    from sdpo_lightning.errors import UserError, report, strip_debug_flag
+
+    argv = strip_debug_flag(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not 0.0 <= args.smooth < 1.0:
@@ -132,9 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                x=args.x, source=args.source, num_negatives=negatives,
                                fmt=args.fmt, dpi=args.dpi)
     except (FileNotFoundError, ValueError, argparse.ArgumentTypeError,
-            MissingExtraError) as err:
-        print(f"sdpo-plots: error: {err}", file=sys.stderr)
-        return 2
+            MissingExtraError, UserError) as err:
+        return report("sdpo-plots", err)
     for path in files:
         print(path)
     return 0

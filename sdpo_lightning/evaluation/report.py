@@ -319,7 +319,14 @@ def comparison_table(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``sdpo-report``: render a comparison table of run summaries."""
+    """Console script ``sdpo-report``: render a comparison table of run summaries.
+
+    Returns 2 after a bad input (one ``sdpo-report: error:`` line; the traceback too with
+    ``SDPO_DEBUG=1`` or ``--debug``).
+    """
+    from sdpo_lightning.errors import UserError, report, strip_debug_flag
+
+    argv = strip_debug_flag(argv)
     parser = argparse.ArgumentParser(prog="sdpo-report", description=comparison_table.__doc__)
     parser.add_argument("summaries", nargs="+", help="summary.json files (globs are expanded)")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
@@ -337,9 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths += expanded
     try:
         table = comparison_table(paths, args.baseline_last, n_boot=args.n_boot, seed=args.seed)
-    except ReportError as e:
-        print(f"sdpo-report: error: {e}", file=sys.stderr)
-        return 2
+    except (ReportError, UserError) as e:
+        return report("sdpo-report", e)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table, encoding="utf-8")

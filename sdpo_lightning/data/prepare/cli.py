@@ -21,6 +21,7 @@ from sdpo_lightning.data.prepare.output import format_stats
 from sdpo_lightning.data.prepare.protocol import ProtocolConfig
 from sdpo_lightning.data.prepare.rawio import PrepareError, ReaderOptions
 from sdpo_lightning.data.prepare.registry import DATASETS, get_dataset, prepare
+from sdpo_lightning.errors import UserError, report, strip_debug_flag
 
 __all__ = ["build_parser", "main"]
 
@@ -117,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-        0 on success, 2 for usage or input errors (message on stderr, no traceback),
-        130 when interrupted.
+        0 on success, 2 for usage or input errors (message on stderr; the traceback too
+        with ``SDPO_DEBUG=1`` or ``--debug``), 130 when interrupted.
     """
+    argv = strip_debug_flag(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -127,9 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return _run(args)
-    except PrepareError as err:
-        print(f"sdpo-prepare: error: {err}", file=sys.stderr)
-        return 2
+    except (PrepareError, UserError) as err:
+        return report("sdpo-prepare", err)
     except KeyboardInterrupt:
         print("sdpo-prepare: interrupted", file=sys.stderr)
         return 130
