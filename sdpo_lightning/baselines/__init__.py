@@ -1,0 +1,16 @@
+"""Non-neural baselines (random, most popular, item co-occurrence) in the report format.
+
+``sdpo-baseline NAME --train T --test V --out DIR`` or :func:`run_baseline` from Python.
+"""
+
+from sdpo_lightning.baselines.base import Scorer
+from sdpo_lightning.baselines.item_knn import ItemKNNScorer
+from sdpo_lightning.baselines.most_popular import MostPopularScorer
+from sdpo_lightning.baselines.random_scores import RandomScorer
+from sdpo_lightning.baselines.registry import SCORERS, make_scorer
+from sdpo_lightning.baselines.runner import prediction_records, run_baseline
+
+__all__ = [
+    "SCORERS", "ItemKNNScorer", "MostPopularScorer", "RandomScorer", "Scorer",
+    "make_scorer", "prediction_records", "run_baseline",
+]
