@@ -5,6 +5,15 @@
   ``hr@1`` = correct / all, ``valid_ratio`` = valid / all, ``hr@1_given_valid``.
 * ``ranking``: every candidate scored by its completion log-likelihood (shared prefix);
   HR@1/3/5, NDCG@5/10, MRR. ValidRatio is 1 by construction.
+
+Both protocols share one forward pass per batch (``one_pass=True``, the default,
+:func:`one_pass_outputs`): the ranking protocol's packed row ``[prompt, c_0, ..., c_{M-1}]``
+also yields the prompt's KV cache (its first ``P`` positions) from which greedy generation
+continues, and the logits after every candidate prefix, from which constrained generation is
+a walk over the candidate trie with no decoding step. Generation stops as soon as every row
+has emitted EOS or finished its first non-blank line (all the parser reads), so the recorded
+``generated`` text ends there. ``one_pass=False`` keeps the earlier path
+(``model.generate`` for generation, then a separate ranking pass) as the reference.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import torch
 from torch import nn
 
 from sdpo_lightning.constrained import candidate_sequences, prefix_allowed_tokens_fn
+from sdpo_lightning.decoding import greedy_decode, prefill, trie_greedy
 from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluation.report import (
@@ -24,6 +34,13 @@ from sdpo_lightning.evaluation.report import (
     format_summary_table,
     write_predictions,
     write_summary,
+)
+from sdpo_lightning.scoring import (
+    CompletionLogps,
+    check_inputs,
+    packed_forward,
+    packed_token_logps,
+    trim_padding,
 )
 
 log = logging.getLogger(__name__)
@@ -55,18 +72,64 @@ def generate_answers(module: Any, batch: dict[str, Any]) -> list[str]:
     return tok.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
 
 
+@torch.no_grad()
+def one_pass_outputs(
+    module: Any, batch: dict[str, Any], generation: bool, ranking: bool
+) -> tuple[list[str] | None, CompletionLogps | None]:
+    """Generated answers and candidate scores of a batch from one shared pass (module docstring).
+
+    Returns ``(texts, scores)``: ``texts`` as :func:`generate_answers` would give them, cut after
+    the first non-blank line, when ``generation``; ``scores`` as ``module.score(batch,
+    candidates, mode="shared_prefix")`` when ``ranking``.
+    """
+    h, tok, model = module.hparams, module.tokenizer, module.policy
+    ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
+    p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    check_inputs(p_ids, p_mask, ids, mask)
+    p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
+    constrained = generation and h.constrained
+    was_training = model.training
+    model.eval()
+    try:
+        packed, scores, tokens = None, None, None
+        if ranking or constrained:
+            cache = generation and not constrained  # only free-form decoding continues from it
+            packed = packed_forward(model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
+            if ranking:
+                logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
+                scores = CompletionLogps(logps, mask.long().sum(-1))
+        if constrained:
+            tokens = trie_greedy(packed.logits, packed.src, c_ids, c_mask, h.max_new_tokens, tok.eos_token_id)
+        elif generation:
+            if packed is not None:  # keep only the prompt's positions of the packed pass
+                first, cache = packed.logits[:, 0], packed.past_key_values
+                cache.crop(p_ids.shape[1] - cache.get_seq_length())
+            else:
+                first, cache = prefill(model, p_ids, p_mask)
+            decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
+            tokens = greedy_decode(model, first, cache, p_mask, h.max_new_tokens, tok.eos_token_id,
+                                   tok.pad_token_id, decode=decode)
+    finally:
+        model.train(was_training)
+    texts = tok.batch_decode(tokens, skip_special_tokens=True) if tokens is not None else None
+    return texts, scores
+
+
 class Evaluator(nn.Module):
     """Accumulates metrics and per-example records of one split.
 
     Args:
         split: ``val``, ``test`` or ``predict`` (metric name prefix).
         protocols: subset of ``generation``, ``ranking``.
+        one_pass: share one forward pass between the protocols (module docstring); ``False``
+            runs ``model.generate`` and a separate ranking pass (the reference path).
     """
 
-    def __init__(self, split: str, protocols: list[str]) -> None:
+    def __init__(self, split: str, protocols: list[str], one_pass: bool = True) -> None:
         super().__init__()
         self.split = split
         self.protocols = list(protocols)
+        self.one_pass = one_pass
         self.generation = GenerationMetrics()
         self.ranking = RankingMetrics()
         self.records: list[dict[str, Any]] = []
@@ -78,8 +141,10 @@ class Evaluator(nn.Module):
             {"index": int(i), "target": t, "prompt": p}
             for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
         ]
-        if "generation" in self.protocols:
-            texts = generate_answers(module, batch)
+        generation, ranking = "generation" in self.protocols, "ranking" in self.protocols
+        texts, out = one_pass_outputs(module, batch, generation, ranking) if self.one_pass else (None, None)
+        if generation:
+            texts = texts if self.one_pass else generate_answers(module, batch)
             correct, valid = [], []
             for rec, text, cands in zip(recs, texts, batch["candidates"]):
                 parsed = parse_answer(text, cands)
@@ -89,9 +154,10 @@ class Evaluator(nn.Module):
                 valid.append(rec["valid"])
             dev = batch["index"].device
             self.generation.update(torch.tensor(correct, device=dev), torch.tensor(valid, device=dev))
-        if "ranking" in self.protocols:
-            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
-            out = module.score(batch, ids, mask, mode="shared_prefix")
+        if ranking:
+            if not self.one_pass:
+                ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+                out = module.score(batch, ids, mask, mode="shared_prefix")
             scores = out.logps.float()  # (B, M)
             if module.hparams.length_normalize:
                 scores = scores / out.n_tokens.clamp_min(1)

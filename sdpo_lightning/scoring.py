@@ -35,7 +35,7 @@ one real token, and the completions must be right-padded.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +43,12 @@ from torch import Tensor, nn
 __all__ = [
     "MODES",
     "CompletionLogps",
+    "PackedForward",
+    "check_inputs",
     "completion_logps",
     "gather_completion_token_logps",
+    "packed_forward",
+    "packed_token_logps",
     "trim_padding",
 ]
 
@@ -93,7 +97,8 @@ def trim_padding(
     )
 
 
-def _check_inputs(p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor) -> None:
+def check_inputs(p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor) -> None:
+    """Raise ``ValueError`` unless prompts are (B, P) left-padded and completions (B, N, C) right-padded."""
     if p_ids.dim() != 2 or p_mask.shape != p_ids.shape:
         raise ValueError(
             f"prompt ids/mask must be (B, P), got {tuple(p_ids.shape)}/{tuple(p_mask.shape)}"
@@ -172,10 +177,27 @@ def _packed_attention_mask(
     return additive.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _shared_prefix(
-    model: nn.Module, p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor
-) -> Tensor:
-    """Per-token completion log-probs (B, N, C) from one packed forward pass per example."""
+class PackedForward(NamedTuple):
+    """One packed forward pass: logits at the completion positions and where each token reads."""
+
+    logits: Tensor  # (B, T, V) at packed positions P-1 .. P+T-2, the model's dtype
+    src: Tensor  # (B, N*C) index into T of the logits predicting each completion slot
+    past_key_values: Any  # the model's cache of all L positions, None unless use_cache
+
+
+def packed_forward(
+    model: nn.Module,
+    p_ids: Tensor,
+    p_mask: Tensor,
+    c_ids: Tensor,
+    c_mask: Tensor,
+    use_cache: bool = False,
+) -> PackedForward:
+    """Run ``[prompt, c_0, ..., c_{N-1}]`` as one packed row per example (module docstring).
+
+    Inputs must be checked and trimmed (``trim_padding``). With ``use_cache`` the model's cache
+    is returned too; its first ``P`` positions are exactly a causal prefill of the prompts.
+    """
     attn_impl = _attn_implementation(model)
     if attn_impl not in _PACKED_ATTN:
         raise ValueError(
@@ -185,7 +207,7 @@ def _shared_prefix(
     (B, P), (_, N, C) = p_ids.shape, c_ids.shape
     pack = _ragged_pack(p_mask, c_mask)
     T, L = pack.total, P + pack.total
-    flat_ids, flat_mask = c_ids.reshape(B, N * C), c_mask.reshape(B, N * C)
+    flat_ids = c_ids.reshape(B, N * C)
     input_ids = torch.zeros((B, L + 1), dtype=p_ids.dtype, device=p_ids.device)
     input_ids[:, :P] = p_ids
     input_ids = input_ids.scatter_(1, pack.dest, flat_ids)[:, :L]  # (B, L)
@@ -195,23 +217,36 @@ def _shared_prefix(
     # completion is predicted at the last prompt position P-1 (kept index 0); any other token
     # at packed position d is predicted at d-1 (kept index d-P).
     keep = torch.arange(P - 1, L - 1, device=p_ids.device)  # (T,)
-    logits = model(
+    out = model(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=pack.position_ids,
-        use_cache=False,
+        use_cache=use_cache,
         logits_to_keep=keep,
-    ).logits  # (B, T, V)
+    )
     first = torch.arange(N * C, device=p_ids.device).expand(B, N * C) % C == 0  # (B, N*C)
     src = torch.where(first, torch.zeros_like(pack.dest), pack.dest - P)
-    src = src.clamp(0, T - 1)  # padding slots: any valid index, masked below
+    src = src.clamp(0, T - 1)  # padding slots: any valid index, masked by the caller
+    return PackedForward(out.logits, src, out.past_key_values if use_cache else None)
+
+
+def packed_token_logps(packed: PackedForward, c_ids: Tensor, c_mask: Tensor) -> Tensor:
+    """Per-token completion log-probs (B, N, C) from a :func:`packed_forward` result."""
+    (B, N, C), (_, T, V) = c_ids.shape, packed.logits.shape
+    flat_ids, flat_mask = c_ids.reshape(B, N * C), c_mask.reshape(B, N * C)
     # log p(target) = logit[src, target] - logsumexp(logits[src]); no (B, N*C, V) copy.
-    V = logits.shape[-1]
-    logits = logits.float()
-    picked = logits.reshape(B, T * V).gather(1, src * V + flat_ids)  # (B, N*C)
-    lse = torch.logsumexp(logits, dim=-1).gather(1, src)  # (B, N*C)
+    logits = packed.logits.float()
+    picked = logits.reshape(B, T * V).gather(1, packed.src * V + flat_ids)  # (B, N*C)
+    lse = torch.logsumexp(logits, dim=-1).gather(1, packed.src)  # (B, N*C)
     token_logps = torch.where(flat_mask.bool(), picked - lse, torch.zeros_like(picked))
     return token_logps.reshape(B, N, C)
+
+
+def _shared_prefix(
+    model: nn.Module, p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor
+) -> Tensor:
+    """Per-token completion log-probs (B, N, C) from one packed forward pass per example."""
+    return packed_token_logps(packed_forward(model, p_ids, p_mask, c_ids, c_mask), c_ids, c_mask)
 
 
 def _naive(
@@ -268,7 +303,7 @@ def completion_logps(
         raise ValueError(
             f"max_completions_per_forward must be >= 1, got {max_completions_per_forward}"
         )
-    _check_inputs(
+    check_inputs(
         prompt_input_ids, prompt_attention_mask, completion_input_ids, completion_attention_mask
     )
     B, N, _ = completion_input_ids.shape

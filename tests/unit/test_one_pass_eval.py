@@ -1,0 +1,124 @@
+"""One-pass evaluation equals the reference path: ``model.generate`` and a separate ranking pass.
+
+Exactness of the faster evaluation (issue 13): the shared packed pass gives the same ranking
+scores as ``module.score``; greedy decoding from its prompt cache gives ``generate``'s tokens;
+the trie walk gives constrained ``generate``'s tokens; the early stop after the first line keeps
+every parsed answer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdpo_lightning.data.collate import make_collate
+from sdpo_lightning.data.datamodule import RecDataModule
+from sdpo_lightning.decoding import first_line_complete, greedy_decode, prefill
+from sdpo_lightning.evaluation.parsing import parse_answer
+from sdpo_lightning.evaluator import Evaluator, generate_answers, one_pass_outputs
+from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.scoring import trim_padding
+from tests.conftest import TINY
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_dir, tmp_path_factory):
+    """A tiny LoRA policy (seeded non-zero B) and a left-padded test batch of 6 rows."""
+    out = tmp_path_factory.mktemp("onepass")
+    (out / "test.json").write_text(json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6]))
+    torch.manual_seed(0)
+    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY, lora=LORA,
+                        max_new_tokens=10)
+    module.configure_model()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in sorted(module.policy.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    module.policy.eval()
+    dm = RecDataModule(test_file=str(out / "test.json"), eval_batch_size=6, max_length=256,
+                       prompt_templates="music")
+    dm.tokenizer = module.tokenizer
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    batch = make_collate(module.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    assert len(set(batch["prompt_attention_mask"].sum(-1).tolist())) > 1  # real left padding
+    return module, batch
+
+
+def _reference_tokens(module, batch, constrained: bool) -> list[list[int]]:
+    module.hparams.constrained = constrained
+    texts = generate_answers(module, batch)
+    return [module.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], texts
+
+
+@pytest.mark.parametrize("protocols", [["ranking"], ["generation", "ranking"]])
+def test_ranking_scores_equal_module_score(setup, protocols):
+    module, batch = setup
+    module.hparams.constrained = False
+    _, out = one_pass_outputs(module, batch, "generation" in protocols, True)
+    ref = module.score(batch, batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="shared_prefix")
+    torch.testing.assert_close(out.logps, ref.logps, atol=1e-5, rtol=0)
+    assert torch.equal(out.n_tokens, ref.n_tokens)
+
+
+def test_greedy_decode_equals_generate_tokens(setup):
+    """Without the first-line stop: the same tokens as ``generate``, from either cache."""
+    module, batch = setup
+    tok, model = module.tokenizer, module.policy
+    module.hparams.constrained = False
+    p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    with torch.no_grad():
+        ref = model.generate(input_ids=p_ids, attention_mask=p_mask, max_new_tokens=10, do_sample=False,
+                             num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        first, cache = prefill(model, *trim_padding(p_ids, p_mask, p_ids[:, None], p_mask[:, None])[:2])
+        trimmed_mask = trim_padding(p_ids, p_mask, p_ids[:, None], p_mask[:, None])[1]
+        ours = greedy_decode(model, first, cache, trimmed_mask, 10, tok.eos_token_id, tok.pad_token_id)
+    for row, toks in zip(ref[:, p_ids.shape[1]:].tolist(), ours):
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id) + 1]
+        assert toks == row
+
+
+@pytest.mark.parametrize("with_ranking", [False, True])
+def test_free_generation_keeps_every_parsed_answer(setup, with_ranking):
+    module, batch = setup
+    _, ref_texts = _reference_tokens(module, batch, constrained=False)
+    texts, _ = one_pass_outputs(module, batch, True, with_ranking)
+    for ours, ref, cands in zip(texts, ref_texts, batch["candidates"]):
+        assert ref.startswith(ours)  # stopped early, never different
+        assert parse_answer(ours, cands) == parse_answer(ref, cands)
+
+
+def test_constrained_trie_walk_equals_constrained_generate(setup):
+    module, batch = setup
+    _, ref_texts = _reference_tokens(module, batch, constrained=True)
+    module.hparams.constrained = True
+    texts, _ = one_pass_outputs(module, batch, True, False)
+    assert texts == ref_texts
+    assert all(parse_answer(t, c).valid for t, c in zip(texts, batch["candidates"]) if t.strip())
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_evaluator_records_match_the_reference_path(setup, constrained):
+    module, batch = setup
+    module.hparams.constrained = constrained
+    new = Evaluator("test", ["generation", "ranking"]).update(module, batch)
+    old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(module, batch)
+    for a, b in zip(new, old):
+        assert {k: a[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")} == \
+               {k: b[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")}
+        assert a["scores"] == pytest.approx(b["scores"], abs=2e-4)
+
+
+def test_first_line_complete():
+    assert not first_line_complete("")
+    assert not first_line_complete("\n \n")  # blank lines only: the answer has not started
+    assert not first_line_complete(" Iron Drum")  # the line may still grow
+    assert first_line_complete(" Iron Drum\n")
+    assert first_line_complete("\n Iron Drum\r")
+    assert first_line_complete("\nIron\nDrum")
