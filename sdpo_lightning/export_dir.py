@@ -3,8 +3,9 @@
 :func:`atomic_directory` hands out a temporary sibling ``.<name>.partial-<pid>``; when the
 block ends without error it writes :data:`~sdpo_lightning.models.EXPORT_MARKER` (every file
 and its size, written last), fsyncs the files and the directory, and renames it to its final
-name. A process killed while writing leaves only the hidden partial directory, which no
-``--model.init_adapter`` points at (and which the next export of the same path removes).
+name. A process killed while writing leaves only the hidden partial directory, which holds
+:data:`~sdpo_lightning.models.EXPORT_IN_PROGRESS` so ``--model.init_adapter`` refuses it (and
+which the next export of the same path removes).
 A previous export at the final path is replaced; any other directory found there is kept,
 renamed to ``<name>.replaced-<time>``.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from sdpo_lightning.models import EXPORT_MARKER
+from sdpo_lightning.models import EXPORT_IN_PROGRESS, EXPORT_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def _remove_stale(out: Path) -> None:
 
 def _seal(tmp: Path) -> None:
     """Write the marker (last) and fsync every file and the directory."""
+    (tmp / EXPORT_IN_PROGRESS).unlink()
     files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / EXPORT_MARKER).write_text(json.dumps({"complete": True, "files": files}, indent=1), encoding="utf-8")
     for p in tmp.rglob("*"):
@@ -74,6 +76,7 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    (tmp / EXPORT_IN_PROGRESS).touch()  # refused by check_adapter_dir until sealed
     try:
         yield tmp
         _seal(tmp)

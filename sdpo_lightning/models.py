@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 REFERENCE_ADAPTER = "reference"
 #: Written last into an export directory (``SDPOModule.export``): the files and their sizes.
 EXPORT_MARKER = "export_complete.json"
+#: Present while an export is being written (removed just before the marker is written).
+EXPORT_IN_PROGRESS = ".export_in_progress"
 TINY_DEFAULTS: dict[str, Any] = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -194,6 +196,8 @@ def check_adapter_dir(path: str | Path) -> None:
     where = f"init_adapter {str(root)!r}"
     if not root.is_dir():
         raise ModelSourceError(f"{where}: {'not a directory' if root.exists() else 'no such directory'}")
+    if (root / EXPORT_IN_PROGRESS).exists():
+        raise ModelSourceError(f"{where}: incomplete export (its writer stopped before it finished)")
     marker = root / EXPORT_MARKER
     if marker.is_file():
         try:
