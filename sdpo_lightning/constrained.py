@@ -32,6 +32,29 @@ class CandidateTrie:
         return sorted(node)
 
 
+def allowed_token_mask(
+    tries: Sequence[CandidateTrie],
+    prefixes: Sequence[Sequence[int]],
+    vocab_size: int,
+    fallback_token_id: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One ``(B, V)`` bool tensor per decoding step: the tokens each row may emit next.
+
+    Row b may continue ``prefixes[b]`` (its generated tokens) along ``tries[b]``; a finished or
+    stray prefix allows only ``fallback_token_id`` — the rule of :func:`prefix_allowed_tokens_fn`.
+    """
+    rows: list[int] = []
+    cols: list[int] = []
+    for b, (trie, prefix) in enumerate(zip(tries, prefixes)):
+        allowed = trie.allowed(prefix) or [fallback_token_id]
+        rows.extend([b] * len(allowed))
+        cols.extend(allowed)
+    mask = torch.zeros((len(tries), vocab_size), dtype=torch.bool)
+    mask[rows, cols] = True
+    return mask.to(device)
+
+
 def candidate_sequences(ids: torch.Tensor, mask: torch.Tensor) -> list[list[list[int]]]:
     """Unpad (B, M, C) candidate completions into nested lists of token ids."""
     out = []

@@ -9,6 +9,8 @@ rounding of the logits), without its per-step machinery:
   holds a finished non-blank line: the parser reads only the first non-blank line
   (:func:`~sdpo_lightning.evaluation.parsing.answer_scope`), so later tokens can never change
   the parsed answer. The loop stops when every row is done.
+* With ``allowed``, :func:`greedy_decode` is constrained decoding with one mask tensor per
+  step built from the candidate tries (generation without ranking).
 * :func:`trie_greedy` is constrained greedy decoding over the candidate titles with **no
   decoding steps at all**: the packed ranking pass already holds the logits after the prompt
   and after every prefix of every candidate (same tokens, same positions as generation), so
@@ -50,6 +52,7 @@ def greedy_decode(
     eos_token_id: int,
     pad_token_id: int,
     decode: Callable[[list[int]], str] | None = None,
+    allowed: Callable[[list[list[int]], int], Tensor] | None = None,
 ) -> list[list[int]]:
     """Greedy tokens per row (EOS included when generated, no padding).
 
@@ -63,13 +66,22 @@ def greedy_decode(
         pad_token_id: fed for finished rows (never attended by other rows).
         decode: token ids → text; if given, a row also ends once its first non-blank line is
             complete (:func:`first_line_complete`).
+        allowed: constrained decoding: ``allowed(tokens_so_far, vocab_size)`` → ``(B, V)`` bool
+            mask of the tokens each row may emit next
+            (:func:`~sdpo_lightning.constrained.allowed_token_mask`); the others get ``-inf``.
     """
     B = p_mask.shape[0]
     n_prompt = p_mask.long().sum(-1)  # (B,)
     mask = p_mask.long()
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    nxt = first_logits.float().argmax(-1)  # (B,)
+    def pick(logits: Tensor) -> Tensor:
+        logits = logits.float()
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed(out, logits.shape[-1]), float("-inf"))
+        return logits.argmax(-1)  # (B,)
+
+    nxt = pick(first_logits)
     for step in range(max_new_tokens):
         toks = nxt.tolist()
         for b in range(B):
@@ -90,7 +102,7 @@ def greedy_decode(
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]  # (B, V)
-        nxt = logits.float().argmax(-1)
+        nxt = pick(logits)
     return out
 
 

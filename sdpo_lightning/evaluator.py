@@ -10,7 +10,8 @@ Both protocols share one forward pass per batch (``one_pass=True``, the default,
 :func:`one_pass_outputs`): the ranking protocol's packed row ``[prompt, c_0, ..., c_{M-1}]``
 also yields the prompt's KV cache (its first ``P`` positions) from which greedy generation
 continues, and the logits after every candidate prefix, from which constrained generation is
-a walk over the candidate trie with no decoding step. Generation stops as soon as every row
+a walk over the candidate trie with no decoding step. Generation alone prefills the prompts
+once (KV cache); constrained, it masks each step with one tensor built from the tries. Generation stops as soon as every row
 has emitted EOS or finished its first non-blank line (all the parser reads), so the recorded
 ``generated`` text ends there. ``one_pass=False`` keeps the earlier path
 (``model.generate`` for generation, then a separate ranking pass) as the reference.
@@ -25,7 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdpo_lightning.constrained import candidate_sequences, prefix_allowed_tokens_fn
+from sdpo_lightning.constrained import (
+    CandidateTrie,
+    allowed_token_mask,
+    candidate_sequences,
+    prefix_allowed_tokens_fn,
+)
 from sdpo_lightning.decoding import greedy_decode, prefill, trie_greedy
 from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
 from sdpo_lightning.evaluation.parsing import parse_answer
@@ -92,14 +98,20 @@ def one_pass_outputs(
     model.eval()
     try:
         packed, scores, tokens = None, None, None
-        if ranking or constrained:
+        if ranking:
             cache = generation and not constrained  # only free-form decoding continues from it
             packed = packed_forward(model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
             if ranking:
                 logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
                 scores = CompletionLogps(logps, mask.long().sum(-1))
-        if constrained:
+        if constrained and packed is not None:  # the packed logits hold every trie step
             tokens = trie_greedy(packed.logits, packed.src, c_ids, c_mask, h.max_new_tokens, tok.eos_token_id)
+        elif constrained:  # prefill, then decode with one trie mask per step
+            tries = [CandidateTrie(c) for c in candidate_sequences(c_ids, c_mask)]
+            allowed = lambda out, v: allowed_token_mask(tries, out, v, tok.eos_token_id, p_ids.device)  # noqa: E731
+            first, cache = prefill(model, p_ids, p_mask)
+            tokens = greedy_decode(model, first, cache, p_mask, h.max_new_tokens, tok.eos_token_id,
+                                   tok.pad_token_id, allowed=allowed)
         elif generation:
             if packed is not None:  # keep only the prompt's positions of the packed pass
                 first, cache = packed.logits[:, 0], packed.past_key_values

@@ -98,8 +98,8 @@ def test_constrained_trie_walk_equals_constrained_generate(setup):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
     module.hparams.constrained = True
-    texts, _ = one_pass_outputs(module, batch, True, False)
-    assert texts == ref_texts
+    texts, scores = one_pass_outputs(module, batch, True, True)  # with ranking: the trie walk
+    assert scores is not None and texts == ref_texts
     assert all(parse_answer(t, c).valid for t, c in zip(texts, batch["candidates"]) if t.strip())
 
 
@@ -122,3 +122,23 @@ def test_first_line_complete():
     assert first_line_complete(" Iron Drum\n")
     assert first_line_complete("\n Iron Drum\r")
     assert first_line_complete("\nIron\nDrum")
+
+
+def test_constrained_kv_decode_equals_constrained_generate(setup):
+    """Generation alone, constrained: prefill + one trie mask tensor per step."""
+    module, batch = setup
+    _, ref_texts = _reference_tokens(module, batch, constrained=True)
+    module.hparams.constrained = True
+    texts, scores = one_pass_outputs(module, batch, True, False)
+    assert scores is None
+    assert texts == ref_texts
+
+
+def test_allowed_token_mask_matches_the_prefix_fn():
+    from sdpo_lightning.constrained import CandidateTrie, allowed_token_mask
+
+    tries = [CandidateTrie([[5, 6, 1], [5, 7, 1]]), CandidateTrie([[8, 1]])]
+    mask = allowed_token_mask(tries, [[5], [8, 1]], vocab_size=10, fallback_token_id=0)
+    assert mask.shape == (2, 10)
+    assert mask[0].nonzero().flatten().tolist() == [6, 7]
+    assert mask[1].nonzero().flatten().tolist() == [0]  # finished: the fallback only

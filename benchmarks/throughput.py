@@ -1,0 +1,260 @@
+"""Training examples/s and evaluation rows/s, before and after (issue 13), in one process.
+
+Setup: SmolLM2-135M-Instruct (GGUF dequantized to fp32 once, as ``step_cost.py`` does), LoRA
+r=8 on q/k/v/o with seeded non-zero B (so the policy differs from the base), LastFM rows drawn
+with ``--seed``: ``--train-rows`` of ``train.json`` in batches of 4, ``--eval-rows`` of
+``valid.json`` in batches of ``--eval-batch``.
+
+Training (forward + backward of one step, no optimizer step so every pass sees the same weights;
+S-DPO K=3 with random negatives and the reference log-probs precomputed, as the reference cache
+gives them): today's path (fp32, adapters on all layers) against the options — bf16 autocast
+(``trainer.precision: bf16-mixed``) and adapters on the top layers only (``lora.layers_to_transform``).
+"max |Δ loss|" compares per-step losses with today's on the same weights (the top-layer options
+are a different model: no loss comparison, their quality needs a training run).
+
+Evaluation: the reference path (``Evaluator(one_pass=False)``: ``model.generate``, then a
+separate ranking pass) against the one-pass path (``Evaluator()``), per protocol, in fp32; the
+one-pass path in bf16 autocast as an option, compared with fp32 on the same rows. Agreement:
+parsed answers / target ranks equal, the largest ranking-score difference.
+
+Usage::
+
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/throughput.py
+    python benchmarks/throughput.py --train-rows 4 --eval-rows 8 --repeats 1   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from step_cost import DEFAULT_GGUF, SHARED, prepare_model  # noqa: E402
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+K = 3
+
+
+def rows_file(src: Path, n: int, seed: int, work: Path) -> Path:
+    rows = json.loads(src.read_text())
+    pick = sorted(random.Random(seed).sample(range(len(rows)), n))
+    out = work / f"rows-{src.stem}-{n}-s{seed}.json"
+    out.write_text(json.dumps([rows[i] for i in pick]))
+    return out
+
+
+def build_module(model_dir: Path, objective: str, layers: list[int] | None, seed: int) -> Any:
+    from sdpo_lightning.module import SDPOModule
+
+    torch.manual_seed(seed)
+    module = SDPOModule(model_name_or_path=str(model_dir), lora={**LORA, "layers_to_transform": layers},
+                        objective=objective, num_negatives=K, reference="cached", max_new_tokens=32)
+    module.configure_model()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sorted(module.policy.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return module
+
+
+def batches(module: Any, data: Path, split: str, size: int, seed: int) -> list[dict[str, Any]]:
+    from sdpo_lightning.data.collate import make_collate, negative_indices, select_completions
+    from sdpo_lightning.data.datamodule import RecDataModule
+
+    key = "train_file" if split == "fit" else "test_file"
+    dm = RecDataModule(**{key: str(data)}, prompt_templates="music", num_negatives=K, batch_size=size,
+                       eval_batch_size=size, max_length=512, seed=seed)
+    dm.tokenizer = module.tokenizer
+    dm.setup(split)
+    ds = dm.datasets[split]
+    collate = make_collate(module.tokenizer.pad_token_id)
+    out = [collate([ds[i] for i in range(s, min(s + size, len(ds)))]) for s in range(0, len(ds), size)]
+    if split == "fit":
+        out = [select_completions(b, negative_indices(b, K, "random", seed, epoch=0)) for b in out]
+    return out
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def train_pass(module: Any, bs: list[dict[str, Any]], kind: str, bf16: bool) -> list[float]:
+    """One forward + backward per batch, as ``SDPOModule._step`` computes the loss."""
+    from sdpo_lightning.objectives import preference_loss, sft_loss
+
+    losses = []
+    for b in bs:
+        module.policy.zero_grad(set_to_none=True)
+        ids, mask = b["completion_input_ids"], b["completion_attention_mask"]
+        with autocast(bf16):
+            if kind == "sft":
+                out = module.score(b, ids[:, :1], mask[:, :1])
+                loss = sft_loss(out.logps[:, 0], out.n_tokens[:, 0]).mean()
+            else:
+                pol, ref = module.score(b, ids, mask).logps, b["ref_logps"]  # (B, 1 + K)
+                loss = preference_loss("sdpo", pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], 1.0).losses.mean()
+        loss.backward()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def timed(fn, repeats: int) -> tuple[float, float, Any]:
+    """Median wall and CPU seconds of ``repeats`` calls (after one warm-up), last result."""
+    result = fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu), result
+
+
+def train_table(args: argparse.Namespace, model_dir: Path, data: Path, n_layers: int) -> list[str]:
+    top = list(range(n_layers - args.top_layers, n_layers))
+    variants = [("today: fp32, adapters on all layers (exact path)", None, False),
+                ("option: bf16 autocast, all layers", None, True),
+                (f"option: fp32, adapters on top {args.top_layers} layers", top, False),
+                (f"option: bf16 autocast, top {args.top_layers} layers", top, True)]
+    lines = ["| step | configuration | ex/s | s/step (CPU s) | speed-up vs today | max |Δ loss| vs today |",
+             "|---|---|---:|---:|---:|---:|"]
+    for kind, label in (("sft", "SFT"), ("sdpo", f"S-DPO K={K}")):
+        base_rate, base_losses = None, None
+        for name, layers, bf16 in variants:
+            module = build_module(model_dir, kind, layers, args.seed)
+            module.policy.train()
+            bs = batches(module, data, "fit", 4, args.seed)
+            if kind == "sdpo":
+                for b in bs:  # what the reference cache serves (adapter off, fp32, no grad)
+                    with torch.no_grad(), module.policy.disable_adapter():
+                        b["ref_logps"] = module.score(b, b["completion_input_ids"], b["completion_attention_mask"]).logps
+            wall, cpu, losses = timed(lambda: train_pass(module, bs, kind, bf16), args.repeats)
+            n = sum(len(b["index"]) for b in bs)
+            rate = n / wall
+            if layers is None and not bf16:
+                base_rate, base_losses = rate, losses
+            diff = max(abs(a - b) for a, b in zip(losses, base_losses)) if layers is None else None
+            lines.append(f"| {label} | {name} | {rate:.2f} | {wall / len(bs):.2f} ({cpu / len(bs):.2f}) | "
+                         f"{rate / base_rate:.2f}× | {'n/a (other model)' if diff is None else f'{diff:.1e}'} |")
+            print(f"  train {label} / {name}: {rate:.2f} ex/s", file=sys.stderr, flush=True)
+            del module
+    return lines
+
+
+def eval_pass(module: Any, bs: list[dict[str, Any]], protocols: list[str], one_pass: bool, bf16: bool):
+    from sdpo_lightning.evaluator import Evaluator
+
+    ev = Evaluator("test", protocols, one_pass=one_pass)
+    with autocast(bf16):
+        return [r for b in bs for r in ev.update(module, b)]
+
+
+def agreement(a: list[dict], b: list[dict]) -> str:
+    parts = []
+    if "parsed" in a[0]:
+        parts.append(f"answers {sum(x['parsed'] == y['parsed'] for x, y in zip(a, b))}/{len(a)}")
+    if "scores" in a[0]:
+        ranks = sum(x["target_rank"] == y["target_rank"] for x, y in zip(a, b))
+        diff = max(abs(s - t) for x, y in zip(a, b) for s, t in zip(x["scores"], y["scores"]))
+        parts.append(f"ranks {ranks}/{len(a)}, max |Δ score| {diff:.1e}")
+    return ", ".join(parts)
+
+
+def hr1(recs: list[dict]) -> str:
+    parts = []
+    if "correct" in recs[0]:
+        parts.append(f"gen {sum(r['correct'] for r in recs) / len(recs):.3f}")
+    if "target_rank" in recs[0]:
+        parts.append(f"rank {sum(r['target_rank'] == 1 for r in recs) / len(recs):.3f}")
+    return ", ".join(parts)
+
+
+def gen_tokens(module: Any, recs: list[dict]) -> str:
+    if "generated" not in recs[0]:
+        return "—"
+    n = [len(module.tokenizer(r["generated"], add_special_tokens=False)["input_ids"]) for r in recs]
+    return f"{statistics.mean(n):.1f}"
+
+
+def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[str]:
+    module = build_module(model_dir, "sft", None, args.seed)
+    module.policy.eval()
+    module.hparams.max_new_tokens = args.max_new_tokens
+    bs = batches(module, data, "test", args.eval_batch, args.seed)
+    n = sum(len(b["index"]) for b in bs)
+    cases = [("generation", ["generation"], False), ("generation, constrained", ["generation"], True),
+             ("ranking", ["ranking"], False), ("generation + ranking (configs' default)", ["generation", "ranking"], False)]
+    lines = ["| protocol | before rows/s | after rows/s | speed-up | generated tokens/row before → after | "
+             "after agrees with before | HR@1 before / after | bf16 option rows/s (× before) | bf16 agrees with fp32 |",
+             "|---|---:|---:|---:|---:|---|---|---:|---|"]
+    for name, protocols, constrained in cases:
+        module.hparams.constrained = constrained
+        wb, _, before = timed(lambda: eval_pass(module, bs, protocols, False, False), args.repeats)
+        wa, _, after = timed(lambda: eval_pass(module, bs, protocols, True, False), args.repeats)
+        wh, _, half = timed(lambda: eval_pass(module, bs, protocols, True, True), args.repeats)
+        lines.append(f"| {name} | {n / wb:.2f} | {n / wa:.2f} | {wb / wa:.2f}× | "
+                     f"{gen_tokens(module, before)} → {gen_tokens(module, after)} | {agreement(after, before)} | "
+                     f"{hr1(before)} / {hr1(after)} | {n / wh:.2f} ({wb / wh:.2f}×) | {agreement(half, after)}, HR@1 {hr1(half)} |")
+        print(f"  eval {name}: before {n / wb:.2f}, after {n / wa:.2f}, bf16 {n / wh:.2f} rows/s", file=sys.stderr, flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_GGUF)
+    ap.add_argument("--train-data", type=Path, default=SHARED / "data" / "lastfm" / "train.json")
+    ap.add_argument("--eval-data", type=Path, default=SHARED / "data" / "lastfm" / "valid.json")
+    ap.add_argument("--train-rows", type=int, default=8, help="training rows (batches of 4)")
+    ap.add_argument("--eval-rows", type=int, default=16)
+    ap.add_argument("--eval-batch", type=int, default=8, help="the LastFM configs' eval_batch_size")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="the LastFM configs' max_new_tokens")
+    ap.add_argument("--top-layers", type=int, default=8, help="adapters on this many top layers (options)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes per configuration (median)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", choices=["train", "eval"], help="leave one table out")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "sdpo_step_cost")
+    args = ap.parse_args(argv)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(threads)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = prepare_model(args.model, args.work_dir)
+    n_layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    train = [] if args.skip == "train" else train_table(
+        args, model_dir, rows_file(args.train_data, args.train_rows, args.seed, args.work_dir), n_layers)
+    evals = [] if args.skip == "eval" else eval_table(
+        args, model_dir, rows_file(args.eval_data, args.eval_rows, args.seed, args.work_dir))
+    load1 = os.getloadavg()
+    print(f"# Throughput: {args.model.name} fp32, LoRA r={LORA['r']} on {'/'.join(t[0] for t in LORA['target_modules'])}, "
+          f"torch {torch.__version__}, {threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    print(f"load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load0)} at start, "
+          f"{' '.join(f'{x:.2f}' for x in load1)} at the end, on {os.cpu_count()} CPUs; {time.perf_counter() - t0:.0f} s")
+    print(f"command: {' '.join(['python', 'benchmarks/throughput.py'] + (argv if argv is not None else sys.argv[1:]))}")
+    if train:
+        print(f"\n## Training, {args.train_rows} rows of {args.train_data.name} in batches of 4\n")
+        print("\n".join(train))
+    if evals:
+        print(f"\n## Evaluation, {args.eval_rows} rows of {args.eval_data.name} in batches of {args.eval_batch}, "
+              f"max_new_tokens {args.max_new_tokens}\n")
+        print("\n".join(evals))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
