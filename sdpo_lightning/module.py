@@ -184,6 +184,8 @@ class SDPOModule(pl.LightningModule):
         if h.model_name_or_path is None or h.gguf_file or str(h.model_name_or_path).endswith(".gguf"):
             with strategies.unsharded():
                 return self._build()
+        if strategies.zero3_config(self._trainer) is not None:  # see import_model_class
+            strategies.import_model_class(h.model_name_or_path, h.trust_remote_code)
         return self._build()
 
     @property

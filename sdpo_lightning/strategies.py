@@ -237,6 +237,33 @@ def outside_zero_init() -> Iterator[None]:
         pp.restore_init_context()
 
 
+def import_model_class(model_name_or_path: str, trust_remote_code: bool = False) -> None:
+    """Import the modelling code of a Hugging Face causal LM outside ``deepspeed.zero.Init``.
+
+    ``zero.Init`` replaces ``nn.Module.__init_subclass__``: a class *defined* while it is active
+    gets ``_old_init = __init__`` and a partitioning ``__init__`` before the class decorators
+    run. transformers >= 5.25 decorates attention classes (``@use_kernelized_func``, from the
+    ``kernels`` package) with an ``__init__`` that sets ``_kernel_funcs``, which their
+    ``forward`` reads. When ``zero.Init`` is suspended or exits, DeepSpeed puts ``_old_init``
+    back, i.e. the undecorated one, so every later instance lacks ``_kernel_funcs``
+    (``AttributeError: 'LlamaAttention' object has no attribute '_kernel_funcs'``, e.g. in the
+    frozen reference of full fine-tuning, built after :func:`outside_zero_init`). Importing the
+    class first, with ``zero.Init`` suspended, lets DeepSpeed wrap the decorated ``__init__``.
+
+    Args:
+        model_name_or_path: HF directory or hub id (its ``config.json`` names the architecture).
+        trust_remote_code: as for ``from_pretrained``; custom code on the hub is not imported
+            here (transformers loads it at ``from_pretrained``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with outside_zero_init():
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        mapping = AutoModelForCausalLM._model_mapping
+        if type(config) in mapping:
+            mapping[type(config)]  # the lazy mapping imports the modelling module here
+
+
 @contextlib.contextmanager
 def unsharded() -> Iterator[None]:
     """Build whole models even under ZeRO-3: suspends ``zero.Init`` and transformers' ZeRO-3
