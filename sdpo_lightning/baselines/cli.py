@@ -5,6 +5,7 @@ Examples::
     sdpo-baseline most_popular --train ../shared/data/lastfm/train.json \\
         --test ../shared/data/lastfm/valid.json --out runs/baselines/most_popular
     sdpo-baseline item_knn --train T --test V --out DIR --param decay=0.5 --no-select
+    sdpo-baseline fit -c configs/baselines/sasrec_lastfm.yaml --seed_everything 1
 
 Data are read with :func:`sdpo_lightning.data.readers.load_examples`, so a bad record
 fails with the same message (file, record, reason) as in training.
@@ -26,6 +27,8 @@ from sdpo_lightning.data.records import DataFormatError
 from sdpo_lightning.evaluation.report import format_summary_table
 
 __all__ = ["build_parser", "main"]
+
+SEQREC_SUBCOMMANDS = ("fit", "validate", "test")
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -64,7 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 on bad input)."""
+    """Entry point; returns the exit status (2 on bad input).
+
+    ``fit`` / ``validate`` / ``test`` as the first argument run the sequential
+    recommenders' LightningCLI (:mod:`.seqrec_cli`) instead.
+    """
+    given = argv is not None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SEQREC_SUBCOMMANDS:
+        from sdpo_lightning.baselines.seqrec_cli import seqrec_main  # imports Lightning
+
+        seqrec_main(argv if given else None)
+        return 0
     args = build_parser().parse_args(argv)
     try:
         train = load_examples(args.train, lenient=args.lenient)

@@ -28,7 +28,7 @@ from sdpo_lightning.baselines.selection import select_params, target_rank
 from sdpo_lightning.data.records import Example
 from sdpo_lightning.evaluation.report import build_summary, write_predictions, write_summary
 
-__all__ = ["prediction_records", "run_baseline"]
+__all__ = ["prediction_records", "records_from_scores", "run_baseline", "write_report"]
 
 
 def _top_choice(scores: Sequence[float], seed: int, example: Example) -> tuple[int, int]:
@@ -41,20 +41,42 @@ def _top_choice(scores: Sequence[float], seed: int, example: Example) -> tuple[i
     return tied[pick], len(tied)
 
 
-def prediction_records(scorer: Scorer, test_examples: Sequence[Example]) -> list[dict[str, Any]]:
-    """Per-example records (both protocols) of a fitted scorer."""
+def records_from_scores(
+    test_examples: Sequence[Example], scores: Sequence[Sequence[float]], seed: int
+) -> list[dict[str, Any]]:
+    """Per-example records (both protocols) from one score list per example."""
+    if len(scores) != len(test_examples):
+        raise ValueError(f"{len(scores)} score lists for {len(test_examples)} examples")
     records = []
-    for index, ex in enumerate(test_examples):
-        scores = scorer.score(ex)
-        top, n_tied = _top_choice(scores, scorer.seed, ex)
+    for index, (ex, row) in enumerate(zip(test_examples, scores)):
+        row = [float(s) for s in row]
+        if len(row) != len(ex.candidates):
+            raise ValueError(f"example {index}: {len(row)} scores for {len(ex.candidates)} candidates")
+        top, n_tied = _top_choice(row, seed, ex)
         title = ex.candidates[top]
         records.append({
             "index": index, "target": ex.target, "generated": title, "parsed": title,
             "valid": True, "correct": title == ex.target,
-            "target_rank": target_rank(scores, ex.target_index), "top_item": title,
-            "n_tied_top": n_tied, "scores": [round(s, 6) for s in scores],
+            "target_rank": target_rank(row, ex.target_index), "top_item": title,
+            "n_tied_top": n_tied, "scores": [round(s, 6) for s in row],
         })
     return records
+
+
+def prediction_records(scorer: Scorer, test_examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """Per-example records (both protocols) of a fitted scorer."""
+    return records_from_scores(test_examples, [scorer.score(ex) for ex in test_examples],
+                               scorer.seed)
+
+
+def write_report(
+    records: Sequence[dict[str, Any]], out_dir: str | Path, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``predictions.jsonl`` and ``summary.json`` (``meta`` as in ``build_summary``)."""
+    pred = write_predictions(out_dir, records)
+    summary = build_summary(records, {**meta, "predictions": pred.name})
+    write_summary(out_dir, summary)
+    return summary
 
 
 def run_baseline(
@@ -102,14 +124,10 @@ def run_baseline(
         params = {**params, **chosen}
     scorer = make_scorer(name, seed=seed, **params).fit(train_examples)
     records = prediction_records(scorer, test_examples)
-    pred = write_predictions(out_dir, records)
     summary_meta = {
         "run": run or f"{name}-seed{seed}", "method": scorer.method, "dataset": dataset,
-        "model": f"baseline:{name}", "predictions": pred.name, "baseline": name,
-        "config": scorer.config(), "n_train": len(train_examples),
-        "selection": selection, **(meta or {}),
+        "model": f"baseline:{name}", "baseline": name, "config": scorer.config(),
+        "n_train": len(train_examples), "selection": selection, **(meta or {}),
+        "wall_time_s": round(time.perf_counter() - start, 3),
     }
-    summary = build_summary(records, summary_meta)
-    summary["wall_time_s"] = round(time.perf_counter() - start, 3)
-    write_summary(out_dir, summary)
-    return summary
+    return write_report(records, out_dir, summary_meta)
