@@ -21,7 +21,7 @@ CALLBACKS = "tests.integration.fault_callbacks"
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-    monkeypatch.delenv("SDPO_DEBUG", raising=False)
+    monkeypatch.setenv("SDPO_DEBUG", "0")  # restored (unset) afterwards, also after --debug set it
 
 
 @pytest.fixture(scope="module")
