@@ -5,7 +5,7 @@ chosen completion and K negatives out of it (:func:`select_completions`), on the
 process, so negative sampling can use the epoch and the reference scores.
 
 Batch keys (tensors unless noted):
-    index (B,), target_index (B,),
+    index (B,), target_index (B,), token_digest (B,) (64-bit hash of the example's ids),
     prompt_input_ids / prompt_attention_mask (B, P), left-padded,
     candidate_input_ids / candidate_attention_mask (B, M, C), right-padded,
     candidate_mask (B, M) bool (False for padding candidates),
@@ -17,8 +17,11 @@ After :func:`select_completions`: completion_input_ids / completion_attention_ma
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -28,40 +31,86 @@ from sdpo_lightning.data.records import Example
 
 
 class RecDataset(Dataset):
-    """Encoded examples of one split.
+    """Examples of one split, tokenized lazily when an item is first asked for.
+
+    Nothing is tokenized up front: ``dataset[i]`` renders example ``i``'s prompt and
+    tokenizes it with ``encode`` (the same :meth:`PromptBuilder.encode` the eager path used,
+    so the ids are the same). Per example only the number of history items that fit
+    ``max_length`` is remembered (2 bytes), so a second access tokenizes the prompt once, with
+    no truncation search; title ids are cached by the encoder's title table.
 
     Args:
-        examples: the records.
-        encoded: their token ids, aligned with ``examples``.
+        examples: the records (a :class:`~sdpo_lightning.data.compact.CompactExamples` or a list).
+        encode: ``encode(example, index) -> EncodedExample``.
         popularity: target counts of the training split (for ``popularity`` negatives).
     """
 
     def __init__(
         self,
         examples: Sequence[Example],
-        encoded: Sequence[EncodedExample],
+        encode: Callable[[Example, int], EncodedExample],
         popularity: dict[str, int] | None = None,
     ) -> None:
-        assert len(examples) == len(encoded)
-        self.examples = list(examples)
-        self.encoded = list(encoded)
+        self.examples = examples
+        self._encode = encode
         self.popularity = popularity or {}
+        self._history_used = np.full(len(examples), -1, dtype=np.int32)  # -1: not encoded yet
+        self.encoded = _LazyEncoded(self)
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def encode(self, index: int) -> EncodedExample:
+        """Token ids of example ``index`` (oldest history dropped to fit, as in the eager path)."""
+        ex = self.examples[index]
+        used = int(self._history_used[index])
+        if 0 < used < len(ex.history):  # known to fit with its ``used`` latest items
+            ex = dataclasses.replace(ex, history=ex.history[-used:])
+        enc = self._encode(ex, index)
+        self._history_used[index] = enc.history_used
+        return enc
+
+    def n_candidates(self, index: int) -> int:
+        """Candidates of example ``index`` (without tokenizing it)."""
+        counter = getattr(self.examples, "n_candidates", None)
+        return counter(index) if counter is not None else len(self.examples[index].candidates)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ex, enc = self.examples[index], self.encoded[index]
+        ex, enc = self.examples[index], self.encode(index)
         return {
             "index": index,
             "prompt_ids": enc.prompt_ids,
             "candidate_ids": enc.candidate_ids,
             "target_index": enc.target_index,
+            "token_digest": token_digest(enc.prompt_ids, enc.candidate_ids),
             "popularity": [float(self.popularity.get(c, 0)) for c in ex.candidates],
             "candidates": list(ex.candidates),
             "target": ex.target,
             "prompt": enc.prompt,
         }
+
+
+class _LazyEncoded(Sequence[EncodedExample]):
+    """``dataset.encoded[i]``: the encoding of example ``i``, computed on access."""
+
+    def __init__(self, dataset: RecDataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index: int) -> EncodedExample:  # type: ignore[override]
+        return self._dataset.encode(index)
+
+
+def token_digest(prompt_ids: Sequence[int], candidate_ids: Sequence[Sequence[int]]) -> int:
+    """A signed 64-bit BLAKE2b digest of one example's prompt and candidate token ids."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.asarray(prompt_ids, dtype=np.int64).tobytes())
+    for ids in candidate_ids:
+        h.update(b"|")
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return int.from_bytes(h.digest(), "little", signed=True)
 
 
 def make_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -90,6 +139,7 @@ def make_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str
         return {
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
             "target_index": torch.tensor([it["target_index"] for it in items], dtype=torch.long),
+            "token_digest": torch.tensor([it["token_digest"] for it in items], dtype=torch.long),
             "prompt_input_ids": prompt,
             "prompt_attention_mask": prompt_mask,
             "candidate_input_ids": cand,

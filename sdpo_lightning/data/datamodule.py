@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from typing import Any, Sequence
@@ -16,17 +17,27 @@ from sdpo_lightning.data.collate import (
     negative_indices,
     select_completions,
 )
+from sdpo_lightning.data.compact import load_compact
 from sdpo_lightning.data.negatives import STRATEGIES
-from sdpo_lightning.data.prompts import PromptBuilder
-from sdpo_lightning.data.readers import load_examples
+from sdpo_lightning.data.prompts import EncodedExample, PromptBuilder
+from sdpo_lightning.data.records import Example
 
 log = logging.getLogger(__name__)
 
 VAL_EPOCH = -1  # validation negatives are drawn once, with this fixed "epoch"
 
 
+def _encode(prompts: PromptBuilder, tokenizer: Any, max_length: int, title_ids: dict[str, list[int]],
+            source: str, example: Example, index: int) -> EncodedExample:
+    """``PromptBuilder.encode`` with the split's settings bound (picklable for data workers)."""
+    return prompts.encode(example, index, tokenizer, max_length, title_ids, source=source)
+
+
 class RecDataModule(pl.LightningDataModule):
     """Reads candidate-list files, builds prompts, tokenizes, batches and samples negatives.
+
+    Splits are held compactly and tokenized lazily (on ``dataset[i]``), so ``setup`` costs
+    one streaming read of each file and the first step comes at once even for 77k rows.
 
     The tokenizer is the LightningModule's (``trainer.lightning_module.tokenizer``) unless
     set on this object before ``setup``.
@@ -95,24 +106,25 @@ class RecDataModule(pl.LightningDataModule):
         return self.tokenizer
 
     def load_split(self, split: str, path: str, min_candidates: int) -> RecDataset:
-        """Read, validate and tokenize one file into a dataset."""
+        """Read and validate one file into a dataset that tokenizes lazily.
+
+        Records are kept compact (titles interned, rows as indices); prompts are rendered and
+        tokenized when an example is first asked for, with exactly the ids the eager path gave.
+        A too-long example therefore fails when first loaded (the error names file and record).
+        """
         tok = self._tokenizer()
-        result = load_examples(path, min_candidates=min_candidates, lenient=self.hparams.lenient)
-        examples = result.examples
+        self.prompts.resolve_prefix(tok)
+        examples, skipped = load_compact(path, min_candidates=min_candidates, lenient=self.hparams.lenient)
         if split == "validate" and self.hparams.limit_val_examples:
-            examples = examples[: self.hparams.limit_val_examples]
-        encoded = [
-            self.prompts.encode(ex, i, tok, self.hparams.max_length, self._title_ids, source=str(path))
-            for i, ex in enumerate(examples)
-        ]
-        truncated = sum(e.history_used < len(x.history) for e, x in zip(encoded, examples))
+            examples = examples.head(self.hparams.limit_val_examples)
         log.info(
-            "%s: %d examples (%d skipped, %d with history truncated to fit max_length=%d)",
-            path, len(examples), len(result.skipped), truncated, self.hparams.max_length,
+            "%s: %d examples (%d skipped); tokenized lazily, history truncated per example to fit max_length=%d",
+            path, len(examples), len(skipped), self.hparams.max_length,
         )
         if split == "fit":
-            self.popularity = Counter(ex.target for ex in examples)
-        return RecDataset(examples, encoded, popularity=self.popularity if split == "fit" else None)
+            self.popularity = examples.target_counts()
+        encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path))
+        return RecDataset(examples, encode, popularity=self.popularity if split == "fit" else None)
 
     def setup(self, stage: str | None = None) -> None:
         k1 = self.hparams.num_negatives + 1
