@@ -66,30 +66,7 @@ LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_pro
 LORA_B_STD = 0.02
 AGREE = 1e-4
 sys.path.insert(0, str(REPO))
-
-
-# ---------------------------------------------------------------------------- memory
-def _status_mb() -> dict[str, float]:
-    text = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024 for k in ("VmRSS", "VmHWM")}
-
-
-def reset_peak() -> bool:
-    """Free what can be freed and reset the kernel's peak-RSS mark; False if not possible."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
+from timing import _status_mb, load_average, reset_peak, timed  # noqa: E402  (shared with trl_dpo.py)
 
 
 # ---------------------------------------------------------------------------- preparation
@@ -180,28 +157,6 @@ def our_step(module: Any, batch: dict[str, Any], kind: str, cached: bool) -> flo
         loss = preference_loss("sdpo", pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], 1.0).losses.mean()
     loss.backward()
     return float(loss.detach())
-
-
-def timed(step, zero_grad, repeats: int, budget: float) -> dict[str, Any]:
-    """Run ``step`` up to ``repeats`` times (stop once ``budget`` seconds are spent, after one
-    at least); wall times, loss and peak memory."""
-    zero_grad()
-    can_reset = reset_peak()
-    before = _status_mb()["VmRSS"]
-    seconds, cpu, losses, start = [], [], [], time.perf_counter()
-    for _ in range(repeats):
-        zero_grad()
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses.append(step())
-        seconds.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-        if time.perf_counter() - start > budget:
-            break
-    peak = _status_mb()["VmHWM"]
-    import torch
-
-    return {"threads": torch.get_num_threads(), "seconds": seconds, "cpu_seconds": cpu, "loss": losses[0], "losses": losses, "rss_before_mb": before,
-            "peak_rss_mb": peak if can_reset else None, "step_mb": peak - before if can_reset else None}
 
 
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:

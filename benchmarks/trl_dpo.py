@@ -29,7 +29,8 @@ def trl_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"unavailable": f"TRL cannot be imported here ({type(err).__name__}: {err}); "
                                "install it with `pip install -e .[benchmark]`"}
     from peft import LoraConfig
-    from step_cost import LORA, build, timed
+    from step_cost import LORA, build
+    from timing import timed
 
     module, dm, batch = build({**cfg, "kind": "sdpo", "path": "naive", "k": 1})
     # TRL treats an adapter it is handed as the starting point and copies it as the reference;
