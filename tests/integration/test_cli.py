@@ -112,7 +112,12 @@ def test_same_config_and_seed_same_metrics(tmp_path, synthetic_dir):
         assert results[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "strategy" not in p.parts)
+#: ``sdpo`` configs; ``configs/baselines`` belong to ``sdpo-baseline`` and ``*_data.yaml`` to
+#: the synthetic generator (both parsed by their own tests below)
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
+                 if not {"strategy", "baselines"} & set(p.parts) and not p.name.endswith("_data.yaml"))
+BASELINE_CONFIGS = sorted((REPO / "configs" / "baselines").glob("*.yaml"))
+DATA_CONFIGS = sorted((REPO / "configs").glob("*_data.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
@@ -124,3 +129,22 @@ def test_shipped_config_parses(path, capsys):
     assert printed["model"]["objective"] in ("sft", "dpo", "dpo_k", "sdpo")
     assert printed["model"]["num_negatives"] >= 1
     assert "num_negatives" not in printed["data"]  # linked from model.num_negatives
+
+
+@pytest.mark.parametrize("path", BASELINE_CONFIGS, ids=[p.name for p in BASELINE_CONFIGS])
+def test_shipped_baseline_config_parses(path, capsys):
+    from sdpo_lightning.baselines.seqrec_cli import seqrec_main
+
+    with pytest.raises(SystemExit) as exc:
+        seqrec_main(["fit", "-c", str(path), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].split(".")[-1] in ("GRU4Rec", "Caser", "SASRec")
+
+
+@pytest.mark.parametrize("path", DATA_CONFIGS, ids=[p.name for p in DATA_CONFIGS])
+def test_shipped_generator_config_parses(path):
+    from sdpo_lightning.data.synthetic import load_settings
+
+    settings = load_settings(path)
+    assert settings["n_candidates"] >= 2 and settings["seed"] >= 0
