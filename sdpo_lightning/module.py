@@ -56,6 +56,9 @@ class SDPOModule(pl.LightningModule):
         scoring: ``shared_prefix`` (prompt once, completions branch off) | ``naive``.
         reference: ``live`` (reference forward every step) | ``cached`` (scored once, on disk).
         reference_cache_dir: where the cache lives (default ``<root>/reference_cache``).
+        reference_cache_build: ``lazy`` (score a row when a batch first needs it, fill the file
+            incrementally) | ``full`` (score every row before the first step) | ``auto`` (lazy,
+            except full fine-tuning without a frozen copy, which needs ``full``).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio``.
@@ -96,6 +99,7 @@ class SDPOModule(pl.LightningModule):
         scoring: str = "shared_prefix",
         reference: str = "live",
         reference_cache_dir: str | None = None,
+        reference_cache_build: str = "auto",
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -121,6 +125,8 @@ class SDPOModule(pl.LightningModule):
             raise ValueError(f"scoring must be 'shared_prefix' or 'naive', got {scoring!r}")
         if reference not in ("live", "cached"):
             raise ValueError(f"reference must be 'live' or 'cached', got {reference!r}")
+        if reference_cache_build not in ("auto", "lazy", "full"):
+            raise ValueError(f"reference_cache_build must be auto, lazy or full, got {reference_cache_build!r}")
         protocols = list(eval_protocols or ["generation"])
         bad = set(protocols) - {"generation", "ranking"}
         if bad:
@@ -246,11 +252,12 @@ class SDPOModule(pl.LightningModule):
 
     def reference_candidate_scores(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reference log-likelihood of every candidate (B, M) from the cache — hard-negative
-        mining. The cache is loaded or built on first use (with ``reference: live`` too)."""
+        mining. The cache is opened on first use (with ``reference: live`` too); rows not scored
+        yet are scored now, all their candidates, before any negative is drawn."""
         split = self._split()
         if self.ref_cache is None or split not in self.ref_cache.tables:
             self.ref_cache = ReferenceCache.for_module(self)
-        return self.ref_cache.lookup(split, batch["index"])
+        return self.ref_cache.scores_for(self, split, batch)
 
     def _split(self) -> str:
         return "fit" if self.trainer.training else "validate"
@@ -260,7 +267,7 @@ class SDPOModule(pl.LightningModule):
             split = self._split()
             if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
                 self.ref_cache = ReferenceCache.for_module(self)
-            all_scores = self.ref_cache.lookup(split, batch["index"]).to(self.device)  # (B, M)
+            all_scores = self.ref_cache.scores_for(self, split, batch).to(self.device)  # (B, M)
             return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
         # live: like the cache, score with dropout off (a LoRA reference adapter has dropout)
         with eval_mode(self.reference_model if self.reference_model is not None else self.policy):
@@ -315,7 +322,16 @@ class SDPOModule(pl.LightningModule):
             self.evaluators[split] = Evaluator(split, protocols).to(self.device)
         return self.evaluators[split]
 
+    def _flush_reference_cache(self) -> None:
+        """Write the reference cache's new rows (collective under multi-process training)."""
+        if self.ref_cache is not None:
+            self.ref_cache.flush(self)
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_reference_cache()
+
     def on_validation_epoch_end(self) -> None:
+        self._flush_reference_cache()
         ev = self.evaluators.pop("val", None)
         if ev is not None:
             self.log_dict(ev.compute_metrics(), sync_dist=False)
@@ -334,7 +350,7 @@ class SDPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ fit hooks
     def on_fit_start(self) -> None:
-        """Load or build the reference cache before any step, for ``reference: cached`` and for
+        """Open (lazy) or load-or-build (full) the reference cache before any step, for ``reference: cached`` and for
         hard / tempered negatives. The scores never depend on the policy's current weights
         (LoRA: adapter off or the frozen SFT adapter; full fine-tuning: the frozen copy or a
         fresh build from the source), so a resumed run gets the same table."""
@@ -389,6 +405,7 @@ class SDPOModule(pl.LightningModule):
         still here."""
         from sdpo_lightning import strategies
 
+        self._flush_reference_cache()
         if strategies.is_partitioned(self.policy):
             self._export_weights = self._gather_export_weights()
 

@@ -14,15 +14,26 @@ The cache key is a SHA-256 over
 * the data: the SHA-256 of the split's file, the prompt templates, the template-choice
   seed, separator, completion prefix, ``max_length`` and any example limit;
 * the tokenizer: a hash of its full serialization (vocabulary, merges, special tokens);
-* every token id of every prompt and candidate completion of the split, which ties the
-  table to exactly what is scored, whatever code produced it.
+* the number of rows and the token ids of the first rows (a cheap probe of the encoding code);
+  beside that every row stores a 64-bit digest of its own prompt and candidate token ids,
+  checked on every lookup, so a row's scores are only ever used for exactly the ids scored.
 
-Any change gives a new key and a rebuild; the old file stays (it is valid for its key).
+Any change gives a new key (a new file); the old file stays (it is valid for its key).
 
-Under multi-process training each process scores an equal share (rank-strided, padded so
-that every process runs the same number of forwards, as ZeRO-3 needs) and the shares are
-all-gathered; global rank 0 writes the file. Whether the file can be reused is decided
-collectively (all processes must see it), so the processes never diverge.
+Two ways to fill the table (``model.reference_cache_build``):
+
+* ``lazy`` (the default where the reference is at hand every step: LoRA, or a frozen copy):
+  a row is scored — all its candidates, one shared-prefix pass — the first time a batch
+  needs it (before its negatives are drawn, so ``hard`` / ``tempered`` see every candidate's
+  score), then looked up. The file is filled incrementally: written at the end of every
+  training and validation epoch and of training, reused by later epochs, runs and samplers.
+  Under multi-process training the decision to run a reference forward is collective (a
+  process with nothing to score runs a dummy row, so ZeRO-3 ranks stay in step), and at each
+  write the processes merge their rows (all-gather) before global rank 0 writes.
+* ``full``: score every row of the splits before the first step (the default for full
+  fine-tuning without a frozen copy, whose reference weights are gone after step one). Each
+  process scores an equal share (rank-strided, padded to the same number of forwards) and
+  the shares are all-gathered; global rank 0 writes the file.
 """
 
 from __future__ import annotations
@@ -42,8 +53,10 @@ from sdpo_lightning.data.collate import make_collate
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 SPLITS = ("fit", "validate")
+BUILDS = ("auto", "lazy", "full")
+PROBE_ROWS = 8
 
 
 # ---------------------------------------------------------------------------- key parts
@@ -118,11 +131,18 @@ def data_identity(datamodule: Any, split: str) -> dict[str, Any]:
 
 
 def token_digest(dataset: Any) -> str:
-    """SHA-256 of every prompt and candidate token id of a split, in order."""
-    h = hashlib.sha256()
-    for enc in dataset.encoded:
+    """SHA-256 of the row count and the token ids of the first :data:`PROBE_ROWS` rows (the
+    other rows are checked one by one, by their stored digests, when looked up)."""
+    h = hashlib.sha256(str(len(dataset)).encode())
+    for i in range(min(PROBE_ROWS, len(dataset))):
+        enc = dataset.encoded[i]
         h.update(json.dumps([enc.prompt_ids, enc.candidate_ids]).encode())
     return h.hexdigest()
+
+
+def row_digests(dataset: Any) -> torch.Tensor:
+    """The per-row token digests of every row (tokenizes the whole split) → (n,) int64."""
+    return torch.tensor([dataset[i]["token_digest"] for i in range(len(dataset))], dtype=torch.long)
 
 
 def cache_key(identity: dict[str, Any], data: dict[str, Any], dataset: Any) -> str:
@@ -133,39 +153,150 @@ def cache_key(identity: dict[str, Any], data: dict[str, Any], dataset: Any) -> s
 
 # ---------------------------------------------------------------------------- the cache
 class ReferenceCache:
-    """Reference log-likelihoods of every candidate, per split.
+    """Reference log-likelihoods of every candidate, per split, filled lazily or in full.
 
     Args:
-        tables: split name → ``(n_examples, M)`` float32 table (``-inf`` for padding).
-        stats: split name → ``{"hit", "seconds", "n_examples", "path", "key"}`` of the
-            last :meth:`build` (``seconds`` is the scoring time, 0 on a hit).
+        tables: split name → ``(n_examples, M)`` float32 table (``-inf`` for padding
+            candidates, NaN for rows not scored yet).
+        stats: split name → ``{"hit", "seconds", "n_examples", "path", "key", "scored",
+            "filled"}``: ``hit`` whether a file was found, ``seconds`` the scoring time and
+            ``scored`` the rows scored by this process in this run.
+        filled: split name → (n,) bool, rows scored (default: all).
+        digests: split name → (n,) int64 token digest of each filled row (default: unchecked).
     """
 
-    def __init__(self, tables: dict[str, torch.Tensor], stats: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, tables: dict[str, torch.Tensor], stats: dict[str, dict[str, Any]] | None = None,
+                 filled: dict[str, torch.Tensor] | None = None, digests: dict[str, torch.Tensor] | None = None) -> None:
         self.tables = tables
         self.stats = stats or {}
+        self.filled = filled or {k: torch.ones(len(v), dtype=torch.bool) for k, v in tables.items()}
+        self.digests = digests or {}
+        self.dirty: set[str] = set()
 
     def lookup(self, split: str, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Rows of the given example indices → (B, M) float32 on the CPU."""
+        """Rows of the given example indices → (B, M) float32 on the CPU (all must be scored)."""
         if split not in self.tables:
             raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
         table = self.tables[split]
         index = torch.as_tensor(index, dtype=torch.long).cpu()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table.shape[0]):
             raise IndexError(f"example index out of range for the {split!r} cache of {table.shape[0]} rows")
+        missing = index[~self.filled[split][index]]
+        if missing.numel():
+            raise KeyError(f"rows {missing.tolist()[:5]} of the {split!r} cache are not scored yet (use scores_for)")
         return table[index]
+
+    @torch.no_grad()
+    def scores_for(self, module: Any, split: str, batch: dict[str, Any]) -> torch.Tensor:
+        """Every candidate's reference score of the batch's rows → (B, M) on the CPU; rows not
+        scored yet (or whose token digest differs) are scored now, all their candidates in one
+        shared-prefix pass. Collective under multi-process training (call on every process)."""
+        if split not in self.tables:
+            raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
+        index = batch["index"].cpu()
+        digest = batch["token_digest"].cpu()
+        ok = self.filled[split][index]
+        if split in self.digests:
+            ok &= self.digests[split][index] == digest
+        missing = (~ok).nonzero().flatten()
+        trainer = getattr(module, "_trainer", None)
+        need = bool(missing.numel())
+        if trainer is not None and trainer.world_size > 1:
+            need = trainer.strategy.reduce_boolean_decision(need, all=False)
+        if need:
+            rows = missing if missing.numel() else torch.zeros(1, dtype=torch.long)  # a dummy keeps ranks in step
+            start = time.perf_counter()
+            sub = _rows(batch, rows)
+            with module.reference_scorer() as (model, scorer), eval_mode(module.policy, model):
+                logps = scorer(sub, model).float().masked_fill(~sub["candidate_mask"], float("-inf")).cpu()
+            if missing.numel():
+                table, where = self.tables[split], index[missing]
+                table[where] = float("-inf")
+                table[where, : logps.shape[1]] = logps
+                self.filled[split][where] = True
+                self.digests.setdefault(split, torch.zeros(len(table), dtype=torch.long))[where] = digest[missing]
+                self.dirty.add(split)
+                st = self.stats[split]
+                st["scored"] += int(missing.numel())
+                st["seconds"] += time.perf_counter() - start
+        return self.tables[split][index]
+
+    def flush(self, module: Any) -> None:
+        """Write the splits with new rows (collective: every process calls it; the processes'
+        rows are merged first, global rank 0 writes)."""
+        trainer = getattr(module, "_trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        for split in sorted(self.tables):
+            dirty = split in self.dirty
+            if world > 1:
+                if not trainer.strategy.reduce_boolean_decision(dirty, all=False):
+                    continue
+                self._merge(trainer, module.device, split)
+            elif not dirty:
+                continue
+            st = self.stats[split]
+            st["filled"] = int(self.filled[split].sum())
+            if trainer is None or trainer.is_global_zero:
+                _save(Path(st["path"]), {"format": CACHE_FORMAT, "key": st["key"], "scores": self.tables[split],
+                                         "filled": self.filled[split], "digests": self.digests.get(split),
+                                         "n_examples": st["n_examples"]})
+            self.dirty.discard(split)
+
+    def _merge(self, trainer: Any, device: torch.device, split: str) -> None:
+        """Take every row any process has scored (the lowest rank's where several have)."""
+        table, filled = self.tables[split], self.filled[split]
+        digests = self.digests.setdefault(split, torch.zeros(len(table), dtype=torch.long))
+        g_table = trainer.strategy.all_gather(table.to(device)).cpu()  # (world, n, M)
+        g_filled = trainer.strategy.all_gather(filled.long().to(device)).cpu().bool()  # (world, n)
+        g_digests = trainer.strategy.all_gather(digests.to(device)).cpu()  # (world, n)
+        merged = torch.zeros_like(filled)
+        for r in range(g_table.shape[0]):
+            take = g_filled[r] & ~merged
+            table[take], digests[take] = g_table[r][take], g_digests[r][take]
+            merged |= take
+        filled |= merged
 
     @classmethod
     def for_module(cls, module: Any) -> "ReferenceCache":
-        """Load or build the tables of an attached module's data module, in
-        ``model.reference_cache_dir`` (default ``<default_root_dir>/reference_cache``)."""
+        """Open (``lazy``) or load-or-build (``full``) the tables of an attached module's data
+        module, in ``model.reference_cache_dir`` (default ``<default_root_dir>/reference_cache``)."""
         trainer = module.trainer
         root = module.hparams.get("reference_cache_dir") or os.path.join(trainer.default_root_dir, "reference_cache")
-        return cls.build(module, trainer.datamodule, root)
+        if build_mode(module) == "full":
+            return cls.build(module, trainer.datamodule, root)
+        return cls.open(module, trainer.datamodule, root)
 
     @staticmethod
     def path_for(root: str | Path, split: str, key: str) -> Path:
         return Path(root) / f"{split}-{key[:20]}.pt"
+
+    @classmethod
+    def open(cls, module: Any, datamodule: Any, root: str | Path, splits: Sequence[str] = SPLITS) -> "ReferenceCache":
+        """Load what the files hold for the data module's ``splits`` (or start empty tables);
+        nothing is scored here (see :meth:`scores_for`)."""
+        if datamodule is None:
+            raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
+        identity = reference_identity(module.hparams)
+        cache = cls({}, {}, {}, {})
+        for split in splits:
+            dataset = datamodule.datasets.get(split)
+            if dataset is None:
+                continue
+            key = cache_key(identity, data_identity(datamodule, split), dataset)
+            path = cls.path_for(root, split, key)
+            n, m = len(dataset), max((dataset.n_candidates(i) for i in range(len(dataset))), default=0)
+            blob = _load(path, key, n)
+            if blob is None or blob["scores"].shape[1] != m:
+                blob = {"scores": torch.full((n, m), float("nan")), "filled": torch.zeros(n, dtype=torch.bool),
+                        "digests": torch.zeros(n, dtype=torch.long), "hit": False}
+            cache.tables[split], cache.filled[split] = blob["scores"], blob["filled"]
+            cache.digests[split] = blob["digests"]
+            filled = int(blob["filled"].sum())
+            cache.stats[split] = {"hit": blob.get("hit", True), "seconds": 0.0, "n_examples": n, "path": str(path),
+                                  "key": key, "scored": 0, "filled": filled}
+            log.info("reference cache for %s: %d of %d rows already scored (%s); the rest are scored on first use",
+                     split, filled, n, path)
+        return cache
 
     @classmethod
     def build(
@@ -176,18 +307,16 @@ class ReferenceCache:
         batch_size: int | None = None,
         splits: Sequence[str] = SPLITS,
     ) -> "ReferenceCache":
-        """Load, or compute and save, the tables of the data module's ``splits``.
-
-        Every process must call this (it is collective under multi-process training).
-        """
+        """Load complete tables, or compute every row and save, for the data module's ``splits``
+        (the ``full`` build). Every process must call this (it is collective under multi-process
+        training)."""
         if datamodule is None:
             raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
         root = Path(root)
         trainer = getattr(module, "_trainer", None)
         identity = reference_identity(module.hparams)
         bs = batch_size or datamodule.hparams.get("eval_batch_size") or datamodule.hparams.batch_size
-        tables: dict[str, torch.Tensor] = {}
-        stats: dict[str, dict[str, Any]] = {}
+        cache = cls({}, {}, {}, {})
         with contextlib.ExitStack() as stack:
             ref: tuple[Any, Callable] | None = None  # entered once, on the first miss
             for split in splits:
@@ -196,29 +325,66 @@ class ReferenceCache:
                     continue
                 key = cache_key(identity, data_identity(datamodule, split), dataset)
                 path = cls.path_for(root, split, key)
-                scores = _load(path, key, len(dataset))
-                hit = scores is not None
+                blob = _load(path, key, len(dataset))
+                hit = blob is not None and bool(blob["filled"].all())
                 if trainer is not None and trainer.world_size > 1:
                     hit = trainer.strategy.reduce_boolean_decision(hit, all=True)
+                stat = {"hit": hit, "seconds": 0.0, "n_examples": len(dataset), "path": str(path), "key": key,
+                        "scored": 0, "filled": len(dataset)}
                 if hit:
                     log.info("reference cache hit for %s: %s", split, path)
-                    tables[split] = scores
-                    stats[split] = {"hit": True, "seconds": 0.0, "n_examples": len(dataset), "path": str(path), "key": key}
+                    cache.tables[split], cache.digests[split] = blob["scores"], blob["digests"]
+                    cache.filled[split], cache.stats[split] = blob["filled"], stat
                     continue
                 if ref is None:
                     ref = stack.enter_context(module.reference_scorer())
                 start = time.perf_counter()
                 scores = score_dataset(module, dataset, bs, datamodule.tokenizer.pad_token_id, *ref)
-                seconds = time.perf_counter() - start
-                log.info("reference cache built for %s (%d examples) in %.1fs: %s", split, len(dataset), seconds, path)
+                digests = row_digests(dataset)
+                stat.update(seconds=time.perf_counter() - start, scored=len(dataset))
+                log.info("reference cache built for %s (%d examples) in %.1fs: %s", split, len(dataset),
+                         stat["seconds"], path)
+                filled = torch.ones(len(dataset), dtype=torch.bool)
                 if trainer is None or trainer.is_global_zero:
-                    _save(path, {"format": CACHE_FORMAT, "key": key, "scores": scores, "n_examples": len(dataset),
-                                 "seconds": seconds})
-                tables[split] = scores
-                stats[split] = {"hit": False, "seconds": seconds, "n_examples": len(dataset), "path": str(path), "key": key}
+                    _save(path, {"format": CACHE_FORMAT, "key": key, "scores": scores, "filled": filled,
+                                 "digests": digests, "n_examples": len(dataset)})
+                cache.tables[split], cache.digests[split], cache.filled[split] = scores, digests, filled
+                cache.stats[split] = stat
         if trainer is not None and trainer.world_size > 1:
             trainer.strategy.barrier("reference_cache")
-        return cls(tables, stats)
+        return cache
+
+
+def build_mode(module: Any) -> str:
+    """``lazy`` or ``full`` for ``model.reference_cache_build`` (``auto``: lazy when the reference
+    is at hand every step — LoRA with the adapter off, or a frozen copy —, else full)."""
+    from sdpo_lightning.models import is_peft
+
+    mode = module.hparams.get("reference_cache_build") or "auto"
+    at_hand = module.reference_model is not None or is_peft(module.policy)
+    if mode == "auto":
+        return "lazy" if at_hand else "full"
+    if mode == "lazy" and not at_hand:
+        raise ValueError(
+            "model.reference_cache_build: lazy needs the reference at every step, but full fine-tuning with "
+            "`reference: cached` keeps no frozen copy (its initial weights are gone after step one); "
+            "use reference_cache_build: full (or auto), or model.reference: live"
+        )
+    return mode
+
+
+def _rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    """The batch restricted to the given row positions (tensors and per-row lists)."""
+    b = len(batch["index"])
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() and v.shape[0] == b:
+            out[k] = v[rows.to(v.device)]
+        elif isinstance(v, list) and len(v) == b:
+            out[k] = [v[i] for i in rows.tolist()]
+        else:
+            out[k] = v
+    return out
 
 
 @contextlib.contextmanager
@@ -235,7 +401,8 @@ def eval_mode(*modules: torch.nn.Module | None) -> Iterator[None]:
             m.training = mode
 
 
-def _load(path: Path, key: str, n_examples: int) -> torch.Tensor | None:
+def _load(path: Path, key: str, n_examples: int) -> dict[str, Any] | None:
+    """A cache file's ``scores``, ``filled`` and ``digests`` if it is readable and has ``key``."""
     if not path.is_file():
         return None
     try:
@@ -243,10 +410,14 @@ def _load(path: Path, key: str, n_examples: int) -> torch.Tensor | None:
     except Exception as err:  # a torn or foreign file: rebuild it
         log.warning("ignoring unreadable reference cache %s: %s", path, err)
         return None
-    scores = blob.get("scores") if isinstance(blob, dict) else None
-    if blob.get("key") != key or not torch.is_tensor(scores) or scores.shape[0] != n_examples:
+    if not isinstance(blob, dict) or blob.get("key") != key:
         return None
-    return scores.float()
+    scores, filled, digests = blob.get("scores"), blob.get("filled"), blob.get("digests")
+    if not all(torch.is_tensor(t) and t.shape[0] == n_examples for t in (scores, filled)):
+        return None
+    if not torch.is_tensor(digests):
+        digests = torch.zeros(n_examples, dtype=torch.long)
+    return {"scores": scores.float(), "filled": filled.bool(), "digests": digests.long(), "hit": True}
 
 
 def _save(path: Path, blob: dict[str, Any]) -> None:
@@ -281,11 +452,12 @@ def score_dataset(
     n = len(dataset)
     if n == 0:
         return torch.empty(0, 0)
-    mine = sorted(range(rank, n, world), key=lambda i: (-len(dataset.encoded[i].prompt_ids), i))
+    lengths = {i: len(dataset.encoded[i].prompt_ids) for i in range(rank, n, world)}
+    mine = sorted(lengths, key=lambda i: (-lengths[i], i))
     per_rank = -(-n // world)  # ceil: the largest share
     steps = -(-per_rank // batch_size)  # the same number of forwards on every rank
     collate = make_collate(pad_token_id)
-    m = max(len(e.candidate_ids) for e in dataset.encoded)
+    m = max(dataset.n_candidates(i) for i in range(n))
     out = torch.full((n, m), float("-inf"))
     with eval_mode(module.policy, model):
         for s in range(steps):

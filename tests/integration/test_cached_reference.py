@@ -81,14 +81,25 @@ def test_lora_cached_reference_gives_the_live_losses_and_is_reused(tmp_path, sma
     live = _fit(tmp_path, small_dir, "live", lora=lora, reference="live")
     assert count_builds == []
     cached = _fit(tmp_path, small_dir, "cached", lora=lora, reference="cached", reference_cache_dir=cache_dir)
-    assert count_builds == [N_TRAIN, N_VAL]
-    assert sorted(p.name.split("-")[0] for p in Path(cache_dir).glob("*.pt")) == ["fit", "validate"]
+    assert count_builds == []  # lazy: no full pre-build, rows are scored when a batch first needs them
+    files = sorted(Path(cache_dir).glob("*.pt"))
+    assert [p.name.split("-")[0] for p in files] == ["fit", "validate"]
+    blobs = [torch.load(p, weights_only=True) for p in files]
+    assert int(blobs[1]["filled"].sum()) == N_VAL  # validation sees every row
+    assert 0 < int(blobs[0]["filled"].sum()) <= N_TRAIN
+    assert torch.isfinite(blobs[0]["scores"][blobs[0]["filled"]]).all()
     _assert_same_losses(live, cached)
-    # another run with other training settings reuses the files: no reference forward at all
+    # another run with other training settings reuses the files: no reference forward, no rewrite
+    stamps = [p.stat().st_mtime_ns for p in files]
     again = _fit(tmp_path, small_dir, "again", lora=lora, reference="cached", reference_cache_dir=cache_dir,
                  extra=["--model.learning_rate", "0.001", "--trainer.max_steps", "1"])
-    assert count_builds == [N_TRAIN, N_VAL]
+    assert count_builds == [] and [p.stat().st_mtime_ns for p in files] == stamps
     assert _series(again, "train/loss")[0] == _series(cached, "train/loss")[0]  # step 0: the same reference
+    # the old full pre-build is still there
+    full = _fit(tmp_path, small_dir, "full", lora=lora, reference="cached", reference_cache_build="full",
+                reference_cache_dir=str(tmp_path / "full_cache"))
+    assert count_builds == [N_TRAIN, N_VAL]
+    _assert_same_losses(live, full)
 
 
 def test_full_fine_tuning_cached_reference_gives_the_live_losses(tmp_path, small_dir):
