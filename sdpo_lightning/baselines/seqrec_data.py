@@ -1,16 +1,17 @@
 """Item-id data for the sequential recommenders (GRU4Rec, Caser, SASRec).
 
 Items get integer ids from their titles: ``0`` is padding, ``1`` is "unknown" (a title
-never seen in the training file), the training titles (histories and targets, sorted)
-get ``2..``. Every training row gives one ``history → target`` pair (the last
+never seen in the fitted training rows), the fitted rows' titles (histories, targets and
+candidates, sorted — the catalogue, as the paper's id models have) get ``2..``. Every training row gives one ``history → target`` pair (the last
 ``max_len`` history items, left-padded with 0): a sliding-window file thus counts each
 interaction once as a target. Candidate lists of training rows are not used.
 
 A by-user selection split (:func:`~.selection.carve_selection_split`) is held out of the
 training file for validation (checkpoint selection); the test file is only scored. At
-test time every candidate is scored by the model's logit for its id; unknown candidates
-share id 1, which is never a training target, so they rank low and tie with each other
-(ties count against the target).
+test time every candidate is scored by the model's logit for its id. Items that are
+candidates but never targets, and the shared unknown id 1, take part in the full softmax
+as never-chosen classes, so training pushes their logits down; unknown candidates tie
+with each other (ties count against the target).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ PAD, UNK = 0, 1
 
 
 class ItemVocab:
-    """Title ↔ id map built from training rows (0 = padding, 1 = unknown)."""
+    """Title ↔ id map built from training rows' titles (0 = padding, 1 = unknown)."""
 
     def __init__(self, examples: Sequence[Example]) -> None:
-        titles = sorted({t for ex in examples for t in (*ex.history, ex.target)})
+        titles = sorted({t for ex in examples for t in (*ex.history, ex.target, *ex.candidates)})
         self.ids = {t: i + 2 for i, t in enumerate(titles)}
 
     def __len__(self) -> int:

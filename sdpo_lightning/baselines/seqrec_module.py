@@ -55,8 +55,8 @@ class SeqRecModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.logits(batch["seq"])  # (B, V)
-        logits = logits.masked_fill(  # never predict padding / unknown
-            torch.arange(logits.shape[1], device=logits.device) < 2, float("-inf"))
+        logits = logits.masked_fill(  # padding is no class; unknown (1) is, never chosen
+            torch.arange(logits.shape[1], device=logits.device) == 0, float("-inf"))
         loss = F.cross_entropy(logits, batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss

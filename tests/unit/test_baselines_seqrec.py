@@ -35,11 +35,11 @@ def cycle_rows(n: int, offset: int = 0) -> list[dict]:
 def test_vocab_and_left_padding() -> None:
     train = [Example(("b", "a"), ("c", "z"), "c")]
     vocab = ItemVocab(train)
-    assert vocab.ids == {"a": 2, "b": 3, "c": 4} and len(vocab) == 5
+    assert vocab.ids == {"a": 2, "b": 3, "c": 4, "z": 5} and len(vocab) == 6
     assert vocab.encode(["c", "unseen"]) == [4, 1]
     item = SeqRecDataset(train, vocab, max_len=4)[0]
     assert item["seq"].tolist() == [0, 0, 3, 2]
-    assert item["candidates"].tolist() == [4, 1] and int(item["target_index"]) == 0
+    assert item["candidates"].tolist() == [4, 5] and int(item["target_index"]) == 0
 
 
 @pytest.mark.parametrize("cls", [GRU4Rec, Caser, SASRec])

@@ -8,7 +8,8 @@ ML_SEEDS=${2:-"0"}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/quality/results/baselines
-for seed in 0 1 2; do
+ONLY=${ONLY:-all}  # lastfm | ml100k | all
+[ "$ONLY" = ml100k ] || for seed in 0 1 2; do
   for m in gru4rec caser sasrec; do
     d=$OUT/${m}_lastfm/seed$seed
     [ -f $d/summary.json ] && continue
@@ -19,7 +20,7 @@ for seed in 0 1 2; do
     cp runs/baselines/${m}_lastfm/seed$seed/csv/version_*/metrics.csv $d/ 2>/dev/null || true
   done
 done
-for seed in $ML_SEEDS; do
+[ "$ONLY" = lastfm ] || for seed in $ML_SEEDS; do
   for m in gru4rec caser sasrec; do
     d=$OUT/${m}_ml100k/seed$seed
     [ -f $d/summary.json ] && continue
