@@ -25,6 +25,7 @@ Same seed and arguments → byte-identical files.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 from collections import Counter
@@ -79,13 +80,17 @@ def _contains(longer: str, shorter: str) -> bool:
     return f" {shorter} " in f" {longer} "
 
 
-def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0) -> list[Item]:
+def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0,
+                       noun_first: bool = False) -> list[Item]:
     """Build ``n_items`` unique titled items spread round-robin over ``n_categories`` themes.
 
     Args:
         n_items: Catalogue size.
         n_categories: Number of themes used (the first ``n_categories`` of :data:`THEMES`).
         seed: Seed of titles and successor cycles.
+        noun_first: Put the theme noun first (``Harbor Silent``) instead of last
+            (``Silent Harbor``). Greedy decoding then commits to a category with its first
+            token, as a recommender that knows the category should.
 
     Raises:
         ValueError: If more categories are asked for than themes exist.
@@ -102,7 +107,8 @@ def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0
         for _ in range(10_000):
             n_words = rng.choices((1, 2, 3), weights=(0.1, 0.65, 0.25))[0]
             adjs = rng.sample(ADJECTIVES, n_words - 1)
-            title = " ".join([*adjs, rng.choice(nouns)])
+            noun = rng.choice(nouns)
+            title = " ".join([noun, *adjs] if noun_first else [*adjs, noun])
             if not any(_contains(t, title) or _contains(title, t) for t in titles):
                 break
         else:  # pragma: no cover - only for absurd catalogue sizes
@@ -185,6 +191,7 @@ def generate_dataset(
     p_successor: float = 0.5,
     p_same_category: float = 0.6,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    noun_first: bool = False,
 ) -> dict[str, list[dict]]:
     """Generate the catalogue and train/valid/test candidate-list splits (split by user).
 
@@ -203,6 +210,7 @@ def generate_dataset(
         p_successor: Probability that the next item is the last item's successor.
         p_same_category: Otherwise, probability of staying in the last item's category.
         split_fractions: User fractions for train/valid/test.
+        noun_first: Titles start with their theme noun (see :func:`generate_catalogue`).
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...], "items": [Item dicts]}``.
@@ -213,7 +221,7 @@ def generate_dataset(
     if n_items - seq_len[1] < n_candidates - 1:
         raise ValueError(f"n_items={n_items} leaves too few unseen items for "
                          f"{n_candidates - 1} negatives with sequences up to {seq_len[1]}")
-    items = generate_catalogue(n_items, n_categories, seed)
+    items = generate_catalogue(n_items, n_categories, seed, noun_first)
     rng = random.Random(f"users:{seed}")
     users = list(range(n_users))
     rng.shuffle(users)
@@ -248,40 +256,68 @@ def tokenizer_texts(items: Sequence[Item | dict]) -> list[str]:
     return [*PROMPT_TEXTS, *presets, *spaced, *spaced, *titles]
 
 
+def rule_scores(history: Sequence[str], candidates: Sequence[str], items: Sequence[Item | dict],
+                use_successor: bool = True) -> list[float]:
+    """Scores of the generator's own rule, one per candidate (higher is better): 4 if the
+    candidate is the last item's successor (``use_successor``), + 2 if it shares the last
+    item's category, + the share of the history in its category. It knows the hidden
+    successor cycles, so it is a ceiling hint for the models, not a fair baseline."""
+    info = {d["title"]: d for d in (asdict(it) if isinstance(it, Item) else it for it in items)}
+    last = info[history[-1]]
+    freq = Counter(info[t]["category"] for t in history)
+
+    def score(title: str) -> float:
+        it = info[title]
+        succ = 4.0 if use_successor and it["item_id"] == last["successor"] else 0.0
+        return succ + 2.0 * (it["category"] == last["category"]) + freq[it["category"]] / len(history)
+
+    return [score(c) for c in candidates]
+
+
 def heuristic_hit_rate(examples: list[dict], items: Sequence[Item | dict],
                        use_successor: bool = False) -> float:
-    """HR@1 of a non-neural rule: prefer the last item's successor (if ``use_successor``),
-    then its category, then the history's most frequent categories; ties go to the
-    earlier (randomly placed) candidate. A ceiling hint for the tiny demo model."""
-    info = {d["title"]: d for d in (asdict(it) if isinstance(it, Item) else it for it in items)}
+    """HR@1 of :func:`rule_scores` (prefer the last item's successor if ``use_successor``,
+    then its category, then the history's most frequent categories); ties go to the
+    earlier (randomly placed) candidate."""
     hits = 0
     for ex in examples:
-        hist = ex["historyList"]
-        last = info[hist[-1]]
-        freq = Counter(info[t]["category"] for t in hist)
-
-        def score(title: str) -> float:
-            it = info[title]
-            succ = 4.0 if use_successor and it["item_id"] == last["successor"] else 0.0
-            return succ + 2.0 * (it["category"] == last["category"]) + freq[it["category"]] / len(hist)
-
-        hits += max(ex["itemList"], key=score) == ex["trueSelection"]
+        scores = rule_scores(ex["historyList"], ex["itemList"], items, use_successor)
+        hits += ex["itemList"][scores.index(max(scores))] == ex["trueSelection"]
     return hits / max(1, len(examples))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m sdpo_lightning.data.synthetic --out DIR --seed 0``."""
+    """CLI: ``python -m sdpo_lightning.data.synthetic --out DIR [--config YAML] [--seed 0] ...``.
+
+    Generator settings come from ``--config`` (a YAML mapping of :func:`generate_dataset`
+    arguments, e.g. ``configs/quickstart_data.yaml``), then from the flags given explicitly.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-items", type=int, default=200)
-    parser.add_argument("--n-categories", type=int, default=10)
-    parser.add_argument("--n-users", type=int, default=170)
+    parser.add_argument("--config", help="YAML file of generator settings (generate_dataset arguments)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--n-items", type=int)
+    parser.add_argument("--n-categories", type=int)
+    parser.add_argument("--n-users", type=int)
+    parser.add_argument("--history-len", type=int, help="most recent items kept in a history window")
+    parser.add_argument("--n-candidates", type=int, help="candidates per example, target included")
+    parser.add_argument("--min-history", type=int, help="shortest history (first window)")
+    parser.add_argument("--seq-len", type=int, nargs=2, metavar=("MIN", "MAX"), help="user sequence length range")
+    parser.add_argument("--p-successor", type=float)
+    parser.add_argument("--p-same-category", type=float)
+    parser.add_argument("--noun-first", action="store_true", default=None,
+                        help="titles start with their theme noun")
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--no-tokenizer", action="store_true", help="skip tokenizer training")
     args = parser.parse_args(argv)
-    data = generate_dataset(args.out, seed=args.seed, n_items=args.n_items,
-                            n_categories=args.n_categories, n_users=args.n_users)
+    settings = load_settings(args.config) if args.config else {}
+    for key in ("seed", "n_items", "n_categories", "n_users", "history_len", "n_candidates",
+                "min_history", "seq_len", "p_successor", "p_same_category", "noun_first"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if "seq_len" in settings:
+        settings["seq_len"] = tuple(settings["seq_len"])
+    data = generate_dataset(args.out, **settings)
     sizes = ", ".join(f"{k}={len(data[k])}" for k in ("train", "valid", "test", "items"))
     print(f"wrote {args.out}: {sizes}")
     for flag in (False, True):
@@ -294,6 +330,22 @@ def main(argv: list[str] | None = None) -> int:
                               save_dir=Path(args.out) / "tokenizer")
         print(f"tokenizer: vocab {len(tok)} -> {Path(args.out) / 'tokenizer'}")
     return 0
+
+
+_SETTINGS = frozenset(inspect.signature(generate_dataset).parameters) - {"out_dir"}
+
+
+def load_settings(path: str | Path) -> dict:
+    """Read a YAML mapping of :func:`generate_dataset` arguments; unknown keys are an error."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of generator settings, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _SETTINGS)
+    if unknown:
+        raise ValueError(f"{path}: unknown generator setting(s) {unknown}; known: {sorted(_SETTINGS)}")
+    return dict(raw)
 
 
 if __name__ == "__main__":
