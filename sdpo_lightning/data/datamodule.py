@@ -156,9 +156,10 @@ class RecDataModule(pl.LightningDataModule):
             # and process r takes every world-th item of it
             t = self.trainer
             world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
-            sampler = DistributedSampler(
+            sampler = ResumableSampler(
                 self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
             )
+            sampler.resume_at = self._resume_at
             shuffle = False
         return DataLoader(
             self.datasets[split],
@@ -169,6 +170,27 @@ class RecDataModule(pl.LightningDataModule):
             collate_fn=make_collate(self._tokenizer().pad_token_id),
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    # ---------------------------------------------------------------- resuming
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training epoch stands (saved in every checkpoint): the epoch and the
+        batches of it already trained, so that a mid-epoch resume continues the epoch's
+        seeded order after them instead of restarting it (Lightning's loop counts the
+        batches as done, but a plain loader would replay the epoch from its first batch)."""
+        t = self.trainer
+        if t is None or t.state.fn != "fit":
+            return {}
+        done = t.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": t.current_epoch, "batches_done": done, "batch_size": self.hparams.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state.get("batch_size") == self.hparams.batch_size:
+            self._resume_at.update(epoch=state["epoch"], samples=state["batches_done"] * state["batch_size"])
+
+    @functools.cached_property
+    def _resume_at(self) -> dict[str, int]:
+        """``{"epoch", "samples"}`` to skip on the first pass of that epoch after a resume."""
+        return {}
 
     @property
     def _eval_bs(self) -> int:
@@ -210,3 +232,21 @@ class RecDataModule(pl.LightningDataModule):
         batch = make_collate(self._tokenizer().pad_token_id)([self.datasets[split][i] for i in indices])
         strategy = self.hparams.negative_sampling if split == "fit" else "random"
         return negative_indices(batch, self.hparams.num_negatives, strategy, self.hparams.seed, epoch)
+
+
+class ResumableSampler(DistributedSampler):
+    """:class:`DistributedSampler` that, once, skips the samples of its epoch that a resumed
+    run has already trained on (``resume_at``, filled by :meth:`RecDataModule.load_state_dict`).
+    The order is the same seeded permutation, so the resumed run sees the uninterrupted
+    run's remaining batches. ``len()`` stays the full epoch's: Lightning's loop counts the
+    restored batches as done and ends the epoch at the same batch count."""
+
+    resume_at: dict[str, int]
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        at = getattr(self, "resume_at", None)
+        if at and at.get("epoch") == self.epoch:
+            indices = indices[at["samples"]:]
+            at.clear()  # only the first pass after the resume
+        return iter(indices)

@@ -50,10 +50,6 @@ def _user_error(capsys, *args: str) -> str:
     return lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RecDataModule's train loader is not resumable: after a mid-epoch resume Lightning restarts the "
-    "epoch's batch order from its first batch (it warns 'your dataloader is not resumable'), so the "
-    "resumed run trains on other batches; epoch-end resumes are exact (test_cli.py)"))
 def test_sigkill_mid_epoch_then_resume_from_last_gives_the_same_adapter(tmp_path, synthetic_dir):
     """Epochs of 5 steps, a checkpoint every 3 steps; killed at step 8, the run resumes from
     the step-6 checkpoint, one step into its second epoch."""
