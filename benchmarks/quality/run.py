@@ -77,7 +77,11 @@ def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_r
     paths = {}
     for name, rows in files.items():
         paths[name] = data / f"{name}.json"
-        paths[name].write_text(json.dumps(rows, ensure_ascii=False))
+        text = json.dumps(rows, ensure_ascii=False)
+        if not paths[name].is_file() or paths[name].read_text() != text:  # runners may share `out`
+            tmp = paths[name].with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, paths[name])
     (out / "split.json").write_text(json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)}))
     return paths
 

@@ -1,0 +1,237 @@
+"""The LastFM study: can S-DPO beat SFT with SmolLM2-135M on CPU, against simple baselines?
+
+Stages (each a real ``sdpo`` run, resumable, shareable between runners; see ``run.py``'s
+``Runner``):
+
+1. split: ``train.json`` by user into fit rows and a selection split (learning curves);
+   the test rows are the **full** 650-row ``valid.json``;
+2. ``fit_sft`` with ``configs/lastfm/smollm2/sft.yaml`` (LoRA on the top layers, trunk cache),
+   validating on the selection split every ``val_check_interval`` steps (the learning curve:
+   ranking HR@1 against examples seen); ``test_sft`` on ``valid.json`` (both protocols);
+3. from that SFT adapter, at equal extra budget (the same ``--align-rows`` fit rows, one
+   epoch, same batch size): SFT continued, DPO, DPO-K (K=3), S-DPO K=3 and K=8, and a small
+   β / lr sweep of S-DPO K=3; each tested on ``valid.json``.
+
+After each stage its ``summary.json``, ``predictions.jsonl`` and metrics CSV are copied into
+``benchmarks/quality/results/<run>/`` (small text files, committed), and the stage wall
+times into ``benchmarks/quality/results/timings.json``. Work files (checkpoints, logs, the
+reference cache) stay in ``--out``. ``--only`` picks stages, so the work can be spread over
+several sessions or runners:
+
+    python benchmarks/quality/lastfm_study.py --out ../sdpo_study            # everything
+    python benchmarks/quality/lastfm_study.py --out ../sdpo_study --only sft # stage 2 only
+    python benchmarks/quality/lastfm_study.py --out ../sdpo_study --table    # render the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import GGUF, LASTFM, REPO, Runner, split_data  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "quality" / "results"
+SFT_CFG, ALIGN_CFG = "configs/lastfm/smollm2/sft.yaml", "configs/lastfm/smollm2/sdpo.yaml"
+
+#: (run name, method label, objective, K, beta, lr); the first is "SFT continued"
+ALIGN: list[tuple[str, str, str, int, float, float]] = [
+    ("sft_cont", "SFT (continued)", "sft", 3, 1.0, 2e-4),
+    ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3, 1.0, 2e-4),
+    ("dpo", "DPO", "dpo", 1, 1.0, 2e-4),
+    ("dpo_k3", "DPO-K (K=3)", "dpo_k", 3, 1.0, 2e-4),
+    ("sdpo_k8", "S-DPO (K=8)", "sdpo", 8, 1.0, 2e-4),
+    ("sdpo_k3_b0.5", "S-DPO (K=3, β=0.5)", "sdpo", 3, 0.5, 2e-4),
+    ("sdpo_k3_b2", "S-DPO (K=3, β=2)", "sdpo", 3, 2.0, 2e-4),
+    ("sdpo_k3_lr5e-4", "S-DPO (K=3, lr 5e-4)", "sdpo", 3, 1.0, 5e-4),
+    ("sft_cont_lr5e-4", "SFT (continued, lr 5e-4)", "sft", 3, 1.0, 5e-4),
+    ("sdpo_k8_lr5e-4", "S-DPO (K=8, lr 5e-4)", "sdpo", 8, 1.0, 5e-4),
+]
+
+#: SFT budgets (run name → extra ``sdpo fit`` arguments); ``--base`` picks the one the
+#: alignment runs start from, whose runs are then named ``<base>.<run>`` (``sft``: plain names)
+SFT_RUNS: dict[str, list[str]] = {
+    "sft": [],
+    "sft_e6": ["--trainer.max_epochs", "6"],
+}
+#: method labels in the tables: the 6-epoch run is the study's SFT (its adapter is committed)
+SFT_LABELS = {"sft": "SFT (3 epochs)", "sft_e6": "SFT"}
+
+
+def collect(run_dir: Path, name: str) -> None:
+    """Copy a run's small result files into the repository's results directory."""
+    dest = RESULTS / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname in ("summary.json", "predictions.jsonl"):
+        if (run_dir / fname).is_file():
+            shutil.copy2(run_dir / fname, dest / fname)
+    # the fit logs csv/version_0, the test a later version: the fit's curve, the test's metrics
+    metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
+    if metrics:
+        shutil.copy2(metrics[-1], dest / "metrics.csv")
+    for m in metrics:
+        curve = learning_curve(m)
+        if curve:
+            shutil.copy2(m, dest / "fit_metrics.csv")
+            with (dest / "learning_curve.csv").open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(curve[0]))
+                w.writeheader()
+                w.writerows(curve)
+
+
+def learning_curve(metrics_csv: Path, batch_size: int = 4) -> list[dict]:
+    """Validation points of a fit: step, examples seen, val loss, ranking HR@1 / MRR."""
+    rows = list(csv.DictReader(metrics_csv.open()))
+    out = []
+    for r in rows:
+        if r.get("val/rank/hr@1"):
+            step = int(float(r["step"])) + 1
+            out.append({"step": step, "examples_seen": step * batch_size, "val_loss": r.get("val/loss", ""),
+                        "val_rank_hr@1": r["val/rank/hr@1"], "val_rank_mrr": r.get("val/rank/mrr", "")})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_study", help="work directory (outside the repo)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--select-frac", type=float, default=0.1, help="share of train users held out for selection")
+    p.add_argument("--align-rows", type=int, default=480, help="fit rows of every alignment run (one epoch)")
+    p.add_argument("--only", nargs="*", help="run names to do (e.g. sft sdpo_k3); default: all")
+    p.add_argument("--base", default="sft", choices=sorted(SFT_RUNS), help="the SFT run the alignment runs start from")
+    p.add_argument("--stage-args", default="", help="extra arguments for every stage, e.g. '--trainer.accelerator gpu'")
+    p.add_argument("--private-cache", action="store_true",
+                   help="a reference cache per run (for runners in parallel) instead of one shared by all")
+    p.add_argument("--table", action="store_true", help="only render the table from the results")
+    p.add_argument("--last", help="with --table: the run compared with every other row (Rel.Ipv, paired p)")
+    p.add_argument("--dry-run", action="store_true")
+    a = p.parse_args(argv)
+    if a.table:
+        return render(a.last)
+    if not GGUF.is_file() or not (LASTFM / "train.json").is_file():
+        print(f"the study needs {GGUF} and {LASTFM}/train.json", file=sys.stderr)
+        return 2
+    out = a.out.resolve()
+    files = split_data(out, a.seed, a.select_frac, a.align_rows, test_rows=10**9)
+    run = Runner(out, a.dry_run)
+    runs = out / "runs"
+    data = ["--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
+            *shlex.split(a.stage_args)]
+    wanted = lambda name: not a.only or name in a.only  # noqa: E731
+
+    def test(name: str, cfg: str, method: str, adapter: Path) -> None:
+        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
+                                   "--model.init_adapter", str(adapter), "--model.method", method,
+                                   "--model.run_name", name])
+        if not a.dry_run and (out / "done" / f"test_{name}").exists():
+            collect(runs / name, name)
+
+    for sft, extra in SFT_RUNS.items():
+        if wanted(sft):
+            run.stage(f"fit_{sft}", ["fit", "-c", SFT_CFG, *data, "--data.train_file", str(files["fit"]),
+                                     "--trainer.default_root_dir", str(runs / sft), *extra])
+            test(sft, SFT_CFG, SFT_LABELS[sft], runs / sft / "export")
+    base = a.base
+    sft_adapter = runs / base / "export"
+    for short, method, objective, k, beta, lr in ALIGN:
+        name = short if base == "sft" else f"{base}.{short}"
+        if not wanted(name):
+            continue
+        if not a.dry_run and not (out / "done" / f"fit_{base}").exists():
+            print(f"[wait] {name}: needs fit_{base}")
+            continue
+        cache = out / "reference_cache" / (name if a.private_cache else base)
+        run.stage(f"fit_{name}", [
+            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files["align"]),
+            "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(sft_adapter),
+            "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
+            "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache)])
+        test(name, ALIGN_CFG, method, runs / name / "export")
+    if not a.dry_run and run.timings:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / "timings.json"  # merged: other runners and earlier work dirs keep theirs
+        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
+        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+def render(last: str | None = None) -> int:
+    """Print the Table-1-shaped comparison of every collected run: the non-neural and the
+    sequential baselines (seed 0), then the LM runs; ``last`` (a run name) goes last and
+    gets the Rel.Ipv column with paired p-values against every other row."""
+    from sdpo_lightning.evaluation.report import comparison_table
+
+    order = ([f"baselines/{b}" for b in ("random", "most_popular", "item_knn")]
+             + [f"baselines/{m}_lastfm/seed0" for m in ("gru4rec", "caser", "sasrec")]
+             + [base for base in SFT_RUNS]
+             + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN])
+    if last:
+        order = [n for n in order if n != last] + [last]
+    have = [n for n in order if (RESULTS / n / "summary.json").is_file()]
+    print(comparison_table([str(RESULTS / n / "summary.json") for n in have], baseline_last=bool(last)))
+    print()
+    print(detail_table(have))
+    if last:
+        print()
+        print(paired_table(last, [n for n in have if n != last]))
+    return 0
+
+
+def _hits(name: str) -> dict[int, tuple[float, float]]:
+    """Per-example (generation hit, ranking hit) of a run, by example index."""
+    out = {}
+    for line in (RESULTS / name / "predictions.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[r["index"]] = (float(r["correct"]), float(r["target_rank"] == 1))
+    return out
+
+
+def paired_table(last: str, others: list[str]) -> str:
+    """Paired-bootstrap 95% intervals (10,000 resamples, seed 0) of ``last`` minus each other
+    run, on the rows both cover, for generation and ranking HR@1."""
+    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+
+    mine = _hits(last)
+    lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
+    for n in others:
+        if not (RESULTS / n / "predictions.jsonl").is_file():
+            continue
+        theirs = _hits(n)
+        idx = sorted(set(mine) & set(theirs))
+        cells = []
+        for j in (0, 1):
+            d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx], n_boot=10_000, seed=0)
+            cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        lines.append(f"| `{n}` | {len(idx)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def detail_table(names: list[str]) -> str:
+    """Both protocols with bootstrap intervals, and the stage wall times, one row per run."""
+    timings_path = RESULTS / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def cell(m: dict) -> str:
+        return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+
+    lines = ["| method | run | gen HR@1 [95% CI] | ValidRatio | rank HR@1 [95% CI] | rank MRR | fit s | test s |",
+             "|:---|:---|---:|---:|---:|---:|---:|---:|"]
+    for n in names:
+        summ = json.loads((RESULTS / n / "summary.json").read_text())
+        g, r = summ["protocols"].get("generation"), summ["protocols"]["ranking"]
+        fit, tst = timings.get(f"fit_{n}"), timings.get(f"test_{n}")
+        lines.append(f"| {summ['method']} | `{n}` | {cell(g['hr@1']) if g else '—'} | "
+                     f"{g['valid_ratio']['value']:.4f} | " if g else f"| {summ['method']} | `{n}` | — | — | ")
+        lines[-1] += (f"{cell(r['hr@1'])} | {r['mrr']['value']:.4f} | "
+                      f"{f'{fit:.0f}' if fit else '—'} | {f'{tst:.0f}' if tst else '—'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The LastFM study's committed adapters reproduce their README rows (slow: ~6 min each on CPU).
+
+``sdpo test`` with ``benchmarks/quality/adapters/<name>`` on the full ``valid.json`` must give
+the per-example predictions of ``benchmarks/quality/results/<run>/`` (the study's own test of
+the same weights), hence the same summary. Needs ``../shared`` (model and data); run with
+``pytest -m slow tests/integration/test_study_adapters.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SHARED = REPO.parent / "shared"
+GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTERS = REPO / "benchmarks" / "quality" / "adapters"
+RESULTS = REPO / "benchmarks" / "quality" / "results"
+#: committed adapter → (results run, config it was tested with, method label)
+CASES = {
+    "sft": ("sft_e6", "configs/lastfm/smollm2/sft.yaml", "SFT"),
+    "sdpo": ("sft_e6.sdpo_k3_lr5e-4", "configs/lastfm/smollm2/sdpo.yaml", "S-DPO (K=3, lr 5e-4)"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", sorted(CASES))
+def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> None:
+    run, cfg, method = CASES[adapter]
+    if not GGUF.is_file() or not (SHARED / "data" / "lastfm" / "valid.json").is_file():
+        pytest.skip("needs ../shared (SmolLM2 GGUF and LastFM)")
+    if not (ADAPTERS / adapter / "adapter_model.safetensors").is_file():
+        pytest.fail(f"benchmarks/quality/adapters/{adapter} is not committed")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "sdpo_lightning", "test", "-c", cfg,
+           "--model.init_adapter", str(ADAPTERS / adapter), "--model.method", method,
+           "--data.test_file", str(SHARED / "data" / "lastfm" / "valid.json"),
+           "--trainer.default_root_dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def rows(path: Path) -> list[tuple]:
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return sorted((r["index"], r["generated"], r["correct"], r["target_rank"]) for r in recs)
+
+    assert rows(tmp_path / "run" / "predictions.jsonl") == rows(RESULTS / run / "predictions.jsonl")
+    got = json.loads((tmp_path / "run" / "summary.json").read_text())["protocols"]
+    want = json.loads((RESULTS / run / "summary.json").read_text())["protocols"]
+    assert got == want
