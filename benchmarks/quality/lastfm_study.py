@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run names to do (e.g. sft sdpo_k3); default: all")
     p.add_argument("--base", default="sft", choices=sorted(SFT_RUNS), help="the SFT run the alignment runs start from")
     p.add_argument("--stage-args", default="", help="extra arguments for every stage, e.g. '--trainer.accelerator gpu'")
+    p.add_argument("--align-data", default="align", choices=["align", "select"],
+                   help="rows of the alignment runs: `align` (--align-rows of the SFT's fit rows) or "
+                        "`select` (the held-out selection users' rows, unseen by SFT; runs named <run>_sel)")
     p.add_argument("--private-cache", action="store_true",
                    help="a reference cache per run (for runners in parallel) instead of one shared by all")
     p.add_argument("--table", action="store_true", help="only render the table from the results")
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     base = a.base
     sft_adapter = runs / base / "export"
     for short, method, objective, k, beta, lr in ALIGN:
+        short = short if a.align_data == "align" else f"{short}_sel"
         name = short if base == "sft" else f"{base}.{short}"
         if not wanted(name):
             continue
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cache = out / "reference_cache" / (name if a.private_cache else base)
         run.stage(f"fit_{name}", [
-            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files["align"]),
+            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files[a.align_data]),
             "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(sft_adapter),
             "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
             "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache)])
