@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     base = a.base
     sft_adapter = runs / base / "export"
     for short, method, objective, k, beta, lr in ALIGN:
-        short = short if a.align_data == "align" else f"{short}_sel"
+        if a.align_data == "select":
+            short = f"{short}_sel"
+            method = f"{method[:-1]}, unseen rows)" if method.endswith(")") else f"{method} (unseen rows)"
         name = short if base == "sft" else f"{base}.{short}"
         if not wanted(name):
             continue
@@ -173,7 +175,8 @@ def render(last: str | None = None) -> int:
     order = ([f"baselines/{b}" for b in ("random", "most_popular", "item_knn")]
              + [f"baselines/{m}_lastfm/seed0" for m in ("gru4rec", "caser", "sasrec")]
              + [base for base in SFT_RUNS]
-             + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN])
+             + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN]
+             + [f"{base}.{n}_sel" for base in SFT_RUNS for n, *_ in ALIGN])
     if last:
         order = [n for n in order if n != last] + [last]
     have = [n for n in order if (RESULTS / n / "summary.json").is_file()]
