@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from sdpo_lightning.baselines import prediction_records, run_baseline
+from sdpo_lightning.baselines.runner import write_report
 from sdpo_lightning.baselines.base import Scorer
 from sdpo_lightning.cli import cli_main
 from sdpo_lightning.data.readers import load_examples
@@ -38,7 +39,7 @@ from sdpo_lightning.data.records import Example
 from sdpo_lightning.data.synthetic import main as make_synthetic
 from sdpo_lightning.data.synthetic import rule_scores
 from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
-from sdpo_lightning.evaluation.report import build_summary, read_predictions, write_predictions, write_summary
+from sdpo_lightning.evaluation.report import hits_by_index
 
 N_BOOT_PAIRED = 10_000
 
@@ -69,8 +70,9 @@ def _stage(title: str, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _baselines(root: Path) -> dict[str, Path]:
-    """Score the test rows with the baselines; returns ``{label: run dir}``."""
+def _baselines(root: Path) -> tuple[dict[str, Path], int]:
+    """Score the test rows with the baselines; returns ``{label: run dir}`` and the number
+    of candidates per test row."""
     data = root / "data"
     train = load_examples(data / "train.json").examples
     test = load_examples(data / "test.json").examples
@@ -81,20 +83,17 @@ def _baselines(root: Path) -> dict[str, Path]:
         runs[label] = out
     out = root / "baselines" / "generator_rule"
     scorer = GeneratorRule(json.loads((data / "items.json").read_text())).fit(train)
-    records = prediction_records(scorer, test)
-    pred = write_predictions(out, records)
-    write_summary(out, build_summary(records, {"run": "generator_rule", "method": scorer.method,
-                                               "dataset": "synthetic", "model": "baseline:generator_rule",
-                                               "predictions": pred.name}))
+    write_report(prediction_records(scorer, test), out, {"run": "generator_rule", "method": scorer.method,
+                                                         "dataset": "synthetic", "model": "baseline:generator_rule"})
     runs["generator rule"] = out
-    return runs
+    return runs, len(test[0].candidates)
 
 
 def _hits(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-example generation and ranking hits, ordered by example index."""
-    recs = sorted(read_predictions(run_dir / "predictions.jsonl"), key=lambda r: r["index"])
-    return (np.array([float(r["correct"]) for r in recs]),
-            np.array([float(r["target_rank"] == 1) for r in recs]))
+    hits = hits_by_index(run_dir / "predictions.jsonl")
+    gen, rank = zip(*(hits[i] for i in sorted(hits)))
+    return np.array(gen), np.array(rank)
 
 
 def results_table(runs: dict[str, Path], n_candidates: int) -> str:
@@ -142,9 +141,9 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
         "test S-DPO", ["test", "-c", sdpo_cfg, "--model.init_adapter", f"{root}/sdpo/export",
                        "--model.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo", *extra])
     start = time.perf_counter()
-    runs = {**_baselines(rootp), "SFT": rootp / "sft", "S-DPO": rootp / "sdpo"}
+    runs, n_candidates = _baselines(rootp)
+    runs.update({"SFT": rootp / "sft", "S-DPO": rootp / "sdpo"})
     times["baselines"] = time.perf_counter() - start
-    n_candidates = len(load_examples(rootp / "data" / "test.json").examples[0].candidates)
     block = results_table(runs, n_candidates)
     (rootp / "results.txt").write_text(block + "\n")
     print("\n=== results\n" + block)

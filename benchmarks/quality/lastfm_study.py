@@ -189,27 +189,18 @@ def render(last: str | None = None) -> int:
     return 0
 
 
-def _hits(name: str) -> dict[int, tuple[float, float]]:
-    """Per-example (generation hit, ranking hit) of a run, by example index."""
-    out = {}
-    for line in (RESULTS / name / "predictions.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[r["index"]] = (float(r["correct"]), float(r["target_rank"] == 1))
-    return out
-
-
 def paired_table(last: str, others: list[str]) -> str:
     """Paired-bootstrap 95% intervals (10,000 resamples, seed 0) of ``last`` minus each other
     run, on the rows both cover, for generation and ranking HR@1."""
     from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+    from sdpo_lightning.evaluation.report import hits_by_index
 
-    mine = _hits(last)
+    mine = hits_by_index(RESULTS / last / "predictions.jsonl")
     lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
     for n in others:
         if not (RESULTS / n / "predictions.jsonl").is_file():
             continue
-        theirs = _hits(n)
+        theirs = hits_by_index(RESULTS / n / "predictions.jsonl")
         idx = sorted(set(mine) & set(theirs))
         cells = []
         for j in (0, 1):
@@ -232,11 +223,10 @@ def detail_table(names: list[str]) -> str:
     for n in names:
         summ = json.loads((RESULTS / n / "summary.json").read_text())
         g, r = summ["protocols"].get("generation"), summ["protocols"]["ranking"]
-        fit, tst = timings.get(f"fit_{n}"), timings.get(f"test_{n}")
-        lines.append(f"| {summ['method']} | `{n}` | {cell(g['hr@1']) if g else '—'} | "
-                     f"{g['valid_ratio']['value']:.4f} | " if g else f"| {summ['method']} | `{n}` | — | — | ")
-        lines[-1] += (f"{cell(r['hr@1'])} | {r['mrr']['value']:.4f} | "
-                      f"{f'{fit:.0f}' if fit else '—'} | {f'{tst:.0f}' if tst else '—'} |")
+        gen = [cell(g["hr@1"]), f"{g['valid_ratio']['value']:.4f}"] if g else ["—", "—"]
+        secs = [f"{timings[k]:.0f}" if k in timings else "—" for k in (f"fit_{n}", f"test_{n}")]
+        cells = [summ["method"], f"`{n}`", *gen, cell(r["hr@1"]), f"{r['mrr']['value']:.4f}", *secs]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -225,6 +225,13 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     return summary
 
 
+def hits_by_index(pred_path: str | Path) -> dict[int, tuple[float, float]]:
+    """Per-example ``(generation hit, ranking hit)`` of a predictions file, keyed by example
+    index (the pairing key of the paired bootstrap); ranking hit = target ranked first."""
+    return {r["index"]: (float(bool(r["correct"])), float(r["target_rank"] == 1))
+            for r in read_predictions(pred_path)}
+
+
 def _hits_by_index(summary_path: Path, summary: Mapping[str, Any]) -> dict[int, float] | None:
     """Per-example HR@1 hits keyed by example index, or None when unavailable."""
     name = summary.get("predictions")
