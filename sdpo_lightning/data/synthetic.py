@@ -310,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--no-tokenizer", action="store_true", help="skip tokenizer training")
     args = parser.parse_args(argv)
-    settings = load_settings(args.config) if args.config else {}
+    try:
+        settings = load_settings(args.config) if args.config else {}
+    except (OSError, ValueError) as err:  # missing / unreadable / invalid file: one error line
+        parser.error(f"--config: {err}")
     for key in ("seed", "n_items", "n_categories", "n_users", "history_len", "n_candidates",
                 "min_history", "seq_len", "p_successor", "p_same_category", "noun_first"):
         if getattr(args, key) is not None:
@@ -339,7 +342,10 @@ def load_settings(path: str | Path) -> dict:
     """Read a YAML mapping of :func:`generate_dataset` arguments; unknown keys are an error."""
     import yaml
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of generator settings, got {type(raw).__name__}")
     unknown = sorted(set(raw) - _SETTINGS)

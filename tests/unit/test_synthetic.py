@@ -183,3 +183,21 @@ def test_invalid_arguments() -> None:
         generate_dataset(None, n_items=30, n_users=2)
     with pytest.raises(ValueError, match="min_history"):
         generate_dataset(None, min_history=0)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("n_itemz: 3\n", "unknown generator setting(s) ['n_itemz']"),
+    ("a: [\n", "not valid YAML"),
+    (None, "No such file or directory"),
+])
+def test_bad_generator_config_is_one_error_line(tmp_path: Path, capsys, text: str | None, reason: str) -> None:
+    """A bad ``--config`` exits 2 with one ``error:`` line naming the file and the reason."""
+    cfg = tmp_path / "gen.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "out"), "--config", str(cfg), "--no-tokenizer"])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and str(cfg) in err[0] and reason in err[0], err
+    assert not (tmp_path / "out").exists()
