@@ -68,6 +68,20 @@ def test_sasrec_newest_output_ignores_padding_length() -> None:
     assert not torch.allclose(a, model.logits(torch.tensor([[0, 0, 4, 5]])))  # other history
 
 
+def test_sasrec_starts_near_uniform_over_items() -> None:
+    """Item embeddings at std d^-1/2 keep the first logits O(1): the start cross-entropy is
+    about ln(V) (with nn.Embedding's N(0, 1) it was ~55 nats for d=64, V=4599, too far for
+    40 LastFM epochs to come back from)."""
+    torch.manual_seed(0)
+    v = 4599
+    model = SASRec(num_items=v, max_len=10, d=64, dropout=0.0).eval()
+    seq = torch.randint(1, v, (256, 10))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model.logits(seq), torch.randint(1, v, (256,)))
+    assert abs(loss.item() - torch.log(torch.tensor(float(v))).item()) < 1.5, loss
+    assert torch.all(model.embed.weight[0] == 0)  # padding row stays zero
+
+
 @pytest.mark.parametrize("model", ["gru4rec.GRU4Rec", "caser.Caser", "sasrec.SASRec"])
 def test_cli_fit_learns_a_pattern_and_writes_report(model: str, tmp_path: Path) -> None:
     (tmp_path / "train.json").write_text(json.dumps(cycle_rows(64)))
