@@ -52,6 +52,9 @@ class SDPOModule(pl.LightningModule):
         gradient_checkpointing: trade compute for activation memory.
         objective: ``sft`` | ``dpo`` | ``dpo_k`` | ``sdpo``.
         beta: β of the implicit reward.
+        sft_weight: λ ≥ 0 of the chosen completion's token-mean negative log-likelihood added
+            to a preference loss (``loss = preference + λ·NLL(chosen)``, the "DPO + NLL" of
+            RPO); 0, the default, is the paper's objective. Ignored by ``sft``.
         num_negatives: K, negatives per example (``dpo`` needs 1); linked to the data module.
         scoring: ``shared_prefix`` (prompt once, completions branch off) | ``naive``.
         reference: ``live`` (reference forward every step) | ``cached`` (scored once, on disk).
@@ -95,6 +98,7 @@ class SDPOModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
         objective: str = "sdpo",
         beta: float = 1.0,
+        sft_weight: float = 0.0,
         num_negatives: int = 3,
         scoring: str = "shared_prefix",
         reference: str = "live",
@@ -121,6 +125,8 @@ class SDPOModule(pl.LightningModule):
             raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {objective!r}")
         if objective == "dpo" and num_negatives != 1:
             raise ValueError(f"objective 'dpo' is pairwise: num_negatives must be 1, got {num_negatives} (use dpo_k or sdpo)")
+        if not sft_weight >= 0.0:  # also rejects NaN
+            raise ValueError(f"sft_weight must be >= 0, got {sft_weight!r}")
         if scoring not in ("shared_prefix", "naive"):
             raise ValueError(f"scoring must be 'shared_prefix' or 'naive', got {scoring!r}")
         if reference not in ("live", "cached"):
@@ -281,13 +287,18 @@ class SDPOModule(pl.LightningModule):
             loss = sft_loss(out.logps[:, 0], out.n_tokens[:, 0]).mean()
             metrics = {"loss": loss, "logps/chosen": out.logps[:, 0].detach().mean()}
         else:
-            pol = self.score(batch, ids, mask).logps  # (B, 1 + K)
+            scored = self.score(batch, ids, mask)
+            pol = scored.logps  # (B, 1 + K)
             ref = self._reference_for(batch)  # (B, 1 + K)
             out = preference_loss(
                 self.hparams.objective, pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], self.hparams.beta
             )
             loss = out.losses.mean()
             metrics = {"loss": loss, **reward_metrics(out, pol[:, 0], pol[:, 1:])}
+            if self.hparams.sft_weight > 0:
+                nll = sft_loss(pol[:, 0], scored.n_tokens[:, 0]).mean()
+                loss = loss + self.hparams.sft_weight * nll
+                metrics.update(loss=loss, **{"loss/preference": out.losses.mean().detach(), "loss/sft": nll.detach()})
         bs = ids.shape[0]
         on_step = split == "train"
         opts = dict(on_step=on_step, on_epoch=not on_step, batch_size=bs, sync_dist=not on_step)
