@@ -235,6 +235,10 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
     lines = ["| protocol | before rows/s | after rows/s | speed-up | generated tokens/row before → after | "
              "after agrees with before | HR@1 before / after | bf16 option rows/s (× before) | bf16 agrees with fp32 |",
              "|---|---:|---:|---:|---:|---|---|---:|---|"]
+    persisted: list[str] = []
+    from sdpo_lightning.trunk_cache import frozen_layer_count
+
+    top_only = frozen_layer_count(module.policy) > 0  # adapters on the top layers: the trunk applies
     for name, protocols, constrained in cases:
         module.hparams.constrained = constrained
         wb, _, before = timed(lambda: eval_pass(module, bs, protocols, False, False), args.repeats)
@@ -244,7 +248,47 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
                      f"{gen_tokens(module, before)} → {gen_tokens(module, after)} | {agreement(after, before)} | "
                      f"{hr1(before)} / {hr1(after)} | {n / wh:.2f} ({wb / wh:.2f}×) | {agreement(half, after)}, HR@1 {hr1(half)} |")
         print(f"  eval {name}: before {n / wb:.2f}, after {n / wa:.2f}, bf16 {n / wh:.2f} rows/s", file=sys.stderr, flush=True)
+        if top_only and (protocols == ["ranking"] or constrained and "ranking" in protocols):
+            persisted.append(trunk_row(args, module, bs, name, protocols, n / wb, after))
+    if persisted:
+        lines += ["", "Persisted lower layers (`model.eval_trunk_dir`, fp32): the first test of the rows computes and "
+                  "writes them, every later test (another adapter on the same base) reads them and runs the top layers only.",
+                  "", "| protocol | before rows/s | first test rows/s (× before) | later test rows/s (× before) | "
+                  "once per later test: read + digest (s) | later agrees with after |", "|---|---:|---:|---:|---:|---|",
+                  *persisted]
     return lines
+
+
+def trunk_row(args: argparse.Namespace, module: Any, bs: list[dict[str, Any]], name: str, protocols: list[str],
+              before: float, after: list[dict]) -> str:
+    """One row of the persisted-trunk table: the first test (nothing on disk: fill + write) and a
+    later one (read from disk, the load included), against the plain one-pass records."""
+    import shutil
+
+    n = sum(len(b["index"]) for b in bs)
+    directory = args.work_dir / "eval_trunk"
+    module.hparams.eval_trunk_dir = str(directory)
+
+    def nothing_on_disk() -> None:
+        shutil.rmtree(directory, ignore_errors=True)
+        module._eval_trunk = None
+
+    def first_test() -> list[dict]:
+        recs = eval_pass(module, bs, protocols, True, False)
+        module._save_eval_trunk()
+        return recs
+
+    wf, _, _ = timed(first_test, args.repeats, before=nothing_on_disk)
+    module._eval_trunk = None  # a later test: read the file (and digest the lower layers) once
+    t0 = time.perf_counter()
+    module.eval_trunk()
+    load = time.perf_counter() - t0
+    wl, _, later = timed(lambda: eval_pass(module, bs, protocols, True, False), args.repeats)
+    module.hparams.eval_trunk_dir = None
+    module._eval_trunk = None
+    print(f"  eval {name}, persisted trunk: first {n / wf:.2f}, later {n / wl:.2f} rows/s", file=sys.stderr, flush=True)
+    return (f"| {name} | {before:.2f} | {n / wf:.2f} ({n / wf / before:.2f}×) | {n / wl:.2f} ({n / wl / before:.2f}×) | "
+            f"{load:.2f} | {agreement(later, after)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     evals = [] if args.skip == "eval" else eval_table(
         args, model_dir, rows_file(args.eval_data, args.eval_rows, args.seed, args.work_dir))
     load1 = os.getloadavg()
-    print(f"# Throughput: {args.model.name} fp32, LoRA r={LORA['r']} on {'/'.join(t[0] for t in LORA['target_modules'])}, "
+    print(f"# Throughput: {args.model.name} fp32, training with LoRA r={LORA['r']} on {'/'.join(t[0] for t in LORA['target_modules'])}, "
           f"torch {torch.__version__}, {threads} thread(s), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load0)} at start, "
           f"{' '.join(f'{x:.2f}' for x in load1)} at the end, on {os.cpu_count()} CPUs; {time.perf_counter() - t0:.0f} s")
@@ -285,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(train))
     if evals:
         print(f"\n## Evaluation, {args.eval_rows} rows of {args.eval_data.name} in batches of {args.eval_batch}, "
-              f"max_new_tokens {args.max_new_tokens}\n")
+              f"max_new_tokens {args.max_new_tokens}; model: "
+              f"{'the adapter ' + str(args.eval_adapter) if args.eval_adapter else 'the training table random-B LoRA'}\n")
         print("\n".join(evals))
     return 0
 

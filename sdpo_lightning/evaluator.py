@@ -98,12 +98,18 @@ def one_pass_outputs(
     model.eval()
     try:
         packed, scores, tokens = None, None, None
-        if ranking:
+        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass unless
+        # free-form decoding must continue from the model's own cache of every layer
+        served = ranking and not (generation and not constrained) and hasattr(module, "eval_trunk")
+        trunk = module.eval_trunk() if served else None
+        if ranking and trunk is not None:
+            packed = trunk.packed_forward(model, batch)
+        elif ranking:
             cache = generation and not constrained  # only free-form decoding continues from it
             packed = packed_forward(model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
-            if ranking:
-                logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
-                scores = CompletionLogps(logps, mask.long().sum(-1))
+        if ranking:
+            logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
+            scores = CompletionLogps(logps, mask.long().sum(-1))
         if constrained and packed is not None:  # the packed logits hold every trie step
             tokens = trie_greedy(packed.logits, packed.src, c_ids, c_mask, h.max_new_tokens, tok.eos_token_id)
         elif constrained:  # prefill, then decode with one trie mask per step

@@ -26,7 +26,7 @@ from sdpo_lightning.models import (
 from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
 from sdpo_lightning.reference_cache import ReferenceCache, eval_mode
 from sdpo_lightning.scoring import completion_logps
-from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count
+from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ class SDPOModule(pl.LightningModule):
             (:mod:`sdpo_lightning.trunk_cache`); exact, shared-prefix scoring only.
         val_ranking: also rank the candidates in validation (``val/rank/hr@1``, ...): a cheap
             learning curve of the ranking protocol.
+        eval_trunk_dir: ``test``: keep the frozen lower decoder layers' activations of the test
+            rows in this directory (one file per embedding + lower layers' weights, named by
+            their digest): the first test computes and writes them, every later test of an
+            adapter on the same lower layers and rows reads them and runs only the adapted
+            upper layers (see ``lora.layers_to_transform``). Serves ranking and constrained
+            generation (free-form decoding still runs every layer); equal to the plain
+            evaluation up to float rounding. Single process.
         length_normalize: ranking by mean instead of summed token log-likelihood.
         constrained: restrict generation to candidate titles (a prefix trie).
         export_dir: where ``fit`` exports the adapter / model (default ``<root>/export``).
@@ -113,6 +120,7 @@ class SDPOModule(pl.LightningModule):
         val_generation: bool = False,
         val_ranking: bool = False,
         trunk_cache: bool = False,
+        eval_trunk_dir: str | None = None,
         length_normalize: bool = False,
         constrained: bool = False,
         export_dir: str | None = None,
@@ -149,6 +157,7 @@ class SDPOModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints carry only the trainable weights
         self.evaluators: dict[str, Evaluator] = {}
         self.trunk: TrunkCache | None = None
+        self._eval_trunk: tuple[TrunkCache, Path, str] | None = None  # (cache, file, identity)
 
     # ------------------------------------------------------------------ model
     def _build(self) -> torch.nn.Module:
@@ -328,6 +337,30 @@ class SDPOModule(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         return self._evaluator("predict", self.hparams.eval_protocols).update(self, batch)
 
+    def eval_trunk(self) -> TrunkCache | None:
+        """The persisted lower-layer cache of ``eval_trunk_dir`` (loaded on first use), or None."""
+        if not self.hparams.get("eval_trunk_dir"):
+            return None
+        if self._eval_trunk is None:
+            n_lower = frozen_layer_count(self.policy)
+            if n_lower == 0:
+                raise ValueError("eval_trunk_dir: the lowest decoder layer has an adapter or is trainable; it "
+                                 "needs LoRA on the top layers only (lora.layers_to_transform)")
+            identity = lower_layers_identity(self.policy, n_lower)
+            path = Path(self.hparams.eval_trunk_dir) / f"trunk-{n_lower}-{identity[:20]}.pt"
+            cache = TrunkCache.load(path, identity, n_lower, self.device)
+            log.info("eval trunk cache %s: %d rows on disk", path, len(cache))
+            self._eval_trunk = (cache, path, identity)
+        return self._eval_trunk[0]
+
+    def _save_eval_trunk(self) -> None:
+        trainer = self._trainer  # None outside a Trainer (benchmarks)
+        if self._eval_trunk is not None and self._eval_trunk[0].builds and (trainer is None or trainer.is_global_zero):
+            cache, path, identity = self._eval_trunk
+            cache.save(path, identity)
+            log.info("eval trunk cache %s: %d rows written (%d new)", path, len(cache), cache.builds)
+            cache.builds = 0
+
     def _evaluator(self, split: str, protocols: list[str]) -> Evaluator:
         if split not in self.evaluators:
             self.evaluators[split] = Evaluator(split, protocols).to(self.device)
@@ -348,6 +381,7 @@ class SDPOModule(pl.LightningModule):
             self.log_dict(ev.compute_metrics(), sync_dist=False)
 
     def on_test_epoch_end(self) -> None:
+        self._save_eval_trunk()
         ev = self.evaluators.pop("test", None)
         if ev is None:
             return

@@ -20,13 +20,21 @@ up to float rounding (tested), and so do the gradients: autograd never reaches t
 layers either way. The saving is the forward of the lower layers on every step after an
 example's first, and the whole backward below the adapters is skipped in both.
 Single-process and DDP / ZeRO-2 only (ZeRO-3 partitions the layers' weights).
+
+The same store serves evaluation across processes (``model.eval_trunk_dir``): the one-pass
+evaluator's packed row of all candidates (:meth:`TrunkCache.packed_forward`) is assembled from
+it, and :meth:`TrunkCache.save` / :meth:`TrunkCache.load` keep it in a file tagged with a digest
+of the embedding and lower layers' weights (:func:`lower_layers_identity`), so every later test
+of an adapter on the same base and rows runs the upper layers only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,12 +42,13 @@ from torch import Tensor, nn
 
 from sdpo_lightning.scoring import (
     CompletionLogps,
+    PackedForward,
     _packed_attention_mask,
     _ragged_pack,
     trim_padding,
 )
 
-__all__ = ["TrunkCache", "decoder_of", "frozen_layer_count"]
+__all__ = ["TrunkCache", "decoder_of", "frozen_layer_count", "lower_layers_identity"]
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -141,6 +150,27 @@ class TrunkCache:
         Raises:
             KeyError: if a completion is not among its example's candidates.
         """
+        logits, pack, P, c_ids, c_mask = self._upper_logits(model, batch, ids, mask)
+        (B, N, C) = c_ids.shape
+        token_logps = _packed_token_logps(logits, pack.dest, c_ids.reshape(B, N * C), c_mask.reshape(B, N * C), P, C)
+        return CompletionLogps(token_logps.reshape(B, N, C).sum(-1), mask.long().sum(-1))
+
+    def packed_forward(self, model: nn.Module, batch: dict[str, Any]) -> PackedForward:
+        """:func:`~sdpo_lightning.scoring.packed_forward` of the batch's prompts and **all** its
+        candidates (trimmed by ``trim_padding``, as the evaluator trims them), the lower layers
+        served from the cache: what the one-pass evaluator's ranking and constrained generation
+        read. No model cache is returned (free-form decoding needs the lower layers' keys)."""
+        ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+        logits, pack, P, c_ids, _ = self._upper_logits(model, batch, ids, mask)
+        (B, N, C), T = c_ids.shape, logits.shape[1]
+        first = torch.arange(N * C, device=ids.device).expand(B, N * C) % C == 0  # (B, N*C)
+        src = torch.where(first, torch.zeros_like(pack.dest), pack.dest - P).clamp(0, T - 1)
+        return PackedForward(logits, src, None)
+
+    def _upper_logits(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor):
+        """Logits (B, T, V) of the packed row of ``ids`` with the lower layers from the store
+        (filled first where missing), and the packing: ``(logits, pack, P, c_ids, c_mask)``
+        with the trimmed completions."""
         p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         cand_ids, cand_mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
         cand_index = _candidate_index(ids, mask, cand_ids, cand_mask)  # (B, N)
@@ -169,8 +199,55 @@ class TrunkCache:
         with _only_layers(decoder, self.n_lower, None, skip_norm=False):
             logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn, position_ids=pack.position_ids,
                            use_cache=False, logits_to_keep=keep).logits  # (B, T, V)
-        token_logps = _packed_token_logps(logits, pack.dest, c_ids.reshape(B, N * C), c_mask.reshape(B, N * C), P, C)
-        return CompletionLogps(token_logps.reshape(B, N, C).sum(-1), n_tokens)
+        return logits, pack, P, c_ids, c_mask
+
+
+    def save(self, path: Path, identity: str) -> None:
+        """Write the store to ``path`` (atomically), tagged with the lower layers' ``identity``."""
+        keys = list(self.store)
+        state = {"identity": identity, "n_lower": self.n_lower, "keys": [k.hex() for k in keys],
+                 "prompt": [self.store[k][0].cpu() for k in keys], "cands": [self.store[k][1] for k in keys]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, identity: str, n_lower: int, device: torch.device | str = "cpu") -> TrunkCache:
+        """A cache with the rows stored in ``path``; empty when there is no such file.
+
+        Raises:
+            ValueError: if the file was written for other lower layers (identity or count).
+        """
+        cache = cls(n_lower)
+        if not path.is_file():
+            return cache
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # a truncated or foreign file: say which
+            raise ValueError(f"trunk cache file {path}: cannot be read ({err}); delete it to rebuild") from err
+        if state.get("identity") != identity or state.get("n_lower") != n_lower:
+            raise ValueError(f"trunk cache file {path}: written for other lower layers "
+                             f"({state.get('n_lower')} layers, identity {str(state.get('identity'))[:16]}); "
+                             "delete it or use another directory")
+        for key, prompt_h, cands in zip(state["keys"], state["prompt"], state["cands"]):
+            cache.store[bytes.fromhex(key)] = (prompt_h, list(cands))
+        return cache
+
+
+def lower_layers_identity(model: nn.Module, n_lower: int) -> str:
+    """Digest of what the cached activations depend on: the embedding and the first ``n_lower``
+    decoder layers' weights (bytes, dtypes, shapes) and the attention implementation."""
+    decoder = decoder_of(model)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{n_lower}|{_attn(model)}".encode())
+    modules = [("embed_tokens", decoder.embed_tokens)] + [(f"layers.{i}", decoder.layers[i]) for i in range(n_lower)]
+    for prefix, module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _attn(model: nn.Module) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from sdpo_lightning.cli import cli_main
@@ -44,3 +45,24 @@ def test_ranking_scores_equal_in_test(tmp_path, small_dir):  # noqa: F811
         rows = [json.loads(line) for line in (tmp_path / f"test_{flag}" / "predictions.jsonl").open()]
         out[flag] = torch.tensor([r["scores"] for r in rows])
     torch.testing.assert_close(out[True], out[False], rtol=0, atol=2e-4)  # scores are rounded to 1e-4
+
+
+def test_eval_trunk_dir_gives_the_same_test_and_is_read_by_a_later_test(tmp_path, small_dir):  # noqa: F811
+    """``sdpo test --model.eval_trunk_dir``: the first test writes the file, the second reads it;
+    both give the plain test's answers and ranks (constrained generation + ranking)."""
+    root = tmp_path / "fit"
+    _fit(tmp_path, small_dir, "fit", objective="sft", lora=TOP_LORA)
+    runs = {}
+    for name, extra in (("plain", []), ("first", ["--model.eval_trunk_dir", str(tmp_path / "trunk")]),
+                        ("later", ["--model.eval_trunk_dir", str(tmp_path / "trunk")])):
+        cli_main(["test", "-c", str(tmp_path / "fit.yaml"), "--model.init_adapter", str(root / "export"),
+                  "--model.constrained", "true", "--model.output_dir", str(tmp_path / name), *extra])
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").open()]
+        if name == "first":
+            (path,) = (tmp_path / "trunk").glob("trunk-*.pt")
+            stamp = path.stat().st_mtime_ns
+    assert path.stat().st_mtime_ns == stamp  # the later test computed no row, wrote nothing
+    for name in ("first", "later"):
+        for a, b in zip(runs[name], runs["plain"]):
+            assert (a["generated"], a["target_rank"]) == (b["generated"], b["target_rank"])
+            assert a["scores"] == pytest.approx(b["scores"], abs=2e-4)  # rounded to 1e-4

@@ -1,0 +1,95 @@
+"""``model.eval_trunk_dir``: the test rows' lower-layer activations persisted for later tests.
+
+A 3-layer tiny LLaMA with LoRA (seeded non-zero B) on its top layer only: the one-pass
+evaluator served from the persisted trunk gives the plain evaluator's ranking scores (fp32,
+atol 1e-5) and constrained answers; a second module (another adapter, same base) reads the
+file and computes no lower layer; a file of other lower layers is refused with its path.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdpo_lightning.data.collate import make_collate
+from sdpo_lightning.data.datamodule import RecDataModule
+from sdpo_lightning.evaluator import one_pass_outputs
+from sdpo_lightning.module import SDPOModule
+
+TINY3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
+
+
+def _module(synthetic_dir, trunk_dir, seed: int, layers=(2,), init_seed: int = 0) -> SDPOModule:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
+            "layers_to_transform": list(layers)}
+    torch.manual_seed(seed)  # LoRA A
+    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY3, init_seed=init_seed,
+                        lora=lora, max_new_tokens=10, eval_trunk_dir=str(trunk_dir) if trunk_dir else None)
+    module.configure_model()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.policy.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(synthetic_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaltrunk")
+    (out / "test.json").write_text(json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6]))
+    module = _module(synthetic_dir, None, 1)
+    dm = RecDataModule(test_file=str(out / "test.json"), eval_batch_size=6, max_length=256, prompt_templates="music")
+    dm.tokenizer = module.tokenizer
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    return make_collate(module.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("generation", [False, True])
+def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir, tmp_path, batch, generation):
+    for seed in (1, 2):  # two adapters on the same base: the second reads the first's file
+        plain = _module(synthetic_dir, None, seed)
+        plain.hparams.constrained = True
+        served = _module(synthetic_dir, tmp_path, seed)
+        served.hparams.constrained = True
+        want_texts, want = one_pass_outputs(plain, batch, generation, True)
+        got_texts, got = one_pass_outputs(served, batch, generation, True)
+        torch.testing.assert_close(got.logps, want.logps, atol=1e-5, rtol=0)
+        assert torch.equal(got.n_tokens, want.n_tokens)
+        assert got_texts == want_texts
+        cache = served.eval_trunk()
+        assert cache.builds == (len(batch["index"]) if seed == 1 else 0)  # the second computes nothing
+        if seed == 1:  # what on_test_epoch_end writes (no trainer here)
+            cache.save(served._eval_trunk[1], served._eval_trunk[2])
+    (path,) = tmp_path.glob("trunk-*.pt")
+    assert path.name.startswith("trunk-2-")  # two frozen lower layers
+
+
+def test_free_generation_runs_every_layer(synthetic_dir, tmp_path, batch):
+    served = _module(synthetic_dir, tmp_path, 1)
+    served.hparams.constrained = False
+    plain = _module(synthetic_dir, None, 1)
+    assert one_pass_outputs(served, batch, True, True)[0] == one_pass_outputs(plain, batch, True, True)[0]
+    assert served._eval_trunk is None  # never consulted: decoding needs the model's own cache
+
+
+def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):
+    first = _module(synthetic_dir, tmp_path, 1)
+    one_pass_outputs(first, batch, False, True)
+    cache, path, identity = first._eval_trunk
+    cache.save(path, identity)
+    other = _module(synthetic_dir, tmp_path, 1, init_seed=5)  # other base weights
+    from sdpo_lightning.trunk_cache import TrunkCache, lower_layers_identity
+
+    assert lower_layers_identity(other.policy, 2) != identity
+    with pytest.raises(ValueError, match=f"trunk cache file {path}: written for other lower layers"):
+        TrunkCache.load(path, lower_layers_identity(other.policy, 2), 2)
+
+
+def test_adapter_on_the_lowest_layer_is_an_error(synthetic_dir, tmp_path, batch):
+    module = _module(synthetic_dir, tmp_path, 1, layers=(0, 1, 2))
+    with pytest.raises(ValueError, match="eval_trunk_dir: the lowest decoder layer"):
+        one_pass_outputs(module, batch, False, True)
