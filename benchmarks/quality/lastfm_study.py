@@ -39,19 +39,46 @@ from run import GGUF, LASTFM, REPO, Runner, split_data  # noqa: E402
 RESULTS = REPO / "benchmarks" / "quality" / "results"
 SFT_CFG, ALIGN_CFG = "configs/lastfm/smollm2/sft.yaml", "configs/lastfm/smollm2/sdpo.yaml"
 
-#: (run name, method label, objective, K, beta, lr); the first is "SFT continued"
-ALIGN: list[tuple[str, str, str, int, float, float]] = [
-    ("sft_cont", "SFT (continued)", "sft", 3, 1.0, 2e-4),
-    ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3, 1.0, 2e-4),
-    ("dpo", "DPO", "dpo", 1, 1.0, 2e-4),
-    ("dpo_k3", "DPO-K (K=3)", "dpo_k", 3, 1.0, 2e-4),
-    ("sdpo_k8", "S-DPO (K=8)", "sdpo", 8, 1.0, 2e-4),
-    ("sdpo_k3_b0.5", "S-DPO (K=3, β=0.5)", "sdpo", 3, 0.5, 2e-4),
-    ("sdpo_k3_b2", "S-DPO (K=3, β=2)", "sdpo", 3, 2.0, 2e-4),
-    ("sdpo_k3_lr5e-4", "S-DPO (K=3, lr 5e-4)", "sdpo", 3, 1.0, 5e-4),
-    ("sft_cont_lr5e-4", "SFT (continued, lr 5e-4)", "sft", 3, 1.0, 5e-4),
-    ("sdpo_k8_lr5e-4", "S-DPO (K=8, lr 5e-4)", "sdpo", 8, 1.0, 5e-4),
+#: (run name, method label, objective, K, beta, lr, extra ``sdpo fit`` arguments); the
+#: ``sft_cont`` rows are the "SFT continued" controls at their learning rate. Plain names run
+#: at lr 1e-4, the SFT's final learning rate (1e-3 decayed by ``min_lr_ratio`` 0.1): restarting
+#: at 5e-4 moved every continued run, SFT included, below the SFT it started from
+ALIGN: list[tuple[str, str, str, int, float, float, list[str]]] = [
+    ("sft_cont", "SFT (continued)", "sft", 3, 1.0, 1e-4, []),
+    ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3, 1.0, 1e-4, []),
+    ("dpo", "DPO", "dpo", 1, 1.0, 1e-4, []),
+    ("dpo_k3", "DPO-K (K=3)", "dpo_k", 3, 1.0, 1e-4, []),
+    ("sdpo_k8", "S-DPO (K=8)", "sdpo", 8, 1.0, 1e-4, []),
+    ("sdpo_k3_b0.5", "S-DPO (K=3, β=0.5)", "sdpo", 3, 0.5, 1e-4, []),
+    ("sdpo_k3_b2", "S-DPO (K=3, β=2)", "sdpo", 3, 2.0, 1e-4, []),
+    ("sdpo_k3_lr5e-4", "S-DPO (K=3, lr 5e-4)", "sdpo", 3, 1.0, 5e-4, []),
+    ("sft_cont_lr5e-4", "SFT (continued, lr 5e-4)", "sft", 3, 1.0, 5e-4, []),
+    ("sdpo_k8_lr5e-4", "S-DPO (K=8, lr 5e-4)", "sdpo", 8, 1.0, 5e-4, []),
+    ("dpo_lr5e-4", "DPO (lr 5e-4)", "dpo", 1, 1.0, 5e-4, []),
+    ("dpo_k3_lr5e-4", "DPO-K (K=3, lr 5e-4)", "dpo_k", 3, 1.0, 5e-4, []),
+    ("sdpo_k3_b0.5_lr5e-4", "S-DPO (K=3, β=0.5, lr 5e-4)", "sdpo", 3, 0.5, 5e-4, []),
+    ("sdpo_k3_b2_lr5e-4", "S-DPO (K=3, β=2, lr 5e-4)", "sdpo", 3, 2.0, 5e-4, []),
+    # hard negatives: the K candidates the reference (the SFT adapter) scores highest
+    ("sdpo_k3_hard_lr5e-4", "S-DPO (K=3, hard negatives, lr 5e-4)", "sdpo", 3, 1.0, 5e-4,
+     ["--data.negative_sampling", "hard"]),
+    # listwise: every other candidate a negative (K=19 of 20), two epochs; made for the
+    # unseen selection rows (--align-data select), against SFT continued with the same budget
+    ("sdpo_k19_e2_lr2e-4", "S-DPO (K=19, 2 epochs, lr 2e-4)", "sdpo", 19, 1.0, 2e-4, ["--trainer.max_epochs", "2"]),
+    ("sdpo_k19_e2", "S-DPO (K=19, 2 epochs)", "sdpo", 19, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
+    ("sft_cont_e2_lr2e-4", "SFT (continued, 2 epochs, lr 2e-4)", "sft", 3, 1.0, 2e-4, ["--trainer.max_epochs", "2"]),
+    ("sft_cont_e2", "SFT (continued, 2 epochs)", "sft", 3, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
+    # S-DPO plus λ = 1 times the chosen title's NLL (model.sft_weight), the same two epochs
+    ("sdpo_k19_e2_nll", "S-DPO (K=19, 2 epochs, + NLL)", "sdpo", 19, 1.0, 1e-4,
+     ["--trainer.max_epochs", "2", "--model.sft_weight", "1.0"]),
 ]
+
+#: each alignment run's "SFT continued" control: the same rows, epochs and learning rate
+CONTROL: dict[str, str] = {
+    **{n: "sft_cont" for n in ("sdpo_k3", "dpo", "dpo_k3", "sdpo_k8", "sdpo_k3_b0.5", "sdpo_k3_b2")},
+    **{n: "sft_cont_lr5e-4" for n in ("sdpo_k3_lr5e-4", "sdpo_k8_lr5e-4", "dpo_lr5e-4", "dpo_k3_lr5e-4",
+                                      "sdpo_k3_b0.5_lr5e-4", "sdpo_k3_b2_lr5e-4", "sdpo_k3_hard_lr5e-4")},
+    "sdpo_k19_e2": "sft_cont_e2", "sdpo_k19_e2_nll": "sft_cont_e2", "sdpo_k19_e2_lr2e-4": "sft_cont_e2_lr2e-4",
+}
 
 #: SFT budgets (run name → extra ``sdpo fit`` arguments); ``--base`` picks the one the
 #: alignment runs start from, whose runs are then named ``<base>.<run>`` (``sft``: plain names)
@@ -61,6 +88,23 @@ SFT_RUNS: dict[str, list[str]] = {
 }
 #: method labels in the tables: the 6-epoch run is the study's SFT (its adapter is committed)
 SFT_LABELS = {"sft": "SFT (3 epochs)", "sft_e6": "SFT"}
+
+
+def seed_base(adapter: Path, export: Path, marker: Path) -> None:
+    """Use a trained adapter as the SFT stage's output (no SFT run): copy its files into the
+    stage's export directory and mark the stage done; an export already there must match."""
+    files = ("adapter_config.json", "adapter_model.safetensors")
+    if not all((adapter / f).is_file() for f in files):
+        raise SystemExit(f"--base-adapter {adapter}: not a peft adapter directory (needs {' and '.join(files)})")
+    if export.is_dir() and any(export.iterdir()):
+        if any(not (export / f).is_file() or (export / f).read_bytes() != (adapter / f).read_bytes() for f in files):
+            raise SystemExit(f"--base-adapter {adapter}: {export} already holds a different adapter")
+    else:
+        export.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy2(adapter / f, export / f)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 def collect(run_dir: Path, name: str) -> None:
@@ -110,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                         "`select` (the held-out selection users' rows, unseen by SFT; runs named <run>_sel)")
     p.add_argument("--private-cache", action="store_true",
                    help="a reference cache per run (for runners in parallel) instead of one shared by all")
+    p.add_argument("--base-adapter", type=Path,
+                   help="start the alignment runs from this adapter (e.g. benchmarks/quality/adapters/sft, the "
+                        "committed SFT) instead of training --base: it becomes <out>/runs/<base>/export and "
+                        "fit_<base> is marked done")
+    p.add_argument("--eval-trunk", action="store_true",
+                   help="test stages keep the test rows' frozen lower layers in <out>/eval_trunk "
+                        "(model.eval_trunk_dir): every test after the first runs the top layers only")
     p.add_argument("--table", action="store_true", help="only render the table from the results")
     p.add_argument("--last", help="with --table: the run compared with every other row (Rel.Ipv, paired p)")
     p.add_argument("--dry-run", action="store_true")
@@ -126,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     data = ["--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
             *shlex.split(a.stage_args)]
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
+    trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def test(name: str, cfg: str, method: str, adapter: Path) -> None:
         run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
                                    "--model.init_adapter", str(adapter), "--model.method", method,
-                                   "--model.run_name", name])
+                                   "--model.run_name", name, *trunk])
         if not a.dry_run and (out / "done" / f"test_{name}").exists():
             collect(runs / name, name)
 
@@ -141,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             test(sft, SFT_CFG, SFT_LABELS[sft], runs / sft / "export")
     base = a.base
     sft_adapter = runs / base / "export"
-    for short, method, objective, k, beta, lr in ALIGN:
+    if a.base_adapter is not None and not a.dry_run:
+        seed_base(a.base_adapter, sft_adapter, out / "done" / f"fit_{base}")
+    for short, method, objective, k, beta, lr, extra in ALIGN:
         if a.align_data == "select":
             short = f"{short}_sel"
             method = f"{method[:-1]}, unseen rows)" if method.endswith(")") else f"{method} (unseen rows)"
@@ -156,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files[a.align_data]),
             "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(sft_adapter),
             "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
-            "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache)])
+            "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache), *extra])
         test(name, ALIGN_CFG, method, runs / name / "export")
     if not a.dry_run and run.timings:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -183,10 +237,42 @@ def render(last: str | None = None) -> int:
     print(comparison_table([str(RESULTS / n / "summary.json") for n in have], baseline_last=bool(last)))
     print()
     print(detail_table(have))
+    print()
+    print(pairs_table(have))
     if last:
         print()
         print(paired_table(last, [n for n in have if n != last]))
     return 0
+
+
+def pairs_table(have: list[str], base: str = "sft_e6") -> str:
+    """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
+    (``CONTROL``, same rows / epochs / lr), paired bootstrap on the same 650 rows."""
+    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+    from sdpo_lightning.evaluation.report import hits_by_index
+
+    lines = ["| run | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
+    for run in have:
+        short = run.removeprefix(f"{base}.")
+        sel = short.endswith("_sel")
+        control = CONTROL.get(short.removesuffix("_sel"))
+        if run == short or control is None:
+            continue  # not an alignment run of base (or an SFT-continued control itself)
+        control = f"{base}.{control}" + ("_sel" if sel else "")
+        mine = hits_by_index(RESULTS / run / "predictions.jsonl")
+        for other in (base, control):
+            if other not in have:
+                lines.append(f"| `{run}` | `{other}` | — | not run | not run |")
+                continue
+            theirs = hits_by_index(RESULTS / other / "predictions.jsonl")
+            idx = sorted(set(mine) & set(theirs))
+            cells = []
+            for j in (0, 1):
+                d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx],
+                                                n_boot=10_000, seed=0)
+                cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            lines.append(f"| `{run}` | `{other}` | {len(idx)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 def paired_table(last: str, others: list[str]) -> str:
