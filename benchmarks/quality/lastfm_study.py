@@ -247,52 +247,33 @@ def render(last: str | None = None) -> int:
 
 def pairs_table(have: list[str], base: str = "sft_e6") -> str:
     """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
-    (``CONTROL``, same rows / epochs / lr), paired bootstrap on the same 650 rows."""
+    (``CONTROL``: same rows, epochs and lr): paired-bootstrap 95% intervals (10,000 resamples,
+    seed 0) of the generation and ranking HR@1 differences on the same rows."""
     from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
     from sdpo_lightning.evaluation.report import hits_by_index
 
-    lines = ["| run | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
-    for run in have:
-        short = run.removeprefix(f"{base}.")
-        sel = short.endswith("_sel")
-        control = CONTROL.get(short.removesuffix("_sel"))
-        if run == short or control is None:
-            continue  # not an alignment run of base (or an SFT-continued control itself)
-        control = f"{base}.{control}" + ("_sel" if sel else "")
-        mine = hits_by_index(RESULTS / run / "predictions.jsonl")
-        for other in (base, control):
-            if other not in have:
-                lines.append(f"| `{run}` | `{other}` | — | not run | not run |")
-                continue
-            theirs = hits_by_index(RESULTS / other / "predictions.jsonl")
-            idx = sorted(set(mine) & set(theirs))
-            cells = []
-            for j in (0, 1):
-                d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx],
-                                                n_boot=10_000, seed=0)
-                cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-            lines.append(f"| `{run}` | `{other}` | {len(idx)} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
-def paired_table(last: str, others: list[str]) -> str:
-    """Paired-bootstrap 95% intervals (10,000 resamples, seed 0) of ``last`` minus each other
-    run, on the rows both cover, for generation and ranking HR@1."""
-    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
-    from sdpo_lightning.evaluation.report import hits_by_index
-
-    mine = hits_by_index(RESULTS / last / "predictions.jsonl")
-    lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
-    for n in others:
-        if not (RESULTS / n / "predictions.jsonl").is_file():
-            continue
-        theirs = hits_by_index(RESULTS / n / "predictions.jsonl")
+    def deltas(run: str, other: str) -> list[str]:
+        if other not in have:
+            return ["not run", "not run"]
+        mine, theirs = (hits_by_index(RESULTS / n / "predictions.jsonl") for n in (run, other))
         idx = sorted(set(mine) & set(theirs))
         cells = []
-        for j in (0, 1):
-            d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx], n_boot=10_000, seed=0)
+        for j in (0, 1):  # generation, ranking
+            d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx],
+                                            n_boot=10_000, seed=0)
             cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-        lines.append(f"| `{n}` | {len(idx)} | {cells[0]} | {cells[1]} |")
+        return cells
+
+    lines = [f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control |",
+             "|:---|:---|---:|---:|---:|---:|"]
+    for run in have:
+        short = run.removeprefix(f"{base}.")
+        control = CONTROL.get(short.removesuffix("_sel"))
+        if run == short or control is None:
+            continue  # not an alignment run of base, or an SFT-continued control itself
+        control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
+        lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | "
+                     + " | ".join(deltas(run, base) + deltas(run, control)) + " |")
     return "\n".join(lines)
 
 

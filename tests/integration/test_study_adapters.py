@@ -25,7 +25,7 @@ RESULTS = REPO / "benchmarks" / "quality" / "results"
 #: committed adapter → (results run, config it was tested with, method label)
 CASES = {
     "sft": ("sft_e6", "configs/lastfm/smollm2/sft.yaml", "SFT"),
-    "sdpo": ("sft_e6.sdpo_k8_lr5e-4", "configs/lastfm/smollm2/sdpo.yaml", "S-DPO (K=8, lr 5e-4)"),
+    "sdpo": ("sft_e6.sdpo_k19_e2_sel", "configs/lastfm/smollm2/sdpo.yaml", "S-DPO (K=19, 2 epochs, unseen rows)"),
 }
 
 
