@@ -98,11 +98,11 @@ def one_pass_outputs(
     model.eval()
     try:
         packed, scores, tokens = None, None, None
-        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass unless
-        # free-form decoding must continue from the model's own cache of every layer
-        served = ranking and not (generation and not constrained) and hasattr(module, "eval_trunk")
+        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass for ranking and
+        # constrained generation; free-form decoding continues from the model's own cache
+        served = (ranking or constrained) and not (generation and not constrained) and hasattr(module, "eval_trunk")
         trunk = module.eval_trunk() if served else None
-        if ranking and trunk is not None:
+        if trunk is not None:
             packed = trunk.packed_forward(model, batch)
         elif ranking:
             cache = generation and not constrained  # only free-form decoding continues from it

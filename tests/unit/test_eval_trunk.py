@@ -48,6 +48,15 @@ def batch(synthetic_dir, tmp_path_factory):
     return make_collate(module.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
 
 
+def test_constrained_generation_alone_is_served_too(synthetic_dir, tmp_path, batch):
+    plain, served = _module(synthetic_dir, None, 1), _module(synthetic_dir, tmp_path, 1)
+    plain.hparams.constrained = served.hparams.constrained = True
+    want_texts, _ = one_pass_outputs(plain, batch, True, False)
+    got_texts, scores = one_pass_outputs(served, batch, True, False)
+    assert scores is None and got_texts == want_texts
+    assert served.eval_trunk().builds == len(batch["index"])  # the trie walk read the served pass
+
+
 @pytest.mark.parametrize("generation", [False, True])
 def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir, tmp_path, batch, generation):
     for seed in (1, 2):  # two adapters on the same base: the second reads the first's file
