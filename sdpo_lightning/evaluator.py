@@ -100,7 +100,7 @@ def one_pass_outputs(
         packed, scores, tokens = None, None, None
         # the persisted lower layers (module.eval_trunk_dir) serve the packed pass for ranking and
         # constrained generation; free-form decoding continues from the model's own cache
-        served = (ranking or constrained) and not (generation and not constrained) and hasattr(module, "eval_trunk")
+        served = (constrained or ranking and not generation) and hasattr(module, "eval_trunk")
         trunk = module.eval_trunk() if served else None
         if trunk is not None:
             packed = trunk.packed_forward(model, batch)

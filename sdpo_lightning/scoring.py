@@ -224,10 +224,16 @@ def packed_forward(
         use_cache=use_cache,
         logits_to_keep=keep,
     )
-    first = torch.arange(N * C, device=p_ids.device).expand(B, N * C) % C == 0  # (B, N*C)
-    src = torch.where(first, torch.zeros_like(pack.dest), pack.dest - P)
-    src = src.clamp(0, T - 1)  # padding slots: any valid index, masked by the caller
-    return PackedForward(out.logits, src, out.past_key_values if use_cache else None)
+    return PackedForward(out.logits, completion_src(pack.dest, P, C, T), out.past_key_values if use_cache else None)
+
+
+def completion_src(dest: Tensor, P: int, C: int, T: int) -> Tensor:
+    """Index into the kept logits (T positions from P-1) predicting each completion slot
+    (B, N*C) of a packed row whose slots sit at ``dest``: the first token of every completion
+    reads the last prompt position (0), any other the position before it (``dest - P``);
+    padding slots get any valid index (masked by the caller)."""
+    first = torch.arange(dest.shape[1], device=dest.device).expand_as(dest) % C == 0  # (B, N*C)
+    return torch.where(first, torch.zeros_like(dest), dest - P).clamp(0, T - 1)
 
 
 def packed_token_logps(packed: PackedForward, c_ids: Tensor, c_mask: Tensor) -> Tensor:

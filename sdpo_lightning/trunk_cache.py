@@ -45,6 +45,8 @@ from sdpo_lightning.scoring import (
     PackedForward,
     _packed_attention_mask,
     _ragged_pack,
+    completion_src,
+    packed_token_logps,
     trim_padding,
 )
 
@@ -150,27 +152,19 @@ class TrunkCache:
         Raises:
             KeyError: if a completion is not among its example's candidates.
         """
-        logits, pack, P, c_ids, c_mask = self._upper_logits(model, batch, ids, mask)
-        (B, N, C) = c_ids.shape
-        token_logps = _packed_token_logps(logits, pack.dest, c_ids.reshape(B, N * C), c_mask.reshape(B, N * C), P, C)
-        return CompletionLogps(token_logps.reshape(B, N, C).sum(-1), mask.long().sum(-1))
+        packed, c_ids, c_mask = self._packed(model, batch, ids, mask)
+        return CompletionLogps(packed_token_logps(packed, c_ids, c_mask).sum(-1), mask.long().sum(-1))
 
     def packed_forward(self, model: nn.Module, batch: dict[str, Any]) -> PackedForward:
         """:func:`~sdpo_lightning.scoring.packed_forward` of the batch's prompts and **all** its
         candidates (trimmed by ``trim_padding``, as the evaluator trims them), the lower layers
         served from the cache: what the one-pass evaluator's ranking and constrained generation
         read. No model cache is returned (free-form decoding needs the lower layers' keys)."""
-        ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
-        logits, pack, P, c_ids, _ = self._upper_logits(model, batch, ids, mask)
-        (B, N, C), T = c_ids.shape, logits.shape[1]
-        first = torch.arange(N * C, device=ids.device).expand(B, N * C) % C == 0  # (B, N*C)
-        src = torch.where(first, torch.zeros_like(pack.dest), pack.dest - P).clamp(0, T - 1)
-        return PackedForward(logits, src, None)
+        return self._packed(model, batch, batch["candidate_input_ids"], batch["candidate_attention_mask"])[0]
 
-    def _upper_logits(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor):
-        """Logits (B, T, V) of the packed row of ``ids`` with the lower layers from the store
-        (filled first where missing), and the packing: ``(logits, pack, P, c_ids, c_mask)``
-        with the trimmed completions."""
+    def _packed(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor):
+        """The packed forward of ``ids`` with the lower layers from the store (filled first where
+        missing): ``(PackedForward, c_ids, c_mask)`` with the trimmed completions."""
         p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         cand_ids, cand_mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
         cand_index = _candidate_index(ids, mask, cand_ids, cand_mask)  # (B, N)
@@ -199,8 +193,7 @@ class TrunkCache:
         with _only_layers(decoder, self.n_lower, None, skip_norm=False):
             logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn, position_ids=pack.position_ids,
                            use_cache=False, logits_to_keep=keep).logits  # (B, T, V)
-        return logits, pack, P, c_ids, c_mask
-
+        return PackedForward(logits, completion_src(pack.dest, P, C, pack.total), None), c_ids, c_mask
 
     def save(self, path: Path, identity: str) -> None:
         """Write the store to ``path`` (atomically), tagged with the lower layers' ``identity``."""
@@ -267,16 +260,3 @@ def _candidate_index(ids: Tensor, mask: Tensor, cand_ids: Tensor, cand_mask: Ten
     if not bool(same.any(-1).all()):
         raise KeyError("trunk cache: a completion is not among its example's candidates")
     return same.float().argmax(-1)  # (B, N)
-
-
-def _packed_token_logps(logits: Tensor, dest: Tensor, flat_ids: Tensor, flat_mask: Tensor, P: int, C: int) -> Tensor:
-    """Per-slot log p(token) (B, N*C) from the kept logits (B, T, V) of a packed row: the
-    first token of every completion is predicted at the last prompt position (kept index 0),
-    any other at the packed position before it (kept index ``dest - P``)."""
-    B, T, V = logits.shape
-    first = torch.arange(flat_ids.shape[1], device=logits.device).expand_as(flat_ids) % C == 0  # (B, N*C)
-    src = torch.where(first, torch.zeros_like(dest), dest - P).clamp(0, T - 1)
-    logits = logits.float()
-    picked = logits.reshape(B, T * V).gather(1, src * V + flat_ids)  # (B, N*C)
-    lse = torch.logsumexp(logits, dim=-1).gather(1, src)  # (B, N*C)
-    return torch.where(flat_mask.bool(), picked - lse, torch.zeros_like(picked))

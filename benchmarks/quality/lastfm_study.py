@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import shlex
 import shutil
@@ -245,25 +246,41 @@ def render(last: str | None = None) -> int:
     return 0
 
 
-def pairs_table(have: list[str], base: str = "sft_e6") -> str:
-    """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
-    (``CONTROL``: same rows, epochs and lr): paired-bootstrap 95% intervals (10,000 resamples,
-    seed 0) of the generation and ranking HR@1 differences on the same rows."""
+def _deltas(mine: dict, theirs: dict) -> tuple[int, list[str]]:
+    """Rows both cover and the paired-bootstrap 95% intervals (10,000 resamples, seed 0) of the
+    generation and ranking HR@1 differences ``mine - theirs`` (``hits_by_index`` maps)."""
     from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+
+    idx = sorted(set(mine) & set(theirs))
+    cells = []
+    for j in (0, 1):  # generation, ranking
+        d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx], n_boot=10_000, seed=0)
+        cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    return len(idx), cells
+
+
+@functools.lru_cache(maxsize=None)
+def _hits(name: str) -> dict:
+    """A run's per-example hits, each predictions file read once."""
     from sdpo_lightning.evaluation.report import hits_by_index
 
-    def deltas(run: str, other: str) -> list[str]:
-        if other not in have:
-            return ["not run", "not run"]
-        mine, theirs = (hits_by_index(RESULTS / n / "predictions.jsonl") for n in (run, other))
-        idx = sorted(set(mine) & set(theirs))
-        cells = []
-        for j in (0, 1):  # generation, ranking
-            d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx],
-                                            n_boot=10_000, seed=0)
-            cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-        return cells
+    return hits_by_index(RESULTS / name / "predictions.jsonl")
 
+
+def paired_table(last: str, others: list[str]) -> str:
+    """Paired-bootstrap 95% intervals of ``last`` minus each other run, on the rows both cover,
+    for generation and ranking HR@1."""
+    lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
+    for n in others:
+        if (RESULTS / n / "predictions.jsonl").is_file():
+            rows, cells = _deltas(_hits(last), _hits(n))
+            lines.append(f"| `{n}` | {rows} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def pairs_table(have: list[str], base: str = "sft_e6") -> str:
+    """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
+    (``CONTROL``: same rows, epochs and lr), generation and ranking HR@1 (see ``_deltas``)."""
     lines = [f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control |",
              "|:---|:---|---:|---:|---:|---:|"]
     for run in have:
@@ -272,8 +289,9 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
         if run == short or control is None:
             continue  # not an alignment run of base, or an SFT-continued control itself
         control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
-        lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | "
-                     + " | ".join(deltas(run, base) + deltas(run, control)) + " |")
+        cells = [c for other in (base, control)
+                 for c in (_deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"])]
+        lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
