@@ -10,7 +10,10 @@ Stages (each a real ``sdpo`` run, resumable, shareable between runners; see ``ru
    ranking HR@1 against examples seen); ``test_sft`` on ``valid.json`` (both protocols);
 3. from that SFT adapter, at equal extra budget (the same ``--align-rows`` fit rows, one
    epoch, same batch size): SFT continued, DPO, DPO-K (K=3), S-DPO K=3 and K=8, and a small
-   β / lr sweep of S-DPO K=3; each tested on ``valid.json``.
+   β / lr sweep of S-DPO K=3; each tested on ``valid.json``;
+4. ``SWITCH``: the 6-epoch SFT run resumed from its epoch-3 checkpoint with S-DPO (with and
+   without an NLL term) for epochs 4–6, everything else equal, against that SFT run itself
+   (``sft_e6_ep3`` is the SFT at the switch point, exported and tested).
 
 After each stage its ``summary.json``, ``predictions.jsonl`` and metrics CSV are copied into
 ``benchmarks/quality/results/<run>/`` (small text files, committed), and the stage wall
@@ -29,10 +32,13 @@ import argparse
 import csv
 import functools
 import json
+import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import GGUF, LASTFM, REPO, Runner, split_data  # noqa: E402
@@ -81,6 +87,19 @@ CONTROL: dict[str, str] = {
     "sdpo_k19_e2": "sft_cont_e2", "sdpo_k19_e2_nll": "sft_cont_e2", "sdpo_k19_e2_lr2e-4": "sft_cont_e2_lr2e-4",
 }
 
+#: objectives for the last epochs of the SFT run: each resumes the 6-epoch SFT (``sft_e6``) from
+#: its end-of-epoch-``SWITCH_EPOCH`` checkpoint (weights, AdamW moments, lr schedule, loop
+#: counters) and trains its remaining epochs on the same fit rows with another objective, the
+#: reference being the SFT at that epoch. The paired control is ``sft_e6`` itself, the same run
+#: continued with SFT: equal rows, epochs, schedule and starting state. (name, label,
+#: objective, K, beta, extra ``sdpo fit`` arguments)
+SWITCH_EPOCH = 3
+SWITCH: list[tuple[str, str, str, int, float, list[str]]] = [
+    ("sdpo_k3_ep4", "S-DPO (K=3) for SFT epochs 4–6", "sdpo", 3, 1.0, []),
+    ("sdpo_k3_nll_ep4", "S-DPO (K=3) + NLL for SFT epochs 4–6", "sdpo", 3, 1.0, ["--model.sft_weight", "1.0"]),
+]
+CONTROL.update({name: "sft_e6" for name, *_ in SWITCH})
+
 #: SFT budgets (run name → extra ``sdpo fit`` arguments); ``--base`` picks the one the
 #: alignment runs start from, whose runs are then named ``<base>.<run>`` (``sft``: plain names)
 SFT_RUNS: dict[str, list[str]] = {
@@ -106,6 +125,26 @@ def seed_base(adapter: Path, export: Path, marker: Path) -> None:
             shutil.copy2(adapter / f, export / f)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+
+
+def resume_state(epochs_dir: Path, epoch: int) -> Path | None:
+    """The end-of-``epoch`` checkpoint of a fit (``ModelCheckpoint`` keeping every epoch in
+    ``epochs_dir``) without its ``hyper_parameters``, so that ``sdpo fit --ckpt_path`` resumes
+    its weights, optimizer, schedule and loops under the command line's model (LightningCLI
+    would otherwise parse the stored SFT hyperparameters over it). None while it is missing."""
+    import torch
+
+    found = sorted(epochs_dir.glob(f"epoch={epoch - 1}-step=*.ckpt"))
+    if not found:
+        return None
+    state = epochs_dir / f"state-epoch{epoch}.ckpt"
+    if not state.is_file() or state.stat().st_mtime < found[0].stat().st_mtime:
+        ckpt = torch.load(found[0], map_location="cpu", weights_only=True)
+        ckpt.pop("hyper_parameters", None)
+        tmp = state.with_suffix(".tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, state)
+    return state
 
 
 def collect(run_dir: Path, name: str) -> None:
@@ -187,11 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         if not a.dry_run and (out / "done" / f"test_{name}").exists():
             collect(runs / name, name)
 
+    fit_data = [*data, "--data.train_file", str(files["fit"])]
     for sft, extra in SFT_RUNS.items():
         if wanted(sft):
-            run.stage(f"fit_{sft}", ["fit", "-c", SFT_CFG, *data, "--data.train_file", str(files["fit"]),
-                                     "--trainer.default_root_dir", str(runs / sft), *extra])
+            # every epoch's checkpoint is kept (runs/<sft>/epochs): the SWITCH runs resume one
+            keep = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                    f"--trainer.callbacks.dirpath={runs / sft / 'epochs'}", "--trainer.callbacks.save_top_k=-1"]
+            run.stage(f"fit_{sft}", ["fit", "-c", SFT_CFG, *fit_data, "--trainer.default_root_dir", str(runs / sft),
+                                     *extra, *keep])
             test(sft, SFT_CFG, SFT_LABELS[sft], runs / sft / "export")
+    switch(a, run, runs, fit_data, wanted, test)
     base = a.base
     sft_adapter = runs / base / "export"
     if a.base_adapter is not None and not a.dry_run:
@@ -221,6 +265,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def switch(a: argparse.Namespace, run: Runner, runs: Path, fit_data: list[str], wanted, test) -> None:
+    """The ``SWITCH`` runs: export the SFT at epoch ``SWITCH_EPOCH`` (and test it), then resume
+    the SFT run there with each objective up to its last epoch."""
+    names = [f"sft_e6.{n}" for n, *_ in SWITCH]
+    start = f"sft_e6_ep{SWITCH_EPOCH}"
+    if not any(wanted(n) for n in [start, *names]):
+        return
+    state = None if a.dry_run else resume_state(runs / "sft_e6" / "epochs", SWITCH_EPOCH)
+    if state is None and not a.dry_run:
+        print(f"[wait] {start}: needs {runs / 'sft_e6' / 'epochs'}/epoch={SWITCH_EPOCH - 1}-step=*.ckpt "
+              "(the checkpoints of fit_sft_e6 run by this script, not seeded with --base-adapter)")
+        return
+    resume = ["--ckpt_path", str(state)]
+    # the ended epoch's export: a fit resumed at its end with max_epochs there trains nothing
+    run.stage(f"fit_{start}", ["fit", "-c", SFT_CFG, *fit_data, "--trainer.default_root_dir", str(runs / start),
+                               "--trainer.max_epochs", str(SWITCH_EPOCH), *resume])
+    if wanted(start):
+        test(start, SFT_CFG, f"SFT (epoch {SWITCH_EPOCH} of 6)", runs / start / "export")
+    sft = yaml.safe_load((REPO / SFT_CFG).read_text())["model"]
+    schedule = [f"--model.{k}={sft[k]}" for k in ("learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay")]
+    for (short, method, objective, k, beta, extra), name in zip(SWITCH, names):
+        if not wanted(name) or (not a.dry_run and not (run.out / "done" / f"fit_{start}").exists()):
+            continue
+        run.stage(f"fit_{name}", [
+            "fit", "-c", ALIGN_CFG, *fit_data, "--trainer.default_root_dir", str(runs / name),
+            "--model.init_adapter", str(runs / start / "export"), "--model.objective", objective,
+            "--model.num_negatives", str(k), "--model.beta", str(beta), *schedule,
+            *SFT_RUNS["sft_e6"], "--model.reference_cache_dir", str(run.out / "reference_cache" / name),
+            *resume, *extra])
+        test(name, ALIGN_CFG, method, runs / name / "export")
+
+
 def render(last: str | None = None) -> int:
     """Print the Table-1-shaped comparison of every collected run: the non-neural and the
     sequential baselines (seed 0), then the LM runs; ``last`` (a run name) goes last and
@@ -231,7 +307,8 @@ def render(last: str | None = None) -> int:
              + [f"baselines/{m}_lastfm/seed0" for m in ("gru4rec", "caser", "sasrec")]
              + [base for base in SFT_RUNS]
              + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN]
-             + [f"{base}.{n}_sel" for base in SFT_RUNS for n, *_ in ALIGN])
+             + [f"{base}.{n}_sel" for base in SFT_RUNS for n, *_ in ALIGN]
+             + [f"sft_e6_ep{SWITCH_EPOCH}"] + [f"sft_e6.{n}" for n, *_ in SWITCH])
     if last:
         order = [n for n in order if n != last] + [last]
     have = [n for n in order if (RESULTS / n / "summary.json").is_file()]
@@ -288,7 +365,8 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
         control = CONTROL.get(short.removesuffix("_sel"))
         if run == short or control is None:
             continue  # not an alignment run of base, or an SFT-continued control itself
-        control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
+        if control != base:
+            control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
         cells = [c for other in (base, control)
                  for c in (_deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"])]
         lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | " + " | ".join(cells) + " |")

@@ -2,8 +2,8 @@
 # The LastFM study's alignment sweep on one GPU, every run a separate process in parallel
 # (a 135M model leaves a GPU mostly idle): the 8 alignment runs of lastfm_study.py from the
 # CPU-trained SFT adapter, a GPU re-test of that adapter (device cross-check), and a 6-epoch
-# SFT followed by its own alignment runs. Results land under benchmarks/quality/results/ as
-# on CPU; $OUT (if set) gets tarballs of the results, logs and adapters every 20 s.
+# SFT followed by its own alignment runs and the SWITCH runs (S-DPO for its last epochs).
+# Results land under benchmarks/quality/results/ as on CPU; $OUT (if set) gets tarballs of the results, logs and adapters every 20 s.
 #
 # Needs: ../shared as on CPU; $STUDY (default /tmp/sdpo_study) seeded with the CPU study's
 # runs/sft/export and done/fit_sft (the split is rebuilt from the same seed).
@@ -25,6 +25,11 @@ done
 ( run --only sft_e6 > "$STUDY/drv/sft_e6.log" 2>&1 || exit 1
   for n in sft_cont sdpo_k3 sdpo_k8 dpo_k3 sdpo_k3_lr5e-4; do
     run --base sft_e6 --only "sft_e6.$n" > "$STUDY/drv/sft_e6.$n.log" 2>&1 &
+  done
+  # SWITCH: epochs 4-6 of that SFT run resumed with S-DPO (its epoch checkpoints are kept)
+  run --only sft_e6_ep3 > "$STUDY/drv/sft_e6_ep3.log" 2>&1  # exports epoch 3 first: the others need it
+  for n in sft_e6.sdpo_k3_ep4 sft_e6.sdpo_k3_nll_ep4; do
+    run --only "$n" > "$STUDY/drv/$n.log" 2>&1 &
   done; wait ) & pids+=($!)
 
 pack() {
