@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any
@@ -19,6 +20,8 @@ from sdpo_lightning.module import SDPOModule
 from sdpo_lightning.run_lock import RunLock, is_secondary_rank
 
 PROG = "sdpo"
+
+log = logging.getLogger(__name__)
 
 
 class SDPOCLI(LightningCLI):
@@ -54,10 +57,13 @@ class SDPOCLI(LightningCLI):
             raise ConfigError(f"{err} (see `{command} --help`)") from err
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the hyperparameters of ``--ckpt_path`` while parsing: name the
-        file when it cannot be read."""
+        """LightningCLI reads the hyperparameters of ``--ckpt_path`` while parsing and applies
+        them over the config: name the file when it cannot be read, and warn, naming every
+        setting, when they replace the config's model arguments (otherwise e.g. ``--model.objective
+        sdpo`` would silently train the checkpoint's ``sft``)."""
         from jsonargparse import ArgumentError
 
+        before = self._model_settings()
         try:
             super()._parse_ckpt_path()
         except UserError:
@@ -66,6 +72,24 @@ class SDPOCLI(LightningCLI):
             raise ConfigError(f"the hyperparameters stored in --ckpt_path do not fit this config: {err}") from err
         except Exception as err:
             raise checkpoint_io.unreadable(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+        after = self._model_settings()
+        changed = [f"model.{k}: {before[k]!r} -> {after[k]!r}" for k in sorted(after)
+                   if k in before and before[k] != after[k]]
+        if changed:
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            log.warning(
+                "--ckpt_path %s holds the model arguments it was trained with, and they replace this "
+                "config's: %s. To resume its weights and optimizer under the config's model settings, "
+                "save a copy of the checkpoint without its 'hyper_parameters' entry "
+                "(benchmarks/quality/lastfm_study.py: resume_state); for the weights alone, "
+                "--model.init_adapter <its export>.", ckpt, "; ".join(changed))
+
+    def _model_settings(self) -> dict[str, Any]:
+        """The parsed config's model arguments (plain values), or {} before a subcommand."""
+        if not self.config.get("subcommand"):
+            return {}
+        model = self.config[self.config.subcommand].get("model") or {}
+        return model.as_dict() if hasattr(model, "as_dict") else dict(model)
 
     @staticmethod
     def _subcommand_in(args: Any) -> str:

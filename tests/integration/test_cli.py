@@ -4,6 +4,8 @@ reproducibility; every shipped config parses."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -96,6 +98,35 @@ def test_killed_fit_resumes_to_the_same_adapter(tmp_path, synthetic_dir):
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_ckpt_hparams_replacing_the_config_are_named(tmp_path, synthetic_dir, caplog):
+    """LightningCLI applies ``--ckpt_path``'s stored model arguments over the config: the CLI
+    warns, naming each replaced setting; without the stored arguments the config's model
+    resumes the weights and optimizer (S-DPO from an SFT checkpoint, the study's SWITCH runs)."""
+    sft = _config(tmp_path, synthetic_dir, "sft", objective="sft")
+    cli_main(["fit", "-c", str(sft), "--trainer.max_steps", "2"])
+    ckpt = tmp_path / "sft" / "checkpoints" / "last.ckpt"
+    sdpo = _config(tmp_path, synthetic_dir, "sdpo", objective="sdpo", init_adapter=str(tmp_path / "sft" / "export"))
+    with caplog.at_level(logging.WARNING, logger="sdpo_lightning.cli"):
+        cli_main(["fit", "-c", str(sdpo), "--ckpt_path", str(ckpt), "--trainer.max_steps", "2"])
+    assert str(ckpt) in caplog.text and "model.objective: 'sdpo' -> 'sft'" in caplog.text
+    assert f"model.init_adapter: '{tmp_path / 'sft' / 'export'}' -> None" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdpo_lightning.cli"):  # same settings: silent
+        cli_main(["fit", "-c", str(sft), "--ckpt_path", str(ckpt), "--trainer.max_steps", "3"])
+    assert "replace this config" not in caplog.text
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state.pop("hyper_parameters")
+    torch.save(state, tmp_path / "state.ckpt")
+    switched = _config(tmp_path, synthetic_dir, "switched", objective="sdpo", init_adapter=str(tmp_path / "sft" / "export"))
+    cli_main(["fit", "-c", str(switched), "--ckpt_path", str(tmp_path / "state.ckpt"), "--trainer.max_steps", "4",
+              "--trainer.log_every_n_steps", "1"])
+    rows = [r for r in _metrics(tmp_path / "switched") if r.get("train/rewards/chosen")]
+    assert int(rows[0]["step"]) == state["global_step"]  # resumed after the SFT's steps, now under S-DPO:
+    assert float(rows[0]["train/loss"]) == pytest.approx(math.log(4.0), abs=1e-4)  # policy = reference
 
 
 def test_same_config_and_seed_same_metrics(tmp_path, synthetic_dir):
