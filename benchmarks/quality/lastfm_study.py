@@ -158,10 +158,11 @@ def collect(run_dir: Path, name: str) -> None:
     metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     if metrics:
         shutil.copy2(metrics[-1], dest / "metrics.csv")
-    for m in metrics:
+    for m in metrics[:-1] if len(metrics) > 1 else metrics:  # the fit's training (and validation) curves
         curve = learning_curve(m)
-        if curve:
+        if curve or any(r.get("train/loss") for r in csv.DictReader(m.open())):
             shutil.copy2(m, dest / "fit_metrics.csv")
+        if curve:
             with (dest / "learning_curve.csv").open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(curve[0]))
                 w.writeheader()
