@@ -248,7 +248,7 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
                      f"{gen_tokens(module, before)} → {gen_tokens(module, after)} | {agreement(after, before)} | "
                      f"{hr1(before)} / {hr1(after)} | {n / wh:.2f} ({wb / wh:.2f}×) | {agreement(half, after)}, HR@1 {hr1(half)} |")
         print(f"  eval {name}: before {n / wb:.2f}, after {n / wa:.2f}, bf16 {n / wh:.2f} rows/s", file=sys.stderr, flush=True)
-        if top_only and (protocols == ["ranking"] or constrained):
+        if top_only and ("ranking" in protocols or constrained):  # what the served pass serves
             persisted.append(trunk_row(args, module, bs, name, protocols, n / wb, after))
     if persisted:
         lines += ["", "Persisted lower layers (`model.eval_trunk_dir`, fp32): the first test of the rows computes and "

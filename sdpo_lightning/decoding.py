@@ -15,6 +15,10 @@ rounding of the logits), without its per-step machinery:
   decoding steps at all**: the packed ranking pass already holds the logits after the prompt
   and after every prefix of every candidate (same tokens, same positions as generation), so
   the greedy path through the candidate trie is a walk over those logits.
+* :func:`trie_verify` is free (unconstrained) greedy decoding read from the same logits for
+  every row whose greedy answer is one of its candidates: it follows the full-vocabulary argmax
+  while that stays on the trie; a row whose argmax leaves it is returned as ``None`` and decoded
+  by :func:`greedy_decode` (exact either way: the walk only accepts what decoding would emit).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["first_line_complete", "greedy_decode", "prefill", "trie_greedy"]
+__all__ = ["first_line_complete", "greedy_decode", "prefill", "trie_greedy", "trie_verify"]
 
 
 def first_line_complete(text: str) -> bool:
@@ -147,6 +151,51 @@ def trie_greedy(
             tok = allowed[int(values.argmax())]  # first maximum: the lowest id among ties
             toks.append(tok)
             if tok == eos_token_id:
+                break
+            alive = [n for n in ext if ids[b][n][j] == tok]
+        out.append(toks)
+    return out
+
+
+def trie_verify(
+    logits: Tensor,
+    src: Tensor,
+    c_ids: Tensor,
+    c_mask: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    decode: Callable[[list[int]], str] | None = None,
+) -> list[list[int] | None]:
+    """Free greedy decoding from packed-pass logits, for the rows that stay on the candidate trie.
+
+    Args: as :func:`trie_greedy`, plus ``decode`` (token ids → text): with it a row also ends
+    once its first non-blank line is complete, as in :func:`greedy_decode`.
+
+    Returns, per row, the tokens :func:`greedy_decode` would give, or ``None`` where they are not
+    in the logits. At step ``j`` the next token is the argmax over the **whole** vocabulary
+    (ties to the lowest id, as decoding) of the logits after the prefix so far; it is accepted
+    while some candidate continues with it (the logits of its next prefix are then in the
+    packed pass), the row ending at EOS (every candidate completion ends with it), at a
+    complete first line, or after ``max_new_tokens``. The first token no candidate continues
+    with makes the row ``None``: its greedy answer leaves the candidate titles.
+    """
+    B, N, C = c_ids.shape
+    lengths = c_mask.long().sum(-1).tolist()  # (B, N)
+    ids = c_ids.tolist()
+    src_l = src.tolist()
+    out: list[list[int] | None] = []
+    for b in range(B):
+        alive = [n for n in range(N) if lengths[b][n] > 0]
+        toks: list[int] | None = []
+        for j in range(max_new_tokens):
+            ext = [n for n in alive if lengths[b][n] > j]
+            row = logits[b, src_l[b][ext[0] * C + j]] if ext else None  # (V,) after the prefix
+            tok = int(row.float().argmax()) if row is not None else -1
+            if tok not in {ids[b][n][j] for n in ext}:
+                toks = None  # greedy leaves the trie here
+                break
+            toks.append(tok)
+            if tok == eos_token_id or (decode is not None and first_line_complete(decode(toks))):
                 break
             alive = [n for n in ext if ids[b][n][j] == tok]
         out.append(toks)

@@ -10,10 +10,14 @@ Both protocols share one forward pass per batch (``one_pass=True``, the default,
 :func:`one_pass_outputs`): the ranking protocol's packed row ``[prompt, c_0, ..., c_{M-1}]``
 also yields the prompt's KV cache (its first ``P`` positions) from which greedy generation
 continues, and the logits after every candidate prefix, from which constrained generation is
-a walk over the candidate trie with no decoding step. Generation alone prefills the prompts
-once (KV cache); constrained, it masks each step with one tensor built from the tries. Generation stops as soon as every row
-has emitted EOS or finished its first non-blank line (all the parser reads), so the recorded
-``generated`` text ends there. ``one_pass=False`` keeps the earlier path
+a walk over the candidate trie with no decoding step. Free generation reads its answer from
+the same logits for every row whose greedy answer is a candidate title (:func:`trie_verify`)
+and decodes only the other rows, from the packed pass's prompt cache. Generation alone prefills
+the prompts once (KV cache); constrained, it masks each step with one tensor built from the
+tries. With ``model.eval_trunk_dir`` the packed pass is served from the file (ranking,
+constrained generation, and free generation with ranking). Generation stops as soon as every
+row has emitted EOS or finished its first non-blank line (all the parser reads), so the
+recorded ``generated`` text ends there. ``one_pass=False`` keeps the earlier path
 (``model.generate`` for generation, then a separate ranking pass) as the reference.
 """
 
@@ -32,7 +36,7 @@ from sdpo_lightning.constrained import (
     candidate_sequences,
     prefix_allowed_tokens_fn,
 )
-from sdpo_lightning.decoding import greedy_decode, prefill, trie_greedy
+from sdpo_lightning.decoding import greedy_decode, prefill, trie_greedy, trie_verify
 from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluation.report import (
@@ -98,14 +102,16 @@ def one_pass_outputs(
     model.eval()
     try:
         packed, scores, tokens = None, None, None
-        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass for ranking and
-        # constrained generation; free-form decoding continues from the model's own cache
-        served = (constrained or ranking and not generation) and hasattr(module, "eval_trunk")
-        trunk = module.eval_trunk() if served else None
+        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass of ranking and
+        # constrained generation, and free generation with ranking reads it where greedy stays on
+        # the candidate trie (trie_verify); free generation alone keeps its prefill + decode, which
+        # costs less than the packed pass over every candidate
+        served = ranking or constrained
+        trunk = module.eval_trunk() if served and hasattr(module, "eval_trunk") else None
         if trunk is not None:
             packed = trunk.packed_forward(model, batch)
         elif ranking:
-            cache = generation and not constrained  # only free-form decoding continues from it
+            cache = generation and not constrained  # free-form rows off the trie continue from it
             packed = packed_forward(model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
         if ranking:
             logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
@@ -119,14 +125,24 @@ def one_pass_outputs(
             tokens = greedy_decode(model, first, cache, p_mask, h.max_new_tokens, tok.eos_token_id,
                                    tok.pad_token_id, allowed=allowed)
         elif generation:
-            if packed is not None:  # keep only the prompt's positions of the packed pass
-                first, cache = packed.logits[:, 0], packed.past_key_values
-                cache.crop(p_ids.shape[1] - cache.get_seq_length())
-            else:
-                first, cache = prefill(model, p_ids, p_mask)
             decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
-            tokens = greedy_decode(model, first, cache, p_mask, h.max_new_tokens, tok.eos_token_id,
-                                   tok.pad_token_id, decode=decode)
+            eos, n_new = tok.eos_token_id, h.max_new_tokens
+            tokens = ([None] * p_ids.shape[0] if packed is None else
+                      trie_verify(packed.logits, packed.src, c_ids, c_mask, n_new, eos, decode))
+            todo = [b for b, t in enumerate(tokens) if t is None]  # greedy leaves the trie: decode
+            if todo:
+                rows = torch.tensor(todo, device=p_ids.device)
+                if packed is not None and packed.past_key_values is not None:  # prompt positions
+                    first, cache = packed.logits[rows, 0], packed.past_key_values
+                    cache.crop(p_ids.shape[1] - cache.get_seq_length())
+                    if len(todo) < len(tokens):
+                        cache.batch_select_indices(rows)
+                else:
+                    first, cache = prefill(model, p_ids[rows], p_mask[rows])
+                decoded = greedy_decode(model, first, cache, p_mask[rows], n_new, eos, tok.pad_token_id,
+                                        decode=decode)
+                for b, t in zip(todo, decoded):
+                    tokens[b] = t
     finally:
         model.train(was_training)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tokens is not None else None

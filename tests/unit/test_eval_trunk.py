@@ -2,7 +2,7 @@
 
 A 3-layer tiny LLaMA with LoRA (seeded non-zero B) on its top layer only: the one-pass
 evaluator served from the persisted trunk gives the plain evaluator's ranking scores (fp32,
-atol 1e-5) and constrained answers; a second module (another adapter, same base) reads the
+atol 1e-5) and free and constrained answers; a second module (another adapter, same base) reads the
 file and computes no lower layer; a file of other lower layers is refused with its path.
 """
 
@@ -77,12 +77,20 @@ def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir,
     assert path.name.startswith("trunk-2-")  # two frozen lower layers
 
 
-def test_free_generation_runs_every_layer(synthetic_dir, tmp_path, batch):
+@pytest.mark.parametrize("ranking", [False, True])
+def test_free_generation_with_ranking_is_served(synthetic_dir, tmp_path, batch, ranking):
+    """With ranking, free generation reads the served pass (trie_verify) and rows off the trie
+    (all of them for this random adapter) are decoded by the whole model; alone, it keeps its
+    prefill + decode (cheaper than the packed pass). The plain answers either way."""
     served = _module(synthetic_dir, tmp_path, 1)
     served.hparams.constrained = False
     plain = _module(synthetic_dir, None, 1)
-    assert one_pass_outputs(served, batch, True, True)[0] == one_pass_outputs(plain, batch, True, True)[0]
-    assert served._eval_trunk is None  # never consulted: decoding needs the model's own cache
+    want = one_pass_outputs(plain, batch, True, ranking)[0]
+    assert one_pass_outputs(served, batch, True, ranking)[0] == want
+    if ranking:
+        assert served.eval_trunk().builds == len(batch["index"])
+    else:
+        assert served._eval_trunk is None  # never consulted
 
 
 def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):

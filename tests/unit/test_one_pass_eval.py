@@ -15,11 +15,11 @@ import torch
 
 from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.decoding import first_line_complete, greedy_decode, prefill
+from sdpo_lightning.decoding import first_line_complete, greedy_decode, prefill, trie_verify
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluator import Evaluator, generate_answers, one_pass_outputs
 from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.scoring import trim_padding
+from sdpo_lightning.scoring import packed_forward, trim_padding
 from tests.conftest import TINY
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -92,6 +92,58 @@ def test_free_generation_keeps_every_parsed_answer(setup, with_ranking):
     for ours, ref, cands in zip(texts, ref_texts, batch["candidates"]):
         assert ref.startswith(ours)  # stopped early, never different
         assert parse_answer(ours, cands) == parse_answer(ref, cands)
+
+
+def test_trie_verify_follows_the_free_argmax_on_the_trie():
+    """Hand-written logits, one per completion slot (``src`` = slot index), EOS = 5.
+
+    Row 0, candidates [1, 2, EOS] and [1, 3, EOS]: the free argmax is 1 after the prompt, 3
+    after [1] (candidate 1 continues with it), EOS after [1, 3] → [1, 3, 5]. Row 1, candidates
+    [2, 4, EOS] and [3, 4, EOS]: the free argmax after the prompt is 0, which no candidate
+    continues with → None (decode it). A tie picks the lowest id, as decoding's argmax."""
+    B, N, C, V = 2, 2, 3, 6
+    c_ids = torch.tensor([[[1, 2, 5], [1, 3, 5]], [[2, 4, 5], [3, 4, 5]]])
+    c_mask = torch.ones_like(c_ids)
+    logits = torch.zeros(B, N * C, V)
+    logits[0, 0, 1] = 2.0  # slot (n=0, j=0): after the prompt
+    logits[0, 1, [2, 3]] = torch.tensor([1.0, 3.0])  # slot (0, 1): after [1], shared by both
+    logits[0, 5, 5] = 1.0  # slot (1, 2): after [1, 3]
+    logits[1, 0, 0] = 9.0  # the argmax leaves the trie
+    src = torch.arange(N * C).expand(B, -1)
+    assert trie_verify(logits, src, c_ids, c_mask, 10, 5) == [[1, 3, 5], None]
+    assert trie_verify(logits, src, c_ids, c_mask, 2, 5)[0] == [1, 3]  # max_new_tokens reached
+    logits[0, 1, 2] = 3.0  # a tie between 2 and 3: the lowest id, then candidate 0's EOS slot
+    logits[0, 2, 5] = 1.0
+    assert trie_verify(logits, src, c_ids, c_mask, 10, 5)[0] == [1, 2, 5]
+
+
+def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
+    """Candidate 0 of each row replaced by the row's own greedy answer (+ EOS when it ends
+    before max_new_tokens): every row is then read from the packed pass, with generate's text."""
+    module, batch = setup
+    ref_tokens, ref_texts = _reference_tokens(module, batch, constrained=False)
+    eos, pad = module.tokenizer.eos_token_id, module.tokenizer.pad_token_id
+    with torch.no_grad():
+        p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        first, cache = prefill(module.policy, p_ids, p_mask)
+        greedy = greedy_decode(module.policy, first, cache, p_mask, 10, eos, pad)  # no first-line stop
+    ids, mask = batch["candidate_input_ids"].clone(), batch["candidate_attention_mask"].clone()
+    C = max(ids.shape[-1], max(len(t) + 1 for t in greedy))
+    ids = torch.nn.functional.pad(ids, (0, C - ids.shape[-1]), value=pad)
+    mask = torch.nn.functional.pad(mask, (0, C - mask.shape[-1]), value=0)
+    for b, toks in enumerate(greedy):
+        own = toks if toks[-1] == eos else toks + [eos]
+        ids[b, 0], mask[b, 0] = pad, 0
+        ids[b, 0, : len(own)], mask[b, 0, : len(own)] = torch.tensor(own), 1
+    rigged = {**batch, "candidate_input_ids": ids, "candidate_attention_mask": mask}
+    module.hparams.constrained = False
+    with torch.no_grad():
+        packed = packed_forward(module.policy, p_ids, p_mask, ids, mask)
+    assert all(t is not None for t in trie_verify(packed.logits, packed.src, ids, mask, 10, eos))
+    texts, _ = one_pass_outputs(module, rigged, True, True)
+    for ours, ref in zip(texts, ref_texts):
+        assert ref.startswith(ours) and ours.strip()  # the first-line stop may end it earlier
+    assert texts == one_pass_outputs(module, batch, True, True)[0]  # = the decoded answers
 
 
 def test_constrained_trie_walk_equals_constrained_generate(setup):
