@@ -78,9 +78,10 @@ class SDPOModule(pl.LightningModule):
             rows in this directory (one file per embedding + lower layers' weights, named by
             their digest): the first test computes and writes them, every later test of an
             adapter on the same lower layers and rows reads them and runs only the adapted
-            upper layers (see ``lora.layers_to_transform``). Serves ranking and constrained
-            generation (free-form decoding still runs every layer); equal to the plain
-            evaluation up to float rounding. Single process.
+            upper layers (see ``lora.layers_to_transform``). Serves ranking, constrained
+            generation and free generation with ranking (rows whose free greedy answer leaves
+            the candidate titles are decoded by every layer; free generation alone is not
+            served); equal to the plain evaluation up to float rounding. Single process.
         length_normalize: ranking by mean instead of summed token log-likelihood.
         constrained: restrict generation to candidate titles (a prefix trie).
         export_dir: where ``fit`` exports the adapter / model (default ``<root>/export``).
