@@ -110,6 +110,46 @@ def greedy_decode(
     return out
 
 
+def _trie_walk(
+    logits: Tensor,
+    src: Tensor,
+    c_ids: Tensor,
+    c_mask: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pick: Callable[[Tensor | None, list[int]], int | None],
+    line_done: Callable[[list[int]], bool] | None = None,
+) -> list[list[int] | None]:
+    """Walk each row's candidate trie over packed-pass logits.
+
+    At step ``j`` ``pick(row, allowed)`` gets the ``(V,)`` logits after the prefix so far (the
+    shared prefix of the candidates still alive; ``None`` when none continues) and the sorted
+    trie children ``allowed``, and returns the next token, or ``None`` to give the row up (it
+    becomes ``None``). A row ends at EOS, when ``line_done(tokens)``, or after ``max_new_tokens``.
+    """
+    B, N, C = c_ids.shape
+    lengths = c_mask.long().sum(-1).tolist()  # (B, N)
+    ids = c_ids.tolist()
+    src_l = src.tolist()
+    out: list[list[int] | None] = []
+    for b in range(B):
+        alive = [n for n in range(N) if lengths[b][n] > 0]
+        toks: list[int] | None = []
+        for j in range(max_new_tokens):
+            ext = [n for n in alive if lengths[b][n] > j]
+            allowed = sorted({ids[b][n][j] for n in ext})
+            tok = pick(logits[b, src_l[b][ext[0] * C + j]] if ext else None, allowed)
+            if tok is None:
+                toks = None
+                break
+            toks.append(tok)
+            if tok == eos_token_id or (line_done is not None and line_done(toks)):
+                break
+            alive = [n for n in ext if ids[b][n][j] == tok]
+        out.append(toks)
+    return out
+
+
 def trie_greedy(
     logits: Tensor,
     src: Tensor,
@@ -132,29 +172,13 @@ def trie_greedy(
     At each step the allowed tokens are the trie children of the prefix so far; the choice is
     their highest logit, ties to the lowest token id (``argmax`` over the masked vocabulary).
     """
-    B, N, C = c_ids.shape
-    lengths = c_mask.long().sum(-1).tolist()  # (B, N)
-    ids = c_ids.tolist()
-    src_l = src.tolist()
-    out: list[list[int]] = []
-    for b in range(B):
-        alive = [n for n in range(N) if lengths[b][n] > 0]
-        toks: list[int] = []
-        for j in range(max_new_tokens):
-            ext = [n for n in alive if lengths[b][n] > j]
-            if not ext:  # a candidate is complete (or none left): generate's fallback
-                toks.append(eos_token_id)
-                break
-            allowed = sorted({ids[b][n][j] for n in ext})
-            row = logits[b, src_l[b][ext[0] * C + j]]  # (V,): the context is the shared prefix
-            values = row[allowed].float()
-            tok = allowed[int(values.argmax())]  # first maximum: the lowest id among ties
-            toks.append(tok)
-            if tok == eos_token_id:
-                break
-            alive = [n for n in ext if ids[b][n][j] == tok]
-        out.append(toks)
-    return out
+
+    def pick(row: Tensor | None, allowed: list[int]) -> int:
+        if not allowed:  # a candidate is complete (or none left): generate's fallback
+            return eos_token_id
+        return allowed[int(row[allowed].float().argmax())]  # first maximum: the lowest id
+
+    return _trie_walk(logits, src, c_ids, c_mask, max_new_tokens, eos_token_id, pick)  # type: ignore[return-value]
 
 
 def trie_verify(
@@ -179,24 +203,10 @@ def trie_verify(
     complete first line, or after ``max_new_tokens``. The first token no candidate continues
     with makes the row ``None``: its greedy answer leaves the candidate titles.
     """
-    B, N, C = c_ids.shape
-    lengths = c_mask.long().sum(-1).tolist()  # (B, N)
-    ids = c_ids.tolist()
-    src_l = src.tolist()
-    out: list[list[int] | None] = []
-    for b in range(B):
-        alive = [n for n in range(N) if lengths[b][n] > 0]
-        toks: list[int] | None = []
-        for j in range(max_new_tokens):
-            ext = [n for n in alive if lengths[b][n] > j]
-            row = logits[b, src_l[b][ext[0] * C + j]] if ext else None  # (V,) after the prefix
-            tok = int(row.float().argmax()) if row is not None else -1
-            if tok not in {ids[b][n][j] for n in ext}:
-                toks = None  # greedy leaves the trie here
-                break
-            toks.append(tok)
-            if tok == eos_token_id or (decode is not None and first_line_complete(decode(toks))):
-                break
-            alive = [n for n in ext if ids[b][n][j] == tok]
-        out.append(toks)
-    return out
+
+    def pick(row: Tensor | None, allowed: list[int]) -> int | None:
+        tok = int(row.float().argmax()) if row is not None else None
+        return tok if tok in allowed else None  # None: greedy leaves the trie here
+
+    line_done = (lambda t: first_line_complete(decode(t))) if decode is not None else None  # noqa: E731
+    return _trie_walk(logits, src, c_ids, c_mask, max_new_tokens, eos_token_id, pick, line_done)
