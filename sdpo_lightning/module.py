@@ -14,6 +14,17 @@ import lightning.pytorch as pl
 import torch
 
 from sdpo_lightning.evaluator import Evaluator
+from sdpo_lightning.hybrid import (
+    HYBRID_SUBDIR,
+    HybridSettings,
+    ItemTable,
+    curriculum_probability,
+    hybrid_embedding,
+    install_hybrid,
+    save_projector,
+    strip_item_tokens,
+    text_form_rows,
+)
 from sdpo_lightning.models import (
     LoraSettings,
     apply_lora,
@@ -89,6 +100,9 @@ class SDPOModule(pl.LightningModule):
             ``default_root_dir``).
         run_name: name used in ``summary.json`` (default: the root directory's name).
         method: method label in ``summary.json`` (default: the objective), e.g. ``Vanilla``.
+        hybrid: LLaRA hybrid item prompts (:mod:`sdpo_lightning.hybrid`): every title in the
+            prompt followed by an item token embedded by a projection of a recommender's item
+            embedding. Found on its own in an ``init_adapter`` exported from a hybrid run.
     """
 
     def __init__(
@@ -128,6 +142,7 @@ class SDPOModule(pl.LightningModule):
         output_dir: str | None = None,
         run_name: str | None = None,
         method: str | None = None,
+        hybrid: HybridSettings | None = None,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVE_NAMES:
@@ -148,7 +163,14 @@ class SDPOModule(pl.LightningModule):
             raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, ranking")
         if isinstance(lora, LoraSettings):
             lora = dataclasses.asdict(lora)  # plain data in hparams and checkpoints
+        hybrid = _hybrid_settings(hybrid, init_adapter)
+        if hybrid is not None and objective != "sft" and (hybrid.curriculum_start, hybrid.curriculum_end) != (1.0, 1.0):
+            raise ValueError("hybrid curriculum (text-only prompts for some steps) is an SFT schedule; the preference "
+                             "objectives compare policy and reference on the same hybrid prompts: set "
+                             "hybrid.curriculum_start and curriculum_end to 1")
         self.save_hyperparameters()
+        self.hparams.hybrid = dataclasses.asdict(hybrid) if hybrid is not None else None
+        self.item_table = ItemTable.load(hybrid.item_table) if hybrid is not None else None
         self.hparams.eval_protocols = protocols
         self.hparams.lora = lora
         self.tokenizer = load_tokenizer(model_name_or_path, gguf_file, tokenizer_path, trust_remote_code)
@@ -186,8 +208,15 @@ class SDPOModule(pl.LightningModule):
             self._hf_ds_config = strategies.zero3_hf_config(ds_config)
         lora = LoraSettings(**h.lora) if h.lora is not None else None
         base = self._build_base()
+        self._install_hybrid(base)
         with strategies.outside_zero_init():
             policy = apply_lora(base, lora, h.init_adapter)
+        emb = hybrid_embedding(policy) if h.get("hybrid") else None
+        if emb is not None:  # peft froze every base weight: the projector trains by the setting
+            train = h.hybrid["train_projector"]
+            train = h.objective == "sft" if train is None else train
+            for p in (*emb.projector.parameters(), emb.unknown):
+                p.requires_grad_(train)
         if h.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy.train()  # from_pretrained returns eval mode
@@ -195,6 +224,16 @@ class SDPOModule(pl.LightningModule):
             ref = self._build_base().eval()
             ref.requires_grad_(False)
             self.reference_model = ref
+
+    def _install_hybrid(self, base: torch.nn.Module) -> None:
+        """Hybrid prompts: put the item-token embedding into ``base`` (the projector read from
+        ``init_adapter``'s hybrid folder when it has one, else initialised from ``init_seed``)."""
+        h = self.hparams
+        if not h.get("hybrid"):
+            return
+        saved = Path(h.init_adapter) / HYBRID_SUBDIR if h.init_adapter else None
+        install_hybrid(base, self.item_table, h.hybrid["projector_hidden"], seed=h.init_seed,
+                       projector_dir=saved if saved is not None and saved.is_dir() else None)
 
     def _build_base(self) -> torch.nn.Module:
         """``_build`` for ``configure_model``. Under ZeRO-3 the tiny in-code model (same weights
@@ -222,6 +261,10 @@ class SDPOModule(pl.LightningModule):
                 and (mode or self.hparams.scoring) == "shared_prefix"):
             if self.trunk is None:
                 n_lower = frozen_layer_count(self.policy)
+                if n_lower == 0 and hybrid_embedding(self.policy) is not None:
+                    raise ValueError("trunk_cache: the hybrid projector trains in this stage and feeds the lowest "
+                                     "layer, so no layer is frozen; set model.trunk_cache false for hybrid SFT (the "
+                                     "preference stages freeze the projector and can use it)")
                 if n_lower == 0:
                     raise ValueError("trunk_cache: the lowest decoder layer is trainable; put LoRA on the "
                                      "top layers only (lora.layers_to_transform)")
@@ -290,7 +333,20 @@ class SDPOModule(pl.LightningModule):
             return self.reference_logps(batch, batch["completion_input_ids"], batch["completion_attention_mask"])
 
     # ------------------------------------------------------------------ steps
+    def _curriculum(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """LLaRA's curriculum: some training prompts lose their item tokens (text form), with a
+        probability falling from ``1 - curriculum_start`` to ``1 - curriculum_end`` over the run."""
+        hyb = self.hparams.get("hybrid")
+        if not hyb or (hyb["curriculum_start"], hyb["curriculum_end"]) == (1.0, 1.0):
+            return batch
+        step, total = self.global_step, int(self.trainer.estimated_stepping_batches)
+        p = curriculum_probability(step, total, hyb["curriculum_start"], hyb["curriculum_end"])
+        self.log("train/hybrid_probability", p, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
+        return strip_item_tokens(batch, text_form_rows(batch["index"].tolist(), self.hparams.init_seed, step, p))
+
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        if split == "train":
+            batch = self._curriculum(batch)
         ids, mask = batch["completion_input_ids"], batch["completion_attention_mask"]  # (B, N, C)
         if not self.is_preference:
             out = self.score(batch, ids[:, :1], mask[:, :1])
@@ -436,6 +492,9 @@ class SDPOModule(pl.LightningModule):
             else:
                 self.policy.save_pretrained(str(tmp), **kwargs)
             self.tokenizer.save_pretrained(str(tmp))
+            emb = hybrid_embedding(self.policy)
+            if emb is not None:
+                save_projector(emb, self.item_table, tmp / HYBRID_SUBDIR)
         log.info("exported %s to %s", "adapter" if is_peft(self.policy) else "model", out)
         return out
 
@@ -507,3 +566,18 @@ def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:
         epochs[part].update(ready=done, started=done, processed=done, completed=done)
     batches["current"] = {k: 0 for k in batches["current"]}
     batches["is_last_batch"] = False
+
+
+def _hybrid_settings(hybrid: HybridSettings | dict | None, init_adapter: str | None) -> HybridSettings | None:
+    """The hybrid settings given, or those of a hybrid ``init_adapter`` (its own item table and
+    projector width) when none are given."""
+    if isinstance(hybrid, dict):
+        hybrid = HybridSettings(**hybrid)
+    saved = Path(init_adapter) / HYBRID_SUBDIR if init_adapter else None
+    if hybrid is None and saved is not None and (saved / "projector.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(saved / "projector.safetensors"), framework="pt") as f:
+            width = f.get_slice("projector.0.weight").get_shape()[0]
+        hybrid = HybridSettings(item_table=str(saved), projector_hidden=int(width))
+    return hybrid

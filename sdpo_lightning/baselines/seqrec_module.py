@@ -34,15 +34,19 @@ class SeqRecModule(pl.LightningModule):
         weight_decay: Adam L2 penalty.
         report_dir: where ``test`` writes its report (default ``trainer.default_root_dir``).
         method: the report's method name (default: the class's).
+        item_table_dir: ``test`` also writes the item table of hybrid prompts here (the fitted
+            titles and this model's item embeddings, :class:`sdpo_lightning.hybrid.ItemTable`).
     """
 
     method_name = "SeqRec"
 
     def __init__(self, num_items: int, lr: float = 1e-3, weight_decay: float = 0.0,
-                 report_dir: str | None = None, method: str | None = None) -> None:
+                 report_dir: str | None = None, method: str | None = None,
+                 item_table_dir: str | None = None) -> None:
         super().__init__()
         self.num_items, self.lr, self.weight_decay = num_items, lr, weight_decay
         self.report_dir, self.method = report_dir, method or self.method_name
+        self.item_table_dir = item_table_dir
         self._test_scores: dict[int, list[float]] = {}
 
     def logits(self, seq: Tensor) -> Tensor:
@@ -95,10 +99,26 @@ class SeqRecModule(pl.LightningModule):
             "epoch": int(self.current_epoch),
         }
         summary = write_report(records, out, meta)
+        if self.item_table_dir:
+            self.write_item_table(self.item_table_dir)
         hr = summary["protocols"]["ranking"]["hr@1"]
         self.log("test/hr@1", float(hr["value"]))
         self.print(f"{self.method} on {dm.dataset}: ranking HR@1 {hr['value']:.4f} "
                    f"[{hr['ci_low']:.4f}, {hr['ci_high']:.4f}] -> {out / 'summary.json'}")
+
+    def write_item_table(self, directory: str | os.PathLike) -> Path:
+        """Write the fitted titles (vocabulary order) and their rows of ``self.embed`` as an
+        :class:`~sdpo_lightning.hybrid.ItemTable` (padding and unknown rows left out)."""
+        from sdpo_lightning.hybrid import ItemTable
+
+        vocab = self.trainer.datamodule.vocab
+        titles = sorted(vocab.ids, key=vocab.ids.get)  # ids 2, 3, ...
+        rows = torch.tensor([vocab.ids[t] for t in titles])
+        source = f"{type(self).__name__} (checkpoint {getattr(self.trainer, 'ckpt_path', None)}, " \
+                 f"train_file {self.trainer.datamodule.train_file})"
+        out = ItemTable(titles, self.embed.weight.detach().cpu()[rows], source).save(directory)
+        self.print(f"item table ({len(titles)} items, d={self.embed.embedding_dim}) -> {out}")
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -28,9 +28,9 @@ VAL_EPOCH = -1  # validation negatives are drawn once, with this fixed "epoch"
 
 
 def _encode(prompts: PromptBuilder, tokenizer: Any, max_length: int, title_ids: dict[str, list[int]],
-            source: str, example: Example, index: int) -> EncodedExample:
+            source: str, items: Any, example: Example, index: int) -> EncodedExample:
     """``PromptBuilder.encode`` with the split's settings bound (picklable for data workers)."""
-    return prompts.encode(example, index, tokenizer, max_length, title_ids, source=source)
+    return prompts.encode(example, index, tokenizer, max_length, title_ids, source=source, items=items)
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -40,7 +40,8 @@ class RecDataModule(pl.LightningDataModule):
     one streaming read of each file and the first step comes at once even for 77k rows.
 
     The tokenizer is the LightningModule's (``trainer.lightning_module.tokenizer``) unless
-    set on this object before ``setup``.
+    set on this object before ``setup``; so is the item table of hybrid prompts
+    (``lightning_module.item_table``, see :mod:`sdpo_lightning.hybrid`).
 
     Args:
         train_file: training candidate-list file (``.json`` or ``.jsonl``).
@@ -92,6 +93,7 @@ class RecDataModule(pl.LightningDataModule):
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
         self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
         self.tokenizer: Any = None
+        self.item_table: Any = None  # hybrid prompts: the module's ItemTable (or set before setup)
         self.datasets: dict[str, RecDataset] = {}
         self._title_ids: dict[str, list[int]] = {}
         self.popularity: Counter = Counter()  # target counts of the training split
@@ -104,6 +106,12 @@ class RecDataModule(pl.LightningDataModule):
         if self.tokenizer is None:
             raise RuntimeError("RecDataModule needs a tokenizer: set dm.tokenizer or attach a module")
         return self.tokenizer
+
+    def _item_table(self) -> Any:
+        """The attached module's item table (hybrid prompts), or ``None`` (text prompts)."""
+        if self.item_table is None and self.trainer is not None:
+            self.item_table = getattr(getattr(self.trainer, "lightning_module", None), "item_table", None)
+        return self.item_table
 
     def load_split(self, split: str, path: str, min_candidates: int) -> RecDataset:
         """Read and validate one file into a dataset that tokenizes lazily.
@@ -123,7 +131,8 @@ class RecDataModule(pl.LightningDataModule):
         )
         if split == "fit":
             self.popularity = examples.target_counts()
-        encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path))
+        encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path),
+                                   self._item_table())
         return RecDataset(examples, encode, popularity=self.popularity if split == "fit" else None)
 
     def setup(self, stage: str | None = None) -> None:

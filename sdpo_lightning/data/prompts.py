@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from sdpo_lightning.data.records import Example
+
+#: put after each title while rendering a hybrid prompt, where its item token goes (a
+#: private-use character, refused in titles)
+ITEM_MARK = "\ue000"
+#: how an item token shows in a hybrid prompt's text (predictions files)
+ITEM_TEXT = "<item>"
 
 PRESETS: dict[str, list[str]] = {
     "movies": [
@@ -114,12 +120,32 @@ class PromptBuilder:
         rng = random.Random(self.seed * 1_000_003 + index)
         return self.templates[rng.randrange(len(self.templates))]
 
-    def render(self, example: Example, index: int, history: Sequence[str] | None = None) -> str:
-        """The prompt text of ``example`` (optionally with a shortened history)."""
+    def render(self, example: Example, index: int, history: Sequence[str] | None = None,
+               item_mark: str = "") -> str:
+        """The prompt text of ``example`` (optionally with a shortened history); ``item_mark``
+        is put after every history and candidate title (hybrid prompts)."""
         hist = example.history if history is None else history
-        return self.template_for(index).format(
-            history=self.separator.join(hist), candidates=self.separator.join(example.candidates)
-        )
+        join = lambda titles: self.separator.join(t + item_mark for t in titles)  # noqa: E731
+        return self.template_for(index).format(history=join(hist), candidates=join(example.candidates))
+
+    def _hybrid_ids(self, example: Example, index: int, hist: Sequence[str], tokenizer,
+                    items: Any) -> tuple[str, list[int]]:
+        """Text (item tokens shown as :data:`ITEM_TEXT`) and ids of a hybrid prompt: the text
+        between item tokens is tokenized piece by piece and each title's item token id (from
+        ``items.token_ids``) follows it, in the template's order of history and candidates."""
+        pieces = self.render(example, index, hist, ITEM_MARK).split(ITEM_MARK)
+        t = self.template_for(index)
+        order = [list(hist), list(example.candidates)]
+        if t.index("{candidates}") < t.index("{history}"):
+            order.reverse()
+        item_ids = items.token_ids(order[0] + order[1])
+        if len(item_ids) != len(pieces) - 1:
+            raise ValueError(f"hybrid prompt: a title contains the reserved character {ITEM_MARK!r}")
+        ids = list(tokenizer(pieces[0])["input_ids"])
+        for item, piece in zip(item_ids, pieces[1:]):
+            ids.append(item)
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [])
+        return ITEM_TEXT.join(pieces), ids
 
     def resolve_prefix(self, tokenizer) -> str:
         """Fix ``completion_prefix="auto"`` for this tokenizer and return it."""
@@ -141,6 +167,7 @@ class PromptBuilder:
         max_length: int,
         title_ids: dict[str, list[int]] | None = None,
         source: str = "data",
+        items: Any = None,
     ) -> EncodedExample:
         """Tokenize one example, dropping the oldest history items until it fits.
 
@@ -151,6 +178,8 @@ class PromptBuilder:
             max_length: budget for prompt + the longest candidate completion.
             title_ids: cache of completion ids per title (filled as a side effect).
             source: file name for error messages.
+            items: an :class:`~sdpo_lightning.hybrid.ItemTable` for hybrid prompts (each
+                title followed by its item token); ``None``: text prompts.
 
         Raises:
             ValueError: the example does not fit even with one history item.
@@ -166,8 +195,11 @@ class PromptBuilder:
         longest = max(len(c) for c in cands)
         hist = list(example.history)
         while True:
-            prompt = self.render(example, index, hist)
-            prompt_ids = list(tokenizer(prompt)["input_ids"])
+            if items is None:
+                prompt = self.render(example, index, hist)
+                prompt_ids = list(tokenizer(prompt)["input_ids"])
+            else:
+                prompt, prompt_ids = self._hybrid_ids(example, index, hist, tokenizer, items)
             if len(prompt_ids) + longest <= max_length:
                 break
             if len(hist) <= 1:

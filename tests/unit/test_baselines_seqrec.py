@@ -93,6 +93,7 @@ def test_cli_fit_learns_a_pattern_and_writes_report(model: str, tmp_path: Path) 
         "--data.test_file", str(tmp_path / "valid.json"), "--data.dataset", "toy",
         "--data.max_len", "3", "--data.batch_size", "16", "--trainer.max_epochs", "25",
         "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
+        "--model.init_args.item_table_dir", str(tmp_path / "items"),
     ]) == 0
     summary = load_summary(tmp_path / "run/summary.json")
     assert summary["dataset"] == "toy" and summary["n_examples"] == 16
@@ -100,3 +101,8 @@ def test_cli_fit_learns_a_pattern_and_writes_report(model: str, tmp_path: Path) 
     recs = read_predictions(tmp_path / "run/predictions.jsonl")
     assert [r["index"] for r in recs] == list(range(16))
     assert all(len(r["scores"]) == 4 and r["valid"] for r in recs)
+    from sdpo_lightning.hybrid import ItemTable  # hybrid prompts' item table, written by `test`
+
+    table = ItemTable.load(tmp_path / "items")
+    assert sorted(table.titles) == ITEMS and table.embeddings.shape == (8, 16)
+    assert model.split(".")[1] in table.source and torch.isfinite(table.embeddings).all()
