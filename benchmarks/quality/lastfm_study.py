@@ -97,6 +97,9 @@ SWITCH_EPOCH = 3
 SWITCH: list[tuple[str, str, str, int, float, list[str]]] = [
     ("sdpo_k3_ep4", "S-DPO (K=3) for SFT epochs 4–6", "sdpo", 3, 1.0, []),
     ("sdpo_k3_nll_ep4", "S-DPO (K=3) + NLL for SFT epochs 4–6", "sdpo", 3, 1.0, ["--model.sft_weight", "1.0"]),
+    # the listwise form: every other candidate a negative (the ranking protocol's softmax)
+    ("sdpo_k19_ep4", "S-DPO (K=19) for SFT epochs 4–6", "sdpo", 19, 1.0, []),
+    ("sdpo_k19_nll_ep4", "S-DPO (K=19) + NLL for SFT epochs 4–6", "sdpo", 19, 1.0, ["--model.sft_weight", "1.0"]),
 ]
 CONTROL.update({name: "sft_e6" for name, *_ in SWITCH})
 
@@ -167,6 +170,16 @@ def collect(run_dir: Path, name: str) -> None:
                 w = csv.DictWriter(f, fieldnames=list(curve[0]))
                 w.writeheader()
                 w.writerows(curve)
+
+
+def save_timings(run: Runner) -> None:
+    """Merge a runner's stage wall times into ``results/timings.json`` (other runners and
+    earlier work directories keep theirs)."""
+    if run.timings:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / "timings.json"
+        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
+        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
 def learning_curve(metrics_csv: Path, batch_size: int = 4) -> list[dict]:
@@ -258,11 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
             "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache), *extra])
         test(name, ALIGN_CFG, method, runs / name / "export")
-    if not a.dry_run and run.timings:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / "timings.json"  # merged: other runners and earlier work dirs keep theirs
-        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
-        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    if not a.dry_run:
+        save_timings(run)
     return 0
 
 

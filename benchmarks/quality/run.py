@@ -122,7 +122,7 @@ class Runner:
             f.write(str(os.getpid()))
         return True
 
-    def stage(self, name: str, args: list[str]) -> None:
+    def stage(self, name: str, args: list[str], module: str = "sdpo_lightning") -> None:
         marker = self.out / "done" / name
         if marker.exists():
             print(f"[skip] {name} (done)")
@@ -132,7 +132,7 @@ class Runner:
             return
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "sdpo_lightning", *args]
+        cmd = [sys.executable, "-m", module, *args]
         print(f"[run ] {name}: {' '.join(cmd[2:])}", flush=True)
         if self.dry_run:
             return
