@@ -570,10 +570,15 @@ def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:
 
 def _hybrid_settings(hybrid: HybridSettings | dict | None, init_adapter: str | None) -> HybridSettings | None:
     """The hybrid settings given, or those of a hybrid ``init_adapter`` (its own item table and
-    projector width) when none are given."""
+    projector width) when none are given. A hybrid ``init_adapter`` always brings its own item
+    table: its projector was trained on those embeddings."""
     if isinstance(hybrid, dict):
         hybrid = HybridSettings(**hybrid)
     saved = Path(init_adapter) / HYBRID_SUBDIR if init_adapter else None
+    if hybrid is not None and saved is not None and (saved / "projector.safetensors").is_file():
+        if Path(hybrid.item_table).resolve() != saved.resolve():
+            log.info("hybrid: item table of %s used (its projector was trained on it), not %s", saved, hybrid.item_table)
+        hybrid = dataclasses.replace(hybrid, item_table=str(saved))
     if hybrid is None and saved is not None and (saved / "projector.safetensors").is_file():
         from safetensors import safe_open
 

@@ -70,3 +70,14 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
         assert all(0.0 <= summary["protocols"][p]["hr@1"]["value"] <= 1.0 for p in ("generation", "ranking"))
         assert all(math.isfinite(s) for p in preds for s in p["scores"])
         assert all("<item>" in p["prompt"] for p in preds)
+
+    # a hybrid adapter brings its own item table, whatever the config names
+    from sdpo_lightning.module import SDPOModule
+
+    export = tmp_path / "sdpo" / "export"
+    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export),
+                        hybrid={"item_table": str(tmp_path / "elsewhere"), "projector_hidden": 16})
+    assert module.hparams.hybrid["item_table"] == str(export / "hybrid")
+    assert module.item_table.titles == ItemTable.load(table).titles
+    auto = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export))
+    assert auto.hparams.hybrid["projector_hidden"] == 16  # read from the saved projector
