@@ -2,7 +2,8 @@
 # The LastFM study's alignment sweep on one GPU, every run a separate process in parallel
 # (a 135M model leaves a GPU mostly idle): the 8 alignment runs of lastfm_study.py from the
 # CPU-trained SFT adapter, a GPU re-test of that adapter (device cross-check), and a 6-epoch
-# SFT followed by its own alignment runs and the SWITCH runs (S-DPO for its last epochs).
+# SFT followed by its own alignment runs and the SWITCH runs (S-DPO for its last epochs), and
+# the LLaRA rows (hybrid item prompts, llara_study.py).
 # Results land under benchmarks/quality/results/ as on CPU; $OUT (if set) gets tarballs of the results, logs and adapters every 20 s.
 #
 # Needs: ../shared as on CPU; $STUDY (default /tmp/sdpo_study) seeded with the CPU study's
@@ -28,9 +29,12 @@ done
   done
   # SWITCH: epochs 4-6 of that SFT run resumed with S-DPO (its epoch checkpoints are kept)
   run --only sft_e6_ep3 > "$STUDY/drv/sft_e6_ep3.log" 2>&1  # exports epoch 3 first: the others need it
-  for n in sft_e6.sdpo_k3_ep4 sft_e6.sdpo_k3_nll_ep4; do
+  for n in sft_e6.sdpo_k3_ep4 sft_e6.sdpo_k3_nll_ep4 sft_e6.sdpo_k19_ep4 sft_e6.sdpo_k19_nll_ep4; do
     run --only "$n" > "$STUDY/drv/$n.log" 2>&1 &
   done; wait ) & pids+=($!)
+# LLaRA (llara_study.py): SASRec item table, hybrid SFT (no trunk cache: the slow stage on CPU), S-DPO
+$PY benchmarks/quality/llara_study.py --out "$STUDY" --stage-args "--trainer.accelerator gpu" \
+  > "$STUDY/drv/llara.log" 2>&1 & pids+=($!)
 
 pack() {
   [ -n "${OUT:-}" ] || return 0
@@ -50,7 +54,7 @@ pack() {
 while :; do
   alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
   [ $alive -eq 0 ] && break
-  [ $(( $(date +%s) - T0 )) -ge "$DEADLINE" ] && { echo "deadline: stopping what still runs"; pkill -P $$; pkill -f lastfm_study.py; pkill -f "sdpo_lightning"; break; }
+  [ $(( $(date +%s) - T0 )) -ge "$DEADLINE" ] && { echo "deadline: stopping what still runs"; pkill -P $$; pkill -f lastfm_study.py; pkill -f llara_study.py; pkill -f "sdpo_lightning"; break; }
   pack; sleep 20
 done
 sleep 2; pack
