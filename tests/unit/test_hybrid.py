@@ -185,3 +185,18 @@ def test_trunk_cache_serves_hybrid_prompts_with_a_frozen_projector():
     assert lower_layers_identity(model, 2) != before
     emb.projector.requires_grad_(True)
     assert frozen_layer_count(model) == 0  # a training projector feeds layer 0
+
+
+def test_generate_accepts_item_tokens_and_continues_the_prompt():
+    """``model.generate`` (the evaluator's reference path) reads hybrid prompts: its greedy
+    tokens are the argmax of a plain forward over the prompt and what it generated."""
+    model = tiny_llama().eval()
+    install_hybrid(model, table(), hidden=16, seed=3)
+    prompt = torch.tensor([[5, 9, item_token_id(1), 11, item_token_id(None), 12]])  # (1, 6)
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3,
+                         do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=2)
+    assert torch.equal(out[:, :6], prompt)
+    for t in range(6, out.shape[1]):
+        with torch.no_grad():
+            want = model(input_ids=out[:, :t]).logits[:, -1].argmax(-1)
+        assert torch.equal(out[:, t], want)
