@@ -368,9 +368,11 @@ def paired_table(last: str, others: list[str]) -> str:
 
 def pairs_table(have: list[str], base: str = "sft_e6") -> str:
     """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
-    (``CONTROL``: same rows, epochs and lr), generation and ranking HR@1 (see ``_deltas``)."""
-    lines = [f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control |",
-             "|:---|:---|---:|---:|---:|---:|"]
+    (``CONTROL``: same rows, epochs and lr), generation and ranking HR@1 (see ``_deltas``), and
+    the discordant rows of generation against the control: hits of the run only / the control only."""
+    lines = [f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control "
+             "| gen discordant (run / control) |",
+             "|:---|:---|---:|---:|---:|---:|---:|"]
     for run in have:
         short = run.removeprefix(f"{base}.")
         control = CONTROL.get(short.removesuffix("_sel"))
@@ -380,6 +382,13 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
             control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
         cells = [c for other in (base, control)
                  for c in (_deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"])]
+        if control in have:
+            mine, theirs = _hits(run), _hits(control)
+            only = [sum(1 for i in mine.keys() & theirs.keys() if a[i][0] and not b[i][0])
+                    for a, b in ((mine, theirs), (theirs, mine))]
+            cells.append(f"{only[0]} / {only[1]}")
+        else:
+            cells.append("not run")
         lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
