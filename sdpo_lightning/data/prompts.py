@@ -129,7 +129,7 @@ class PromptBuilder:
         return self.template_for(index).format(history=join(hist), candidates=join(example.candidates))
 
     def _hybrid_ids(self, example: Example, index: int, hist: Sequence[str], tokenizer,
-                    items: Any) -> tuple[str, list[int]]:
+                    items: Any, source: str = "data") -> tuple[str, list[int]]:
         """Text (item tokens shown as :data:`ITEM_TEXT`) and ids of a hybrid prompt: the text
         between item tokens is tokenized piece by piece and each title's item token id (from
         ``items.token_ids``) follows it, in the template's order of history and candidates."""
@@ -140,7 +140,8 @@ class PromptBuilder:
             order.reverse()
         item_ids = items.token_ids(order[0] + order[1])
         if len(item_ids) != len(pieces) - 1:
-            raise ValueError(f"hybrid prompt: a title contains the reserved character {ITEM_MARK!r}")
+            raise ValueError(f"{source}, record {index}: a title or the template contains {ITEM_MARK!r}, the "
+                             "character hybrid prompts reserve for item tokens")
         ids = list(tokenizer(pieces[0])["input_ids"])
         for item, piece in zip(item_ids, pieces[1:]):
             ids.append(item)
@@ -199,7 +200,7 @@ class PromptBuilder:
                 prompt = self.render(example, index, hist)
                 prompt_ids = list(tokenizer(prompt)["input_ids"])
             else:
-                prompt, prompt_ids = self._hybrid_ids(example, index, hist, tokenizer, items)
+                prompt, prompt_ids = self._hybrid_ids(example, index, hist, tokenizer, items, source)
             if len(prompt_ids) + longest <= max_length:
                 break
             if len(hist) <= 1:

@@ -110,6 +110,12 @@ def test_candidates_first_template_orders_item_tokens(tokenizer):
                                                      item_token_id(1), -1, item_token_id(3)]
 
 
+def test_reserved_character_in_a_title_names_file_and_record(tokenizer):
+    bad = Example(history=["item1", "odd\ue000title"], candidates=["item0", "item4"], target="item4")
+    with pytest.raises(ValueError, match=r"train.json, record 7: a title or the template contains"):
+        PromptBuilder("music").encode(bad, 7, tokenizer, 512, items=table(), source="train.json")
+
+
 def test_hybrid_truncation_drops_oldest_history(tokenizer):
     b = PromptBuilder("music")
     ex = _example()
