@@ -268,6 +268,10 @@ def text_form_rows(indices: Sequence[int], seed: int, step: int, p_hybrid: float
 def strip_item_tokens(batch: dict[str, Any], rows: Sequence[bool]) -> dict[str, Any]:
     """Remove the item tokens from the prompts of the chosen rows (the curriculum's text form).
 
+    The text form has the text prompt's words; its ids are the pieces between item tokens,
+    tokenized apart, which equal the text prompt's ids unless the tokenizer merges across a
+    title's end (SmolLM2's tokenizer: 42 of the first 50 LastFM ``valid.json`` prompts equal).
+
     Prompts stay left-padded: (B, P) → (B, P') with P' the longest remaining prompt.
     """
     ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]  # (B, P)

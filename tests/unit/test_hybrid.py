@@ -97,6 +97,7 @@ def test_text_prompt_is_unchanged_and_hybrid_adds_one_token_per_title(tokenizer)
     assert items == [item_token_id(1), -1, item_token_id(3), item_token_id(0), item_token_id(4), -1]
     assert hyb.candidate_ids == text.candidate_ids and hyb.target_index == text.target_index
     assert hyb.prompt.count(ITEM_TEXT) == 6 and hyb.prompt.replace(ITEM_TEXT, "") == text.prompt
+    assert [i for i in hyb.prompt_ids if i >= 0] == text.prompt_ids  # the curriculum's text form
     # each item token follows its title's tokens
     first = hyb.prompt_ids.index(item_token_id(1))
     title = tokenizer(" item1", add_special_tokens=False)["input_ids"]
