@@ -215,6 +215,9 @@ class SDPOModule(pl.LightningModule):
         if emb is not None:  # peft froze every base weight: the projector trains by the setting
             train = h.hybrid["train_projector"]
             train = h.objective == "sft" if train is None else train
+            fn = getattr(getattr(self._trainer, "state", None), "fn", None)
+            if fn is not None and fn != "fit":  # validate / test / predict: frozen, so the trunk caches apply
+                train = False
             for p in (*emb.projector.parameters(), emb.unknown):
                 p.requires_grad_(train)
         if h.gradient_checkpointing:

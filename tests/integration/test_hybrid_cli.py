@@ -51,6 +51,13 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
     assert ItemTable.load(adapter / "hybrid").titles == ItemTable.load(table).titles
     ckpt = torch.load(tmp_path / "sft" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert any("embed_tokens.projector" in k for k in ckpt["state_dict"])  # the projector trained
+    # testing the SFT adapter: nothing trains, so the trunk cache and the persisted test trunk apply
+    for run in ("a", "b"):
+        cli_main(["test", "-c", str(sft), "--model.init_adapter", str(adapter), "--model.trunk_cache", "true",
+                  "--model.eval_trunk_dir", str(tmp_path / "eval_trunk"), "--model.output_dir", str(tmp_path / run)])
+    assert len(list((tmp_path / "eval_trunk").glob("trunk-1-*.pt"))) == 1
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text())["protocols"]["ranking"] for r in "ab")
+    assert a["hr@1"]["value"] == b["hr@1"]["value"] and a["mrr"]["value"] == pytest.approx(b["mrr"]["value"])
 
     sdpo = tiny_config(tmp_path, synthetic_dir, "sdpo", objective="sdpo", lora=lora, init_adapter=str(adapter),
                        trunk_cache=True, reference="cached")
