@@ -157,19 +157,39 @@ def collect(run_dir: Path, name: str) -> None:
     for fname in ("summary.json", "predictions.jsonl"):
         if (run_dir / fname).is_file():
             shutil.copy2(run_dir / fname, dest / fname)
-    # the fit logs csv/version_0, the test a later version: the fit's curve, the test's metrics
+    # the fit logs csv/version_0 (and one more version per resume), the test the last version
     metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     if metrics:
         shutil.copy2(metrics[-1], dest / "metrics.csv")
-    for m in metrics[:-1] if len(metrics) > 1 else metrics:  # the fit's training (and validation) curves
-        curve = learning_curve(m)
-        if curve or any(r.get("train/loss") for r in csv.DictReader(m.open())):
-            shutil.copy2(m, dest / "fit_metrics.csv")
-        if curve:
-            with (dest / "learning_curve.csv").open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(curve[0]))
-                w.writeheader()
-                w.writerows(curve)
+    rows, fields = fit_rows(metrics[:-1] if len(metrics) > 1 else metrics)
+    curve = learning_curve(rows)
+    if curve or any(r.get("train/loss") for r in rows):  # the fit's training (and validation) curves
+        with (dest / "fit_metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    if curve:
+        with (dest / "learning_curve.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curve[0]))
+            w.writeheader()
+            w.writerows(curve)
+
+
+def fit_rows(parts: list[Path]) -> tuple[list[dict], list[str]]:
+    """The rows of a fit's metrics CSVs, one per start (the first run, then each resume), as
+    one log: a part's rows from the next part's first step on were redone after the resume
+    (the work lost since the last checkpoint) and are dropped. Returns rows and columns."""
+    logs = [list(csv.DictReader(m.open())) for m in parts]
+    fields: list[str] = []
+    for m in parts:
+        with m.open() as f:
+            fields += [c for c in next(csv.reader(f), []) if c not in fields]
+    rows: list[dict] = []
+    for i, log in enumerate(logs):
+        later = logs[i + 1] if i + 1 < len(logs) else []
+        nxt = min((int(float(r["step"])) for r in later if r.get("step")), default=None)
+        rows += [r for r in log if nxt is None or not r.get("step") or int(float(r["step"])) < nxt]
+    return rows, fields
 
 
 def save_timings(run: Runner) -> None:
@@ -182,9 +202,8 @@ def save_timings(run: Runner) -> None:
         path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
-def learning_curve(metrics_csv: Path, batch_size: int = 4) -> list[dict]:
-    """Validation points of a fit: step, examples seen, val loss, ranking HR@1 / MRR."""
-    rows = list(csv.DictReader(metrics_csv.open()))
+def learning_curve(rows: list[dict], batch_size: int = 4) -> list[dict]:
+    """Validation points of a fit's metrics rows: step, examples seen, val loss, ranking HR@1 / MRR."""
     out = []
     for r in rows:
         if r.get("val/rank/hr@1"):

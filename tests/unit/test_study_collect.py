@@ -1,0 +1,70 @@
+"""The study runner's ``collect`` joins a resumed fit's metrics logs into one curve."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
+import lastfm_study  # noqa: E402
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_resumed_fit_is_one_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """First start: steps 9, 19, 29 and a validation at step 19 (logged as 19, i.e. after 20
+    steps); killed after step 29, resumed from the step-20 checkpoint: the second log redoes
+    19 and 29 and goes on to 39 with a validation at 39; then the test logs its own version.
+    Expected: training rows 9, 19, 29, 39 with the redone 19 and 29 from the resume, and a
+    learning curve of two points (20 and 40 steps, 80 and 160 examples at batch size 4)."""
+    run = tmp_path / "run"
+    _write(run / "csv" / "version_0" / "metrics.csv", [
+        {"epoch": 0, "step": 9, "train/loss": 3.0},
+        {"epoch": 0, "step": 19, "train/loss": 2.5},
+        {"epoch": 0, "step": 19, "val/loss": 2.8, "val/rank/hr@1": 0.1},
+        {"epoch": 0, "step": 29, "train/loss": 2.2},  # lost: redone after the resume
+    ])
+    _write(run / "csv" / "version_1" / "metrics.csv", [
+        {"epoch": 0, "step": 29, "train/loss": 2.1, "train/hybrid_probability": 0.7},
+        {"epoch": 0, "step": 39, "train/loss": 2.0, "train/hybrid_probability": 0.9},
+        {"epoch": 0, "step": 39, "val/loss": 2.4, "val/rank/hr@1": 0.3},
+    ])
+    _write(run / "csv" / "version_2" / "metrics.csv", [{"test/gen/hr@1": 0.25}])
+    monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
+
+    lastfm_study.collect(run, "demo")
+
+    dest = tmp_path / "results" / "demo"
+    fit = list(csv.DictReader((dest / "fit_metrics.csv").open()))
+    assert [(r["step"], r["train/loss"]) for r in fit if r["train/loss"]] == [
+        ("9", "3.0"), ("19", "2.5"), ("29", "2.1"), ("39", "2.0")]
+    assert "train/hybrid_probability" in fit[0]
+    curve = list(csv.DictReader((dest / "learning_curve.csv").open()))
+    assert [(r["step"], r["examples_seen"], r["val_rank_hr@1"]) for r in curve] == [
+        ("20", "80", "0.1"), ("40", "160", "0.3")]
+    assert list(csv.DictReader((dest / "metrics.csv").open())) == [{"test/gen/hr@1": "0.25"}]
+
+
+def test_single_fit_log_is_copied_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    rows = [{"epoch": 0, "step": 9, "train/loss": 1.5}, {"epoch": 0, "step": 9, "val/rank/hr@1": 0.2}]
+    _write(run / "csv" / "version_0" / "metrics.csv", rows)
+    _write(run / "csv" / "version_1" / "metrics.csv", [{"test/gen/hr@1": 0.5}])
+    monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
+
+    lastfm_study.collect(run, "one")
+
+    assert (tmp_path / "results" / "one" / "fit_metrics.csv").read_bytes() == \
+        (run / "csv" / "version_0" / "metrics.csv").read_bytes()
