@@ -95,10 +95,12 @@ def _alive(pid: int) -> bool:
 
 
 class Runner:
-    """Runs `sdpo` stages as subprocesses, with markers for resuming and a timing log."""
+    """Runs `sdpo` stages as subprocesses, with markers for resuming and a timing log (a stage
+    stopped part-way and run again, e.g. one that resumes from its checkpoint, counts the wall
+    time of every start, a failed one included)."""
 
-    def __init__(self, out: Path, dry_run: bool = False) -> None:
-        self.out, self.dry_run = out, dry_run
+    def __init__(self, out: Path, dry_run: bool = False, tick: float = 60.0) -> None:
+        self.out, self.dry_run, self.tick = out, dry_run, tick
         self.timings_path = out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
 
@@ -136,14 +138,27 @@ class Runner:
         print(f"[run ] {name}: {' '.join(cmd[2:])}", flush=True)
         if self.dry_run:
             return
+        # a stage stopped part-way (a session's end) and resumed later counts every start's
+        # wall time: the time so far is on disk (started/<name>), updated once a minute
+        spent = self.out / "started" / name
+        spent.parent.mkdir(parents=True, exist_ok=True)
+        before = float(spent.read_text() or 0) if spent.is_file() else 0.0
         start = time.perf_counter()
-        with log.open("w") as f:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ENV)
+        with log.open("a" if before else "w") as f:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=ENV)
+            while True:
+                try:
+                    proc.wait(timeout=self.tick)
+                    break
+                except subprocess.TimeoutExpired:
+                    spent.write_text(f"{before + time.perf_counter() - start:.1f}")
+        elapsed = before + time.perf_counter() - start
+        spent.write_text(f"{elapsed:.1f}")
         if proc.returncode != 0:
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
         # merge with what other runners wrote meanwhile
         on_disk = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
-        self.timings = {**on_disk, **self.timings, name: round(time.perf_counter() - start, 1)}
+        self.timings = {**on_disk, **self.timings, name: round(elapsed, 1)}
         self.timings_path.write_text(json.dumps(self.timings, indent=1))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

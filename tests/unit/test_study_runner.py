@@ -1,8 +1,10 @@
-"""The study runner's ``collect`` joins a resumed fit's metrics logs into one curve."""
+"""The study runners: `collect` joins a resumed fit's metrics logs into one curve; a stage
+stopped part-way and resumed counts every start's wall time."""
 
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks" / "quality"))
 import lastfm_study  # noqa: E402
+from run import Runner  # noqa: E402
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -68,3 +71,23 @@ def test_single_fit_log_is_copied_unchanged(tmp_path: Path, monkeypatch: pytest.
 
     assert (tmp_path / "results" / "one" / "fit_metrics.csv").read_bytes() == \
         (run / "csv" / "version_0" / "metrics.csv").read_bytes()
+
+
+def test_resumed_stage_counts_every_start(tmp_path: Path) -> None:
+    """A first start ran 100 s before it was stopped (``started/<name>`` holds 100.0); the
+    second start finishes: the stage's time is 100 s plus the second start's."""
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "s").write_text("100.0")
+    runner = Runner(tmp_path, tick=0.01)
+    runner.stage("s", ["-n", "1", "-r", "1", "import time; time.sleep(0.05)"], module="timeit")
+    assert 100.05 <= runner.timings["s"] < 130
+    assert (tmp_path / "done" / "s").exists()
+    assert json.loads((tmp_path / "timings.json").read_text())["s"] == runner.timings["s"]
+
+
+def test_failed_start_keeps_its_time(tmp_path: Path) -> None:
+    runner = Runner(tmp_path, tick=0.01)
+    with pytest.raises(SystemExit, match="stage bad failed"):
+        runner.stage("bad", [str(tmp_path / "missing.json")], module="json.tool")
+    assert float((tmp_path / "started" / "bad").read_text()) > 0
+    assert not (tmp_path / "done" / "bad").exists()
