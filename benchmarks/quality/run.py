@@ -151,9 +151,9 @@ class Runner:
                     proc.wait(timeout=self.tick)
                     break
                 except subprocess.TimeoutExpired:
-                    spent.write_text(f"{before + time.perf_counter() - start:.1f}")
+                    spent.write_text(f"{before + time.perf_counter() - start:.3f}")
         elapsed = before + time.perf_counter() - start
-        spent.write_text(f"{elapsed:.1f}")
+        spent.write_text(f"{elapsed:.3f}")
         if proc.returncode != 0:
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
         # merge with what other runners wrote meanwhile
