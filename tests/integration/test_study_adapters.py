@@ -1,4 +1,4 @@
-"""The LastFM study's committed adapters reproduce their README rows (slow: ~6 min each on CPU).
+"""The LastFM study's committed adapters reproduce their README rows (slow: 6-15 min each on CPU).
 
 ``sdpo test`` with ``benchmarks/quality/adapters/<name>`` on the full ``valid.json`` must give
 the per-example predictions of ``benchmarks/quality/results/<run>/`` (the study's own test of
@@ -26,6 +26,10 @@ RESULTS = REPO / "benchmarks" / "quality" / "results"
 CASES = {
     "sft": ("sft_e6", "configs/lastfm/smollm2/sft.yaml", "SFT"),
     "sdpo": ("sft_e6.sdpo_k19_e2_sel", "configs/lastfm/smollm2/sdpo.yaml", "S-DPO (K=19, 2 epochs, unseen rows)"),
+    # hybrid prompts: the adapter folder's hybrid/ (item table + projector) comes along on its own
+    "llara": ("llara", "configs/lastfm/smollm2/sft.yaml", "LLaRA (hybrid SFT)"),
+    "llara_sdpo": ("llara.sdpo_k19_e2_sel", "configs/lastfm/smollm2/sdpo.yaml",
+                   "LLaRA + S-DPO (K=19, 2 epochs, unseen rows)"),
 }
 
 
