@@ -179,11 +179,12 @@ def fit_rows(parts: list[Path]) -> tuple[list[dict], list[str]]:
     """The rows of a fit's metrics CSVs, one per start (the first run, then each resume), as
     one log: a part's rows from the next part's first step on were redone after the resume
     (the work lost since the last checkpoint) and are dropped. Returns rows and columns."""
-    logs = [list(csv.DictReader(m.open())) for m in parts]
-    fields: list[str] = []
+    logs, fields = [], []
     for m in parts:
         with m.open() as f:
-            fields += [c for c in next(csv.reader(f), []) if c not in fields]
+            reader = csv.DictReader(f)
+            logs.append(list(reader))
+            fields += [c for c in reader.fieldnames or [] if c not in fields]
     rows: list[dict] = []
     for i, log in enumerate(logs):
         later = logs[i + 1] if i + 1 < len(logs) else []

@@ -29,8 +29,8 @@ def _write(path: Path, rows: list[dict]) -> None:
 def test_resumed_fit_is_one_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """First start: steps 9, 19, 29 and a validation at step 19 (logged as 19, i.e. after 20
     steps); killed after step 29, resumed from the step-20 checkpoint: the second log redoes
-    19 and 29 and goes on to 39 with a validation at 39; then the test logs its own version.
-    Expected: training rows 9, 19, 29, 39 with the redone 19 and 29 from the resume, and a
+    29 and goes on to 39 with a validation at 39; then the test logs its own version.
+    Expected: training rows 9, 19, 29, 39 with the redone 29 from the resume, and a
     learning curve of two points (20 and 40 steps, 80 and 160 examples at batch size 4)."""
     run = tmp_path / "run"
     _write(run / "csv" / "version_0" / "metrics.csv", [
