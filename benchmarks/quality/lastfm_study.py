@@ -348,6 +348,8 @@ def render(last: str | None = None) -> int:
     print(detail_table(have))
     print()
     print(pairs_table(have))
+    print()
+    print(pooled_table(have))
     if last:
         print()
         print(paired_table(last, [n for n in have if n != last]))
@@ -395,11 +397,9 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
              "|:---|:---|---:|---:|---:|---:|---:|"]
     for run in have:
         short = run.removeprefix(f"{base}.")
-        control = CONTROL.get(short.removesuffix("_sel"))
-        if run == short or control is None:
+        control = _control_of(run, base)
+        if control is None:
             continue  # not an alignment run of base, or an SFT-continued control itself
-        if control != base:
-            control = f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
         cells = [c for other in (base, control)
                  for c in (_deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"])]
         if control in have:
@@ -413,10 +413,69 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
     return "\n".join(lines)
 
 
-def detail_table(names: list[str]) -> str:
-    """Both protocols with bootstrap intervals, and the stage wall times, one row per run."""
+def _control_of(run: str, base: str = "sft_e6") -> str | None:
+    """The run name of ``run``'s "SFT continued" control (``CONTROL``; ``_sel`` runs have
+    ``_sel`` controls), or None if ``run`` is no alignment run of ``base`` or is a control."""
+    short = run.removeprefix(f"{base}.")
+    control = CONTROL.get(short.removesuffix("_sel"))
+    if run == short or control is None:
+        return None
+    return control if control == base else f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
+
+
+def pooled(pairs: list[tuple[dict, dict]], protocol: int) -> tuple[int, float, float, float, float]:
+    """All (run, control) pairs at once, on the rows every one covers: per row, the mean hit
+    of the runs minus the mean hit of their controls, with its paired-bootstrap 95% interval
+    (10,000 resamples of rows, seed 0: the pairs share their test rows and start, so the rows,
+    not the settings, are the independent unit), and the median over pairs of one pair's
+    minimum detectable difference (80% power, two-sided 5%: 2.8 standard errors).
+
+    Args:
+        pairs: ``(run hits, control hits)``, each ``hits_by_index`` (index → (gen, rank)).
+        protocol: 0 generation, 1 ranking.
+
+    Returns:
+        ``(rows, delta, lo, hi, mde)``.
+    """
+    import numpy as np
+
+    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+
+    idx = sorted(set.intersection(*(set(r) & set(c) for r, c in pairs)))
+    runs = np.array([[float(r[i][protocol]) for i in idx] for r, _ in pairs])  # (P, N)
+    ctrl = np.array([[float(c[i][protocol]) for i in idx] for _, c in pairs])  # (P, N)
+    delta, lo, hi = paired_bootstrap_ci(runs.mean(0), ctrl.mean(0), n_boot=10_000, seed=0)
+    d = runs - ctrl  # (P, N)
+    mde = float(np.median(2.8 * d.std(axis=1, ddof=1) / np.sqrt(len(idx))))
+    return len(idx), delta, lo, hi, mde
+
+
+def pooled_table(have: list[str], base: str = "sft_e6") -> str:
+    """``pooled`` per objective: every S-DPO run (and every DPO / DPO-K run) against its own
+    "SFT continued" control, HR@1 of both protocols."""
+    objective = {**{n: o for n, _, o, *_ in ALIGN}, **{n: o for n, _, o, *_ in SWITCH}}
+    groups: dict[str, list[tuple[dict, dict]]] = {}
+    for run in have:
+        control = _control_of(run, base)
+        if control in have:
+            obj = objective[run.removeprefix(f"{base}.").removesuffix("_sel")]
+            groups.setdefault(obj, []).append((_hits(run), _hits(control)))
+    lines = ["| objective | pairs | rows | gen Δ vs control, pooled [95% CI] | rank Δ vs control, pooled [95% CI] "
+             "| one pair's detectable Δ (gen / rank) |", "|:---|---:|---:|---:|---:|---:|"]
+    for obj in ("sdpo", "dpo", "dpo_k"):
+        if obj in groups:
+            (n, *g), (_, *r) = pooled(groups[obj], 0), pooled(groups[obj], 1)
+            lines.append(f"| {obj} | {len(groups[obj])} | {n} | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] "
+                         f"| {r[0]:+.4f} [{r[1]:+.4f}, {r[2]:+.4f}] | {g[3]:.3f} / {r[3]:.3f} |")
+    return "\n".join(lines)
+
+
+def detail_table(names: list[str], timings: dict[str, float] | None = None) -> str:
+    """Both protocols with bootstrap intervals, and the stage wall times (``timings``: stage →
+    seconds, ``fit_<run>`` / ``test_<run>``; default ``results/timings.json``), one row per run."""
     timings_path = RESULTS / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    if timings is None:
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
 
     def cell(m: dict) -> str:
         return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"

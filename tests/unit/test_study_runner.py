@@ -91,3 +91,32 @@ def test_failed_start_keeps_its_time(tmp_path: Path) -> None:
         runner.stage("bad", [str(tmp_path / "missing.json")], module="json.tool")
     assert float((tmp_path / "started" / "bad").read_text()) > 0
     assert not (tmp_path / "done" / "bad").exists()
+
+
+def test_pooled_effect_of_several_pairs() -> None:
+    """Two (run, control) pairs, generation hits on rows 0-3 (row 4 only in the first pair,
+    so it is left out): pair 1 run 1,0,1,0 vs control 0,0,1,0 → d = 1,0,0,0; pair 2 run
+    0,0,1,1 vs control 0,1,1,0 → d = 0,-1,0,1. Per row, mean run minus mean control =
+    0.5, -0.5, 0, 0.5, whose mean is 0.125. One pair's detectable difference is 2.8 sd(d)/√4:
+    pair 1 sd 0.5 → 0.7, pair 2 sd √(2/3) → 1.1431; the median of the two is 0.92155."""
+    h = lambda *v: {i: (bool(x), False) for i, x in enumerate(v)}  # noqa: E731
+    pairs = [(h(1, 0, 1, 0, 1), h(0, 0, 1, 0, 0)), (h(0, 0, 1, 1), h(0, 1, 1, 0))]
+    rows, delta, lo, hi, mde = lastfm_study.pooled(pairs, protocol=0)
+    assert rows == 4
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(delta, 0.125)
+    torch.testing.assert_close(mde, (0.7 + 2.8 * (2 / 3) ** 0.5 / 2) / 2)
+    assert lo <= delta <= hi
+    assert lastfm_study.pooled(pairs, protocol=1)[1:4] == (0.0, 0.0, 0.0)  # no ranking hits at all
+
+
+def test_control_of_each_alignment_run() -> None:
+    """Each run's "SFT continued" control (same rows, epochs and lr); SFT runs and the
+    controls themselves have none."""
+    assert lastfm_study._control_of("sft_e6.sdpo_k3") == "sft_e6.sft_cont"
+    assert lastfm_study._control_of("sft_e6.sdpo_k3_lr5e-4_sel") == "sft_e6.sft_cont_lr5e-4_sel"
+    assert lastfm_study._control_of("sft_e6.sdpo_k19_e2_nll_sel") == "sft_e6.sft_cont_e2_sel"
+    assert lastfm_study._control_of("sft_e6.sdpo_k19_ep4") == "sft_e6"
+    assert lastfm_study._control_of("sft_e6.sft_cont") is None
+    assert lastfm_study._control_of("sft_e6") is None
+
