@@ -74,15 +74,23 @@ def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_r
     test = json.loads((LASTFM / "valid.json").read_text())
     test = [test[i] for i in sorted(rng.sample(range(len(test)), min(test_rows, len(test))))]
     files = {"fit": fit, "select": select, "align": align[:align_rows], "test": test}
+    (out / "split.json").write_text(json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)}))
+    return write_rows(data, files)
+
+
+def write_rows(data: Path, files: dict[str, list[dict]]) -> dict[str, Path]:
+    """Write each list of rows to ``data/<name>.json`` and return the paths; a file already
+    holding the same rows is left alone (runners may share ``out``), others are replaced
+    atomically."""
+    data.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, rows in files.items():
         paths[name] = data / f"{name}.json"
         text = json.dumps(rows, ensure_ascii=False)
-        if not paths[name].is_file() or paths[name].read_text() != text:  # runners may share `out`
+        if not paths[name].is_file() or paths[name].read_text() != text:
             tmp = paths[name].with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(text)
             os.replace(tmp, paths[name])
-    (out / "split.json").write_text(json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)}))
     return paths
 
 

@@ -120,3 +120,27 @@ def test_control_of_each_alignment_run() -> None:
     assert lastfm_study._control_of("sft_e6.sft_cont") is None
     assert lastfm_study._control_of("sft_e6") is None
 
+
+def test_ml100k_split_keeps_users_apart(tmp_path: Path) -> None:
+    """The MovieLens study's split: SFT rows come from 80% of the training users, alignment
+    and validation rows from the other 20% (no user on both sides, no row twice), test rows
+    from valid.json; the same seed writes the same files."""
+    import ml100k_study
+
+    full = tmp_path / "ml100k_full"
+    full.mkdir()
+    row = lambda u, t: {"historyList": ["A"], "itemList": [f"T{t}", "B"], "trueSelection": f"T{t}", "user_id": str(u)}  # noqa: E731
+    train = [row(u, t) for u in range(1, 21) for t in range(10)]  # 20 users, 10 rows each
+    (full / "train.json").write_text(json.dumps(train))
+    (full / "valid.json").write_text(json.dumps([row(100 + i, i) for i in range(30)]))
+    paths = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
+    load = lambda k: json.loads(paths[k].read_text())  # noqa: E731
+    sft, align, val, test = load("sft"), load("align"), load("val"), load("test")
+    assert (len(sft), len(align), len(val), len(test)) == (50, 20, 5, 12)
+    assert {r["user_id"] for r in sft}.isdisjoint({r["user_id"] for r in align + val})
+    assert len({(r["user_id"], r["trueSelection"]) for r in align + val}) == 25
+    assert all(int(r["user_id"]) >= 100 for r in test)
+    assert load("lm_rows") == sft + align and len(load("train_full")) == 200
+    before = {k: p.read_text() for k, p in paths.items()}
+    again = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
+    assert {k: p.read_text() for k, p in again.items()} == before

@@ -1,0 +1,172 @@
+"""A second real data set: S-DPO against SFT with SmolLM2-135M on MovieLens-100K, on CPU.
+
+LastFM's 650 test rows cannot separate S-DPO from SFT (README, "Quality on LastFM"): half of
+their targets never occur in training. MovieLens-100K has 1682 items and 77k training rows,
+so every test target is known, and its 10,561-row ``valid.json`` allows a larger test sample.
+Same model, LoRA layers, trunk cache and learning rates as the LastFM study; the design is
+its "unseen rows" one, with more rows:
+
+1. ``prepare``: ``sdpo-prepare movielens-100k`` from ``../shared/data/ml-100k`` (seed 42,
+   users split 80/10/10, 20 candidates: the target and 19 random items), then a seeded split
+   of the **training users**: 80 % give the SFT rows (``--sft-rows`` sampled), the other 20 %
+   the alignment rows (``--align-rows``) and 100 validation rows; the test rows are a seeded
+   ``--test-rows`` (650) sample of ``valid.json`` (its own users, unseen by every model);
+2. ``fit_sft`` (``configs/movielens/smollm2/sft.yaml``: two epochs, lr 1e-3, validation on
+   the 100 rows every 125 steps: the learning curve) and its test;
+3. from that adapter, one epoch over the alignment rows — users SFT never saw — at the SFT's
+   final learning rate (1e-4), each the same rows and steps: SFT continued (the control),
+   S-DPO K=3 (the paper's), S-DPO K=19 (every other candidate a negative). Fixed in advance;
+   no run is selected on the test rows;
+4. baselines on the same test rows: random, most popular and item-kNN fitted on the full
+   ``train.json`` (every training user) and on the LM's own rows (SFT + alignment rows).
+
+Results go to ``benchmarks/quality/results/ml100k/<run>/`` (``summary.json``,
+``predictions.jsonl``, metrics CSVs) and stage times to ``results/ml100k/timings.json``;
+work files stay in ``--out``. Every stage is resumable and runners may share ``--out``:
+
+    python benchmarks/quality/ml100k_study.py --out ../sdpo_ml100k --eval-trunk
+    python benchmarks/quality/ml100k_study.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lastfm_study import _deltas, _hits, collect, detail_table  # noqa: E402
+from run import GGUF, REPO, SHARED, Runner, write_rows  # noqa: E402
+
+RAW = SHARED / "data" / "ml-100k"
+RESULTS = REPO / "benchmarks" / "quality" / "results"
+PREFIX = "ml100k"  # results/ml100k/<run>
+SFT_CFG, ALIGN_CFG = "configs/movielens/smollm2/sft.yaml", "configs/movielens/smollm2/sdpo.yaml"
+
+#: (run name, method label, objective, K): one epoch over the alignment rows at lr 1e-4
+ALIGN: list[tuple[str, str, str, int]] = [
+    ("sft_cont", "SFT (continued)", "sft", 3),
+    ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3),
+    ("sdpo_k19", "S-DPO (K=19)", "sdpo", 19),
+]
+#: (row, row it is compared with): the paired differences ``--table`` prints
+PAIRS = [("sdpo_k3", "sft_cont"), ("sdpo_k19", "sft_cont"), ("sdpo_k3", "sft"), ("sdpo_k19", "sft"),
+         ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows"), ("sft", "baselines/most_popular")]
+BASELINES = ("random", "most_popular", "item_knn")
+
+
+def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, val_rows: int = 100) -> dict[str, Path]:
+    """Write the study's files under ``out/ml100k`` (seeded; by training user, see the module doc)."""
+    full = out / "ml100k_full"
+    if not (full / "valid.json").is_file():
+        subprocess.run([sys.executable, "-m", "sdpo_lightning.data.prepare", "movielens-100k", "--raw", str(RAW),
+                        "--out", str(full), "-q"], check=True, cwd=REPO)
+    train = json.loads((full / "train.json").read_text())
+    valid = json.loads((full / "valid.json").read_text())
+    rng = random.Random(seed)
+    users = sorted({r["user_id"] for r in train}, key=int)
+    rng.shuffle(users)
+    sft_users = set(users[: round(0.8 * len(users))])
+    sft_pool = [r for r in train if r["user_id"] in sft_users]
+    rest = [r for r in train if r["user_id"] not in sft_users]
+    held = rng.sample(rest, align_rows + val_rows)
+    files = {"sft": rng.sample(sft_pool, sft_rows), "align": held[:align_rows], "val": held[align_rows:],
+             "test": [valid[i] for i in sorted(rng.sample(range(len(valid)), test_rows))], "train_full": train}
+    files["lm_rows"] = files["sft"] + files["align"]
+    paths = write_rows(out / "ml100k", files)  # the directory name is the dataset column of the report
+    counts = {k: len(v) for k, v in files.items()} | {"sft_users": len(sft_users), "other_users": len(users) - len(sft_users)}
+    (out / "split.json").write_text(json.dumps(counts))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_ml100k", help="work directory (outside the repo)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--sft-rows", type=int, default=2000)
+    p.add_argument("--align-rows", type=int, default=500)
+    p.add_argument("--test-rows", type=int, default=650, help="seeded sample of valid.json (LastFM's test size)")
+    p.add_argument("--only", nargs="*", help="stages' run names (baselines, sft, sft_cont, sdpo_k3, ...)")
+    p.add_argument("--stage-args", default="", help="extra arguments for every sdpo stage")
+    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.eval_trunk_dir)")
+    p.add_argument("--fits-only", action="store_true",
+                   help="run the fit stages only (a second runner's share while the first test persists the eval trunk)")
+    p.add_argument("--table", action="store_true", help="only print the rows and their paired differences")
+    p.add_argument("--dry-run", action="store_true")
+    a = p.parse_args(argv)
+    if a.table:
+        print(table())
+        return 0
+    if not GGUF.is_file() or not (RAW / "u.data").is_file():
+        print(f"the study needs {GGUF} and {RAW}/u.data", file=sys.stderr)
+        return 2
+    out = a.out.resolve()
+    files = split(out, a.seed, a.sft_rows, a.align_rows, a.test_rows)
+    run, runs = Runner(out, a.dry_run), out / "runs"
+    done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
+    wanted = lambda name: not a.only or name in a.only  # noqa: E731
+    data = ["--data.val_file", str(files["val"]), "--data.test_file", str(files["test"]), *shlex.split(a.stage_args)]
+    trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
+
+    if wanted("baselines"):
+        for b in BASELINES:
+            for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
+                name = f"baselines/{b}{suffix}"
+                run.stage(f"fit_{b}{suffix}", [b, "--train", str(train), "--test", str(files["test"]),
+                                               "--out", str(RESULTS / PREFIX / name), "--seed", "0", "-q",
+                                               "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+
+    def test(name: str, cfg: str, method: str) -> None:
+        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
+                                   "--model.init_adapter", str(runs / name / "export"), "--model.method", method,
+                                   "--model.run_name", name, *trunk])
+        if not a.dry_run and done(f"test_{name}"):
+            collect(runs / name, f"{PREFIX}/{name}")
+
+    if wanted("sft"):
+        run.stage("fit_sft", ["fit", "-c", SFT_CFG, *data, "--data.train_file", str(files["sft"]),
+                              "--trainer.default_root_dir", str(runs / "sft")])
+        if done("fit_sft") and not a.fits_only:
+            test("sft", SFT_CFG, "SFT")
+    for name, method, objective, k in ALIGN:
+        if not wanted(name) or not done("fit_sft"):
+            continue
+        run.stage(f"fit_{name}", [
+            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files["align"]),
+            "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(runs / "sft" / "export"),
+            "--model.objective", objective, "--model.num_negatives", str(k),
+            "--model.reference_cache_dir", str(out / "reference_cache" / name)])
+        if done(f"fit_{name}") and not a.fits_only:
+            test(name, ALIGN_CFG, method)
+    if not a.dry_run and run.timings:
+        path = RESULTS / PREFIX / "timings.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
+        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+def table() -> str:
+    """Every collected row (both protocols, intervals, wall times) and the paired differences."""
+    names = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES] + ["sft"] + [n for n, *_ in ALIGN]
+    have = [n for n in names if (RESULTS / PREFIX / n / "summary.json").is_file()]
+    path = RESULTS / PREFIX / "timings.json"
+    own = json.loads(path.read_text()) if path.is_file() else {}
+    timings = {f"{stage}_{PREFIX}/{run}": secs for key, secs in own.items() for stage, _, run in [key.partition("_")]}
+    timings.update({f"fit_{PREFIX}/baselines/{key[4:]}": secs for key, secs in own.items()
+                    if key.removeprefix("fit_").removesuffix("_lm_rows") in BASELINES})
+    lines = [detail_table([f"{PREFIX}/{n}" for n in have], timings), "",
+             "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
+    for mine, other in PAIRS:
+        if mine in have and other in have:
+            n, cells = _deltas(_hits(f"{PREFIX}/{mine}"), _hits(f"{PREFIX}/{other}"))
+            lines.append(f"| `{mine}` | `{other}` | {n} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
