@@ -193,12 +193,11 @@ def fit_rows(parts: list[Path]) -> tuple[list[dict], list[str]]:
     return rows, fields
 
 
-def save_timings(run: Runner) -> None:
-    """Merge a runner's stage wall times into ``results/timings.json`` (other runners and
-    earlier work directories keep theirs)."""
+def save_timings(run: Runner, path: Path = RESULTS / "timings.json") -> None:
+    """Merge a runner's stage wall times into ``path`` (other runners and earlier work
+    directories keep theirs)."""
     if run.timings:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / "timings.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
         path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 

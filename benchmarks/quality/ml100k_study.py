@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lastfm_study import _deltas, _hits, collect, detail_table  # noqa: E402
+from lastfm_study import _deltas, _hits, collect, detail_table, save_timings  # noqa: E402
 from run import GGUF, REPO, SHARED, Runner, write_rows  # noqa: E402
 
 RAW = SHARED / "data" / "ml-100k"
@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             "--model.reference_cache_dir", str(out / "reference_cache" / name)])
         if done(f"fit_{name}") and not a.fits_only:
             test(name, ALIGN_CFG, method)
-    if not a.dry_run and run.timings:
-        path = RESULTS / PREFIX / "timings.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
-        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+    if not a.dry_run:
+        save_timings(run, RESULTS / PREFIX / "timings.json")
     return 0
 
 
@@ -157,9 +154,11 @@ def table() -> str:
     have = [n for n in names if (RESULTS / PREFIX / n / "summary.json").is_file()]
     path = RESULTS / PREFIX / "timings.json"
     own = json.loads(path.read_text()) if path.is_file() else {}
-    timings = {f"{stage}_{PREFIX}/{run}": secs for key, secs in own.items() for stage, _, run in [key.partition("_")]}
-    timings.update({f"fit_{PREFIX}/baselines/{key[4:]}": secs for key, secs in own.items()
-                    if key.removeprefix("fit_").removesuffix("_lm_rows") in BASELINES})
+    timings = {}  # stage names fit_<run> / fit_<baseline> → the table's fit_ml100k/<run> / .../baselines/<baseline>
+    for key, secs in own.items():
+        stage, _, run = key.partition("_")
+        run = f"baselines/{run}" if run.removesuffix("_lm_rows") in BASELINES else run
+        timings[f"{stage}_{PREFIX}/{run}"] = secs
     lines = [detail_table([f"{PREFIX}/{n}" for n in have], timings), "",
              "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
     for mine, other in PAIRS:
