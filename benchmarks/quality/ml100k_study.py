@@ -18,7 +18,16 @@ its "unseen rows" one, with more rows:
    S-DPO K=3 (the paper's), S-DPO K=19 (every other candidate a negative; not run yet). Fixed in advance;
    no run is selected on the test rows;
 4. baselines on the same test rows: random, most popular and item-kNN fitted on the full
-   ``train.json`` (every training user) and on the LM's own rows (SFT + alignment rows).
+   ``train.json`` (every training user) and on the LM's own rows (SFT + alignment rows);
+5. ``--confirm``: a confirmation on new users, fixed (2026-12-06, before any of its rows was
+   scored) after the 650 rows gave S-DPO K=3 +0.011 [-0.002, +0.023] over its control: the
+   same three adapters, unchanged, tested on ``test.json`` — the 94 users of the prepared
+   test split, whom no model and no earlier test row saw — ``--confirm-per-user`` (21) seeded
+   rows of each user (all of a user with fewer), users split in two seeded halves
+   (``confirm1`` / ``confirm2``, one runner each). Primary analysis: S-DPO K=3 minus SFT
+   continued, generation and ranking HR@1, on both halves together, with a 95% interval
+   from a bootstrap over **users** (rows of one user share history windows, so rows are not
+   independent); the row bootstrap is printed beside it.
 
 Results go to ``benchmarks/quality/results/ml100k/<run>/`` (``summary.json``,
 ``predictions.jsonl``, metrics CSVs) and stage times to ``results/ml100k/timings.json``;
@@ -26,6 +35,7 @@ work files stay in ``--out``. Every stage is resumable and runners may share ``-
 
     python benchmarks/quality/ml100k_study.py --out ../sdpo_ml100k --eval-trunk
     python benchmarks/quality/ml100k_study.py --table
+    python benchmarks/quality/ml100k_study.py --out ../sdpo_ml100k --confirm 1   # and --confirm 2
 """
 
 from __future__ import annotations
@@ -60,7 +70,22 @@ PAIRS = [("sdpo_k3", "sft_cont"), ("sdpo_k19", "sft_cont"), ("sdpo_k3", "sft"), 
 BASELINES = ("random", "most_popular", "item_knn")
 
 
-def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, val_rows: int = 100) -> dict[str, Path]:
+def confirm_rows(test: list[dict], seed: int, per_user: int) -> dict[str, list[dict]]:
+    """The confirmation rows (module doc, step 5): ``per_user`` seeded rows of every user of
+    ``test`` (all of a user with fewer), in file order, users split in two seeded halves."""
+    rng = random.Random(f"confirm-{seed}")  # its own stream: the other files do not move
+    by_user: dict[str, list[int]] = {}
+    for i, r in enumerate(test):
+        by_user.setdefault(r["user_id"], []).append(i)
+    users = sorted(by_user, key=int)
+    rng.shuffle(users)
+    keep = {u: rng.sample(by_user[u], min(per_user, len(by_user[u]))) for u in sorted(by_user, key=int)}
+    halves = (users[: len(users) // 2], users[len(users) // 2:])
+    return {f"confirm{h + 1}": [test[i] for i in sorted(i for u in half for i in keep[u])] for h, half in enumerate(halves)}
+
+
+def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, val_rows: int = 100,
+          per_user: int = 21) -> dict[str, Path]:
     """Write the study's files under ``out/ml100k`` (seeded; by training user, see the module doc)."""
     full = out / "ml100k_full"
     if not (full / "valid.json").is_file():
@@ -78,6 +103,7 @@ def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, 
     files = {"sft": rng.sample(sft_pool, sft_rows), "align": held[:align_rows], "val": held[align_rows:],
              "test": [valid[i] for i in sorted(rng.sample(range(len(valid)), test_rows))], "train_full": train}
     files["lm_rows"] = files["sft"] + files["align"]
+    files |= confirm_rows(json.loads((full / "test.json").read_text()), seed, per_user)
     paths = write_rows(out / "ml100k", files)  # the directory name is the dataset column of the report
     counts = {k: len(v) for k, v in files.items()} | {"sft_users": len(sft_users), "other_users": len(users) - len(sft_users)}
     (out / "split.json").write_text(json.dumps(counts))
@@ -96,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.eval_trunk_dir)")
     p.add_argument("--fits-only", action="store_true",
                    help="run the fit stages only (a second runner's share while the first test persists the eval trunk)")
+    p.add_argument("--confirm", type=int, choices=(1, 2),
+                   help="only test the SFT continued, S-DPO K=3 and SFT adapters on this half of the confirmation rows")
+    p.add_argument("--confirm-per-user", type=int, default=21, help="confirmation rows per test.json user")
     p.add_argument("--table", action="store_true", help="only print the rows and their paired differences")
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args(argv)
@@ -106,12 +135,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the study needs {GGUF} and {RAW}/u.data", file=sys.stderr)
         return 2
     out = a.out.resolve()
-    files = split(out, a.seed, a.sft_rows, a.align_rows, a.test_rows)
+    files = split(out, a.seed, a.sft_rows, a.align_rows, a.test_rows, per_user=a.confirm_per_user)
     run, runs = Runner(out, a.dry_run), out / "runs"
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
     data = ["--data.val_file", str(files["val"]), "--data.test_file", str(files["test"]), *shlex.split(a.stage_args)]
     trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
+
+    if a.confirm:  # step 5: the fixed adapters on new users; each half has its own trunk file
+        half = f"confirm{a.confirm}"
+        for name, cfg, method in (("sft_cont", ALIGN_CFG, "SFT (continued)"), ("sdpo_k3", ALIGN_CFG, "S-DPO (K=3)"),
+                                  ("sft", SFT_CFG, "SFT")):
+            if not done(f"fit_{name}"):
+                raise SystemExit(f"--confirm needs the fitted {name} adapter (stage fit_{name})")
+            root = runs / half / name
+            run.stage(f"test_{name}@{half}", [
+                "test", "-c", cfg, *data, "--data.test_file", str(files[half]), "--trainer.default_root_dir", str(root),
+                "--model.init_adapter", str(runs / name / "export"), "--model.method", method, "--model.run_name", name,
+                "--model.eval_trunk_dir", str(out / f"eval_trunk_{half}")])
+            if not a.dry_run and done(f"test_{name}@{half}"):
+                collect(root, f"{PREFIX}/{half}/{name}")
+        if not a.dry_run:
+            save_timings(run, RESULTS / PREFIX / "timings.json")
+        return 0
 
     if wanted("baselines"):
         for b in BASELINES:
