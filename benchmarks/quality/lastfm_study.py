@@ -194,11 +194,11 @@ def fit_rows(parts: list[Path]) -> tuple[list[dict], list[str]]:
 
 
 def save_timings(run: Runner, path: Path = RESULTS / "timings.json") -> None:
-    """Merge a runner's stage wall times into ``path`` (other runners and earlier work
-    directories keep theirs)."""
-    if run.timings:
+    """Merge the wall times of the stages ``run`` ran into ``path`` (other runners and earlier
+    work directories keep theirs)."""
+    if run.ran:
         path.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.timings}
+        merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **run.ran}
         path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = a.out.resolve()
     files = split(out, a.seed, a.sft_rows, a.align_rows, a.test_rows, per_user=a.confirm_per_user)
+    if not a.dry_run:  # each test row's user, by index: the table's bootstrap over users
+        write_rows(RESULTS / PREFIX / "users", {k: [r["user_id"] for r in json.loads(files[k].read_text())]
+                                                for k in ("test", "confirm1", "confirm2")})
     run, runs = Runner(out, a.dry_run), out / "runs"
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
@@ -211,7 +214,54 @@ def table() -> str:
         if mine in have and other in have:
             n, cells = _deltas(_hits(f"{PREFIX}/{mine}"), _hits(f"{PREFIX}/{other}"))
             lines.append(f"| `{mine}` | `{other}` | {n} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines + ["", user_table(["test"]), "", confirm_table()])
+
+
+def _users(part: str) -> list[str]:
+    return json.loads((RESULTS / PREFIX / "users" / f"{part}.json").read_text())
+
+
+def user_table(parts: list[str], pairs: list[tuple[str, str]] = PAIRS[:5]) -> str:
+    """Paired differences pooled over the test files ``parts`` (``test``: results/ml100k/<run>,
+    ``confirm1``: results/ml100k/confirm1/<run>, ...), each with a 95% interval from a
+    bootstrap over users (10,000 resamples, seed 0) and one over rows."""
+    from sdpo_lightning.evaluation.bootstrap import cluster_bootstrap_ci
+
+    dirs = {part: PREFIX if part == "test" else f"{PREFIX}/{part}" for part in parts}
+    where = {"test": "the 650 valid.json rows", "confirm1": "confirmation half 1", "confirm2": "confirmation half 2"}
+    lines = [f"Paired differences on {' + '.join(where[p] for p in parts)}: 95% intervals over users and over rows",
+             "", "| row | minus | users | rows | gen Δ [users] | gen Δ [rows] | rank Δ [users] | rank Δ [rows] |",
+             "|:---|:---|---:|---:|---:|---:|---:|---:|"]
+    for mine, other in pairs:
+        if not all((RESULTS / dirs[p] / n / "predictions.jsonl").is_file() for p in parts for n in (mine, other)):
+            continue
+        diffs: list[tuple[float, float]] = []
+        users: list[str] = []
+        for part in parts:
+            a, b, who = _hits(f"{dirs[part]}/{mine}"), _hits(f"{dirs[part]}/{other}"), _users(part)
+            for i in sorted(set(a) & set(b)):
+                diffs.append((a[i][0] - b[i][0], a[i][1] - b[i][1]))
+                users.append(f"{part}/{who[i]}")
+        cells = []
+        for j in (0, 1):  # generation, ranking
+            d = [x[j] for x in diffs]
+            for groups in (users, list(range(len(d)))):  # over users, then over rows
+                mean, lo, hi = cluster_bootstrap_ci(d, groups, n_boot=10_000, seed=0)
+                cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+        lines.append(f"| `{mine}` | `{other}` | {len(set(users))} | {len(diffs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def confirm_table() -> str:
+    """The confirmation on new users (module doc, step 5): each half's rows, then the paired
+    differences on both halves together (the first line is the primary analysis)."""
+    halves = [h for h in ("confirm1", "confirm2") if (RESULTS / PREFIX / h / "sft_cont" / "summary.json").is_file()]
+    if not halves:
+        return "Confirmation on new users: not run yet (--confirm 1, --confirm 2)"
+    have = [f"{PREFIX}/{h}/{n}" for h in halves for n in ("sft", "sft_cont", "sdpo_k3")
+            if (RESULTS / PREFIX / h / n / "summary.json").is_file()]
+    return "\n".join([detail_table(have, {}), "", user_table(halves, [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft"),
+                                                                       ("sft_cont", "sft")])])
 
 
 if __name__ == "__main__":

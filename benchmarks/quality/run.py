@@ -111,6 +111,7 @@ class Runner:
         self.out, self.dry_run, self.tick = out, dry_run, tick
         self.timings_path = out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.ran: dict[str, float] = {}  # the stages this runner ran, and their times
 
     def _lock(self, name: str) -> bool:
         """Claim a stage so that several runners (e.g. one with --reverse) can share the work;
@@ -164,9 +165,10 @@ class Runner:
         spent.write_text(f"{elapsed:.3f}")
         if proc.returncode != 0:
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {log}")
-        # merge with what other runners wrote meanwhile
+        # merge with what other runners wrote meanwhile: theirs win, except the stages run here
+        self.ran[name] = round(elapsed, 1)
         on_disk = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
-        self.timings = {**on_disk, **self.timings, name: round(elapsed, 1)}
+        self.timings = {**on_disk, **self.ran}
         self.timings_path.write_text(json.dumps(self.timings, indent=1))
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "paired_bootstrap_pvalue", "bootstrap_means"]
+__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "paired_bootstrap_pvalue", "bootstrap_means", "cluster_bootstrap_ci"]
 
 _CHUNK_ELEMENTS = 4_000_000  # resample at most this many indices at once (memory bound)
 
@@ -153,3 +153,53 @@ def paired_bootstrap_ci(
             f"!= len(b)={arr_b.size}"
         )
     return bootstrap_ci(arr_a - arr_b, n_boot=n_boot, alpha=alpha, seed=seed)
+
+
+def cluster_bootstrap_ci(
+    values: np.ndarray | Sequence[float],
+    groups: Sequence[object],
+    n_boot: int = 10000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of a mean over rows that come in clusters (e.g. users).
+
+    Rows of one user share history windows, so they are not independent and a bootstrap
+    over rows is too narrow. Here the ``G`` clusters are resampled with replacement and each
+    resample's statistic is the mean over all rows of the drawn clusters::
+
+        mean* = sum_c S_c* / sum_c n_c*      (S_c: sum of the cluster's values, n_c: its rows)
+
+    With one row per cluster this is :func:`bootstrap_ci` (same draws for the same seed).
+    For a paired comparison pass the per-row differences ``a - b``.
+
+    Args:
+        values: (N,) per-row scores or paired differences.
+        groups: (N,) cluster label of each row (any hashable).
+        n_boot: Number of resamples.
+        alpha: 1 - confidence level (0.05 → 95% interval).
+        seed: Seed of the ``numpy.random.Generator``.
+
+    Returns:
+        ``(mean, lo, hi)``: the mean over all rows and the interval.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    arr = _as_1d(values, "values")
+    if len(groups) != arr.size:
+        raise ValueError(f"groups needs one label per row: {len(groups)} labels for {arr.size} rows")
+    index: dict[object, int] = {}
+    codes = np.array([index.setdefault(g, len(index)) for g in groups])  # (N,) cluster of each row
+    sums = np.bincount(codes, weights=arr)  # (G,)
+    counts = np.bincount(codes).astype(np.float64)  # (G,)
+    n_groups = sums.shape[0]
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng, rows = np.random.default_rng(seed), max(1, _CHUNK_ELEMENTS // n_groups)
+    means = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, rows):  # the same chunks and draws as bootstrap_means
+        stop = min(n_boot, start + rows)
+        idx = rng.integers(0, n_groups, size=(stop - start, n_groups))  # (chunk, G)
+        means[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
+    return float(arr.mean()), float(lo), float(hi)

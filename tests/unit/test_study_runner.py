@@ -85,6 +85,21 @@ def test_resumed_stage_counts_every_start(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "timings.json").read_text())["s"] == runner.timings["s"]
 
 
+def test_other_runners_newer_times_are_kept(tmp_path: Path) -> None:
+    """Runner A starts when ``timings.json`` holds an old ``b`` (5 s); runner B then reruns
+    ``b`` (7 s) and writes it. A's own stage must not put the old 5 s back, in the work
+    directory or in the results file that save_timings merges into (which gets A's stage only)."""
+    (tmp_path / "timings.json").write_text(json.dumps({"b": 5.0}))
+    a = Runner(tmp_path, tick=0.01)
+    (tmp_path / "timings.json").write_text(json.dumps({"b": 7.0}))  # runner B's rerun
+    a.stage("s", ["-n", "1", "-r", "1", "pass"], module="timeit")
+    assert json.loads((tmp_path / "timings.json").read_text()) == {"b": 7.0, "s": a.ran["s"]}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"b": 7.0}))
+    lastfm_study.save_timings(a, results)
+    assert json.loads(results.read_text()) == {"b": 7.0, "s": a.ran["s"]}
+
+
 def test_failed_start_keeps_its_time(tmp_path: Path) -> None:
     runner = Runner(tmp_path, tick=0.01)
     with pytest.raises(SystemExit, match="stage bad failed"):
@@ -133,6 +148,7 @@ def test_ml100k_split_keeps_users_apart(tmp_path: Path) -> None:
     train = [row(u, t) for u in range(1, 21) for t in range(10)]  # 20 users, 10 rows each
     (full / "train.json").write_text(json.dumps(train))
     (full / "valid.json").write_text(json.dumps([row(100 + i, i) for i in range(30)]))
+    (full / "test.json").write_text(json.dumps([row(200 + i // 3, i) for i in range(30)]))  # 10 users
     paths = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
     load = lambda k: json.loads(paths[k].read_text())  # noqa: E731
     sft, align, val, test = load("sft"), load("align"), load("val"), load("test")
@@ -141,6 +157,25 @@ def test_ml100k_split_keeps_users_apart(tmp_path: Path) -> None:
     assert len({(r["user_id"], r["trueSelection"]) for r in align + val}) == 25
     assert all(int(r["user_id"]) >= 100 for r in test)
     assert load("lm_rows") == sft + align and len(load("train_full")) == 200
+    assert len(load("confirm1")) + len(load("confirm2")) == 30  # per_user 21 ≥ 3: every test.json row
     before = {k: p.read_text() for k, p in paths.items()}
     again = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
     assert {k: p.read_text() for k, p in again.items()} == before
+
+
+def test_ml100k_confirmation_rows() -> None:
+    """The confirmation rows: at most ``per_user`` rows of each user (all of a user with
+    fewer), file order kept, users in two disjoint halves, the same rows for the same seed."""
+    import ml100k_study
+
+    test = [{"user_id": str(u), "i": i} for u in range(1, 8) for i in range(u)]  # user u has u rows
+    halves = ml100k_study.confirm_rows(test, seed=1, per_user=3)
+    rows = halves["confirm1"] + halves["confirm2"]
+    users = [{r["user_id"] for r in halves[h]} for h in ("confirm1", "confirm2")]
+    assert users[0].isdisjoint(users[1]) and users[0] | users[1] == {str(u) for u in range(1, 8)}
+    assert sorted((len(users[0]), len(users[1]))) == [3, 4]
+    per_user = {u: sum(r["user_id"] == u for r in rows) for u in users[0] | users[1]}
+    assert per_user == {str(u): min(u, 3) for u in range(1, 8)}
+    for h in halves.values():
+        assert h == sorted(h, key=test.index)
+    assert ml100k_study.confirm_rows(test, seed=1, per_user=3) == halves
