@@ -145,10 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     data = ["--data.val_file", str(files["val"]), "--data.test_file", str(files["test"]), *shlex.split(a.stage_args)]
     trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
+    def baselines(part: str = "test") -> None:
+        """The baselines on a test file (``test`` or a confirmation half), each fitted twice."""
+        dest, at = (PREFIX, "") if part == "test" else (f"{PREFIX}/{part}", f"@{part}")
+        for b in BASELINES:
+            for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
+                run.stage(f"fit_{b}{suffix}{at}", [
+                    b, "--train", str(train), "--test", str(files[part]), "--out",
+                    str(RESULTS / dest / "baselines" / f"{b}{suffix}"), "--seed", "0", "-q", "--dataset", "ml100k"],
+                    module="sdpo_lightning.baselines")
+
     if a.confirm:  # step 5: the fixed adapters on new users; each half has its own trunk file
         half = f"confirm{a.confirm}"
+        if wanted("baselines"):
+            baselines(half)
         for name, cfg, method in (("sft_cont", ALIGN_CFG, "SFT (continued)"), ("sdpo_k3", ALIGN_CFG, "S-DPO (K=3)"),
                                   ("sft", SFT_CFG, "SFT")):
+            if not wanted(name):
+                continue
             if not done(f"fit_{name}"):
                 raise SystemExit(f"--confirm needs the fitted {name} adapter (stage fit_{name})")
             root = runs / half / name
@@ -163,12 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if wanted("baselines"):
-        for b in BASELINES:
-            for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
-                name = f"baselines/{b}{suffix}"
-                run.stage(f"fit_{b}{suffix}", [b, "--train", str(train), "--test", str(files["test"]),
-                                               "--out", str(RESULTS / PREFIX / name), "--seed", "0", "-q",
-                                               "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+        baselines()
 
     def test(name: str, cfg: str, method: str) -> None:
         run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
@@ -201,20 +210,26 @@ def table() -> str:
     """Every collected row (both protocols, intervals, wall times) and the paired differences."""
     names = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES] + ["sft"] + [n for n, *_ in ALIGN]
     have = [n for n in names if (RESULTS / PREFIX / n / "summary.json").is_file()]
-    path = RESULTS / PREFIX / "timings.json"
-    own = json.loads(path.read_text()) if path.is_file() else {}
-    timings = {}  # stage names fit_<run> / fit_<baseline> → the table's fit_ml100k/<run> / .../baselines/<baseline>
-    for key, secs in own.items():
-        stage, _, run = key.partition("_")
-        run = f"baselines/{run}" if run.removesuffix("_lm_rows") in BASELINES else run
-        timings[f"{stage}_{PREFIX}/{run}"] = secs
-    lines = [detail_table([f"{PREFIX}/{n}" for n in have], timings), "",
+    lines = [detail_table([f"{PREFIX}/{n}" for n in have], _timings()), "",
              "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
     for mine, other in PAIRS:
         if mine in have and other in have:
             n, cells = _deltas(_hits(f"{PREFIX}/{mine}"), _hits(f"{PREFIX}/{other}"))
             lines.append(f"| `{mine}` | `{other}` | {n} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines + ["", user_table(["test"]), "", confirm_table()])
+
+
+def _timings() -> dict[str, float]:
+    """Stage times by the table's names: fit_<run> / fit_<baseline>[@<half>] (the runner's stage
+    names) → fit_ml100k/[<half>/]<run> / fit_ml100k/[<half>/]baselines/<baseline>."""
+    path = RESULTS / PREFIX / "timings.json"
+    timings = {}
+    for key, secs in (json.loads(path.read_text()) if path.is_file() else {}).items():
+        stage, _, run = key.partition("_")
+        run, _, half = run.partition("@")
+        run = f"baselines/{run}" if run.removesuffix("_lm_rows") in BASELINES else run
+        timings[f"{stage}_{PREFIX}/{half + '/' if half else ''}{run}"] = secs
+    return timings
 
 
 def _users(part: str) -> list[str]:
@@ -258,10 +273,10 @@ def confirm_table() -> str:
     halves = [h for h in ("confirm1", "confirm2") if (RESULTS / PREFIX / h / "sft_cont" / "summary.json").is_file()]
     if not halves:
         return "Confirmation on new users: not run yet (--confirm 1, --confirm 2)"
-    have = [f"{PREFIX}/{h}/{n}" for h in halves for n in ("sft", "sft_cont", "sdpo_k3")
-            if (RESULTS / PREFIX / h / n / "summary.json").is_file()]
-    return "\n".join([detail_table(have, {}), "", user_table(halves, [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft"),
-                                                                       ("sft_cont", "sft")])])
+    names = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES] + ["sft", "sft_cont", "sdpo_k3"]
+    have = [f"{PREFIX}/{h}/{n}" for h in halves for n in names if (RESULTS / PREFIX / h / n / "summary.json").is_file()]
+    pairs = [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft"), ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows")]
+    return "\n".join([detail_table(have, _timings()), "", user_table(halves, pairs)])
 
 
 if __name__ == "__main__":
