@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     run, runs = Runner(out, a.dry_run), out / "runs"
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
-    data = ["--data.val_file", str(files["val"]), "--data.test_file", str(files["test"]), *shlex.split(a.stage_args)]
+    data = ["--data.val_file", str(files["val"]), *shlex.split(a.stage_args)]  # + the stage's --data.test_file
     trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def baselines(part: str = "test") -> None:
@@ -180,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         baselines()
 
     def test(name: str, cfg: str, method: str) -> None:
-        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
+        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--data.test_file", str(files["test"]),
+                                   "--trainer.default_root_dir", str(runs / name),
                                    "--model.init_adapter", str(runs / name / "export"), "--model.method", method,
                                    "--model.run_name", name, *trunk])
         if not a.dry_run and done(f"test_{name}"):
             collect(runs / name, f"{PREFIX}/{name}")
 
     if wanted("sft"):
-        run.stage("fit_sft", ["fit", "-c", SFT_CFG, *data, "--data.train_file", str(files["sft"]),
+        run.stage("fit_sft", ["fit", "-c", SFT_CFG, *data, "--data.test_file", str(files["test"]),
+                              "--data.train_file", str(files["sft"]),
                               "--trainer.default_root_dir", str(runs / "sft")])
         if done("fit_sft") and not a.fits_only:
             test("sft", SFT_CFG, "SFT")
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if not wanted(name) or not done("fit_sft"):
             continue
         run.stage(f"fit_{name}", [
-            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files["align"]),
+            "fit", "-c", ALIGN_CFG, *data, "--data.test_file", str(files["test"]), "--data.train_file", str(files["align"]),
             "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(runs / "sft" / "export"),
             "--model.objective", objective, "--model.num_negatives", str(k),
             "--model.reference_cache_dir", str(out / "reference_cache" / name)])
