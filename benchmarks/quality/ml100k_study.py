@@ -42,6 +42,7 @@ work files stay in ``--out``. Every stage is resumable and runners may share ``-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shlex
@@ -69,6 +70,8 @@ ALIGN: list[tuple[str, str, str, int]] = [
 PAIRS = [("sdpo_k3", "sft_cont"), ("sdpo_k19", "sft_cont"), ("sdpo_k3", "sft"), ("sdpo_k19", "sft"),
          ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows"), ("sft", "baselines/most_popular")]
 BASELINES = ("random", "most_popular", "item_knn")
+#: each baseline fitted on all of train.json and on the LM's rows (results/ml100k[/<half>]/<name>)
+BASELINE_RUNS = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES]
 
 
 def confirm_rows(test: list[dict], seed: int, per_user: int) -> dict[str, list[dict]]:
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fits-only", action="store_true",
                    help="run the fit stages only (a second runner's share while the first test persists the eval trunk)")
     p.add_argument("--confirm", type=int, choices=(1, 2),
-                   help="only test the SFT continued, S-DPO K=3 and SFT adapters on this half of the confirmation rows")
+                   help="only the baselines and the SFT continued, S-DPO K=3, SFT (and, once fitted, S-DPO K=19) "
+                        "adapters on this half of the confirmation rows")
     p.add_argument("--confirm-per-user", type=int, default=21, help="confirmation rows per test.json user")
     p.add_argument("--table", action="store_true", help="only print the rows and their paired differences")
     p.add_argument("--dry-run", action="store_true")
@@ -148,13 +152,27 @@ def main(argv: list[str] | None = None) -> int:
 
     def baselines(part: str = "test") -> None:
         """The baselines on a test file (``test`` or a confirmation half), each fitted twice."""
-        dest, at = (PREFIX, "") if part == "test" else (f"{PREFIX}/{part}", f"@{part}")
+        at = "" if part == "test" else f"@{part}"
         for b in BASELINES:
             for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
                 run.stage(f"fit_{b}{suffix}{at}", [
                     b, "--train", str(train), "--test", str(files[part]), "--out",
-                    str(RESULTS / dest / "baselines" / f"{b}{suffix}"), "--seed", "0", "-q", "--dataset", "ml100k"],
-                    module="sdpo_lightning.baselines")
+                    str(RESULTS / _part_dir(part) / "baselines" / f"{b}{suffix}"), "--seed", "0", "-q",
+                    "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+
+    def test(name: str, cfg: str, method: str, part: str = "test") -> None:
+        """Test the adapter of ``runs/<name>`` on a test file (``test`` or a confirmation half,
+        which keeps its own run directory and lower-layer file)."""
+        if part == "test":
+            stage, root, lower = f"test_{name}", runs / name, trunk
+        else:
+            stage, root = f"test_{name}@{part}", runs / part / name
+            lower = ["--model.eval_trunk_dir", str(out / f"eval_trunk_{part}")]
+        run.stage(stage, ["test", "-c", cfg, *data, "--data.test_file", str(files[part]),
+                          "--trainer.default_root_dir", str(root), "--model.init_adapter", str(runs / name / "export"),
+                          "--model.method", method, "--model.run_name", name, *lower])
+        if not a.dry_run and done(stage):
+            collect(root, f"{_part_dir(part)}/{name}")
 
     if a.confirm:  # step 5: the fixed adapters on new users; each half has its own trunk file
         half = f"confirm{a.confirm}"
@@ -166,27 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if not done(f"fit_{name}"):
                 raise SystemExit(f"--confirm needs the fitted {name} adapter (stage fit_{name})")
-            root = runs / half / name
-            run.stage(f"test_{name}@{half}", [
-                "test", "-c", cfg, *data, "--data.test_file", str(files[half]), "--trainer.default_root_dir", str(root),
-                "--model.init_adapter", str(runs / name / "export"), "--model.method", method, "--model.run_name", name,
-                "--model.eval_trunk_dir", str(out / f"eval_trunk_{half}")])
-            if not a.dry_run and done(f"test_{name}@{half}"):
-                collect(root, f"{PREFIX}/{half}/{name}")
+            test(name, cfg, method, half)
         if not a.dry_run:
             save_timings(run, RESULTS / PREFIX / "timings.json")
         return 0
 
     if wanted("baselines"):
         baselines()
-
-    def test(name: str, cfg: str, method: str) -> None:
-        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--data.test_file", str(files["test"]),
-                                   "--trainer.default_root_dir", str(runs / name),
-                                   "--model.init_adapter", str(runs / name / "export"), "--model.method", method,
-                                   "--model.run_name", name, *trunk])
-        if not a.dry_run and done(f"test_{name}"):
-            collect(runs / name, f"{PREFIX}/{name}")
 
     if wanted("sft"):
         run.stage("fit_sft", ["fit", "-c", SFT_CFG, *data, "--data.test_file", str(files["test"]),
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def table() -> str:
     """Every collected row (both protocols, intervals, wall times) and the paired differences."""
-    names = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES] + ["sft"] + [n for n, *_ in ALIGN]
+    names = BASELINE_RUNS + ["sft"] + [n for n, *_ in ALIGN]
     have = [n for n in names if (RESULTS / PREFIX / n / "summary.json").is_file()]
     lines = [detail_table([f"{PREFIX}/{n}" for n in have], _timings()), "",
              "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
@@ -235,6 +239,12 @@ def _timings() -> dict[str, float]:
     return timings
 
 
+def _part_dir(part: str) -> str:
+    """Results directory (under results/) of a test file's rows: ``test`` → ml100k, a half → ml100k/<half>."""
+    return PREFIX if part == "test" else f"{PREFIX}/{part}"
+
+
+@functools.lru_cache(maxsize=None)
 def _users(part: str) -> list[str]:
     return json.loads((RESULTS / PREFIX / "users" / f"{part}.json").read_text())
 
@@ -243,28 +253,27 @@ def user_table(parts: list[str], pairs: list[tuple[str, str]] = PAIRS[:5]) -> st
     """Paired differences pooled over the test files ``parts`` (``test``: results/ml100k/<run>,
     ``confirm1``: results/ml100k/confirm1/<run>, ...), each with a 95% interval from a
     bootstrap over users (10,000 resamples, seed 0) and one over rows."""
-    from sdpo_lightning.evaluation.bootstrap import cluster_bootstrap_ci
+    from sdpo_lightning.evaluation.bootstrap import bootstrap_ci, cluster_bootstrap_ci
 
-    dirs = {part: PREFIX if part == "test" else f"{PREFIX}/{part}" for part in parts}
     where = {"test": "the 650 valid.json rows", "confirm1": "confirmation half 1", "confirm2": "confirmation half 2"}
     lines = [f"Paired differences on {' + '.join(where[p] for p in parts)}: 95% intervals over users and over rows",
              "", "| row | minus | users | rows | gen Δ [users] | gen Δ [rows] | rank Δ [users] | rank Δ [rows] |",
              "|:---|:---|---:|---:|---:|---:|---:|---:|"]
     for mine, other in pairs:
-        if not all((RESULTS / dirs[p] / n / "predictions.jsonl").is_file() for p in parts for n in (mine, other)):
+        if not all((RESULTS / _part_dir(p) / n / "predictions.jsonl").is_file() for p in parts for n in (mine, other)):
             continue
         diffs: list[tuple[float, float]] = []
         users: list[str] = []
         for part in parts:
-            a, b, who = _hits(f"{dirs[part]}/{mine}"), _hits(f"{dirs[part]}/{other}"), _users(part)
+            a, b, who = _hits(f"{_part_dir(part)}/{mine}"), _hits(f"{_part_dir(part)}/{other}"), _users(part)
             for i in sorted(set(a) & set(b)):
                 diffs.append((a[i][0] - b[i][0], a[i][1] - b[i][1]))
                 users.append(f"{part}/{who[i]}")
         cells = []
         for j in (0, 1):  # generation, ranking
             d = [x[j] for x in diffs]
-            for groups in (users, list(range(len(d)))):  # over users, then over rows
-                mean, lo, hi = cluster_bootstrap_ci(d, groups, n_boot=10_000, seed=0)
+            for mean, lo, hi in (cluster_bootstrap_ci(d, users, n_boot=10_000, seed=0),  # over users
+                                 bootstrap_ci(d, n_boot=10_000, seed=0)):  # over rows
                 cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
         lines.append(f"| `{mine}` | `{other}` | {len(set(users))} | {len(diffs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -276,14 +285,14 @@ def confirm_table() -> str:
     halves = [h for h in ("confirm1", "confirm2") if (RESULTS / PREFIX / h / "sft_cont" / "summary.json").is_file()]
     if not halves:
         return "Confirmation on new users: not run yet (--confirm 1, --confirm 2)"
-    names = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES] + ["sft", "sft_cont", "sdpo_k3", "sdpo_k19"]
+    names = BASELINE_RUNS + ["sft", "sft_cont", "sdpo_k3", "sdpo_k19"]
     have = [f"{PREFIX}/{h}/{n}" for h in halves for n in names if (RESULTS / PREFIX / h / n / "summary.json").is_file()]
     pairs = [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft"), ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows"),
              ("sdpo_k19", "sft_cont"), ("sdpo_k19", "sft")]
     lines = [detail_table(have, _timings()), "", user_table(halves, pairs)]
     if len(halves) == 2:  # every scored row: the best estimate of the effect, not the test fixed in advance
         lines += ["", "All test rows together (an estimate over every row scored; not the test fixed in advance)", "",
-                  user_table(["test", *halves], pairs[:3] + pairs[4:])]
+                  user_table(["test", *halves], [p for p in pairs if not p[1].startswith("baselines/")])]
     return "\n".join(lines)
 
 

@@ -39,15 +39,19 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
     Returns:
         (n_boot,) resample means.
     """
-    n = values.shape[0]
+    return _resampled(values.shape[0], n_boot, rng, lambda idx: values[idx].mean(axis=1))
+
+
+def _resampled(n: int, n_boot: int, rng: np.random.Generator, stat) -> np.ndarray:
+    """``stat(idx)`` of ``n_boot`` resamples of ``n`` indices with replacement, drawn in
+    chunks of ``idx`` (chunk, n) to bound memory; returns (n_boot,)."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rows = max(1, _CHUNK_ELEMENTS // n)
     out = np.empty(n_boot, dtype=np.float64)
     for start in range(0, n_boot, rows):
         stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))  # (chunk, N)
-        out[start:stop] = values[idx].mean(axis=1)
+        out[start:stop] = stat(rng.integers(0, n, size=(stop - start, n)))  # idx: (chunk, n)
     return out
 
 
@@ -192,14 +196,7 @@ def cluster_bootstrap_ci(
     codes = np.array([index.setdefault(g, len(index)) for g in groups])  # (N,) cluster of each row
     sums = np.bincount(codes, weights=arr)  # (G,)
     counts = np.bincount(codes).astype(np.float64)  # (G,)
-    n_groups = sums.shape[0]
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng, rows = np.random.default_rng(seed), max(1, _CHUNK_ELEMENTS // n_groups)
-    means = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, rows):  # the same chunks and draws as bootstrap_means
-        stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n_groups, size=(stop - start, n_groups))  # (chunk, G)
-        means[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    means = _resampled(sums.shape[0], n_boot, np.random.default_rng(seed),  # the draws of bootstrap_means
+                       lambda idx: sums[idx].sum(axis=1) / counts[idx].sum(axis=1))  # idx: (chunk, G)
     lo, hi = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
     return float(arr.mean()), float(lo), float(hi)
