@@ -107,6 +107,8 @@ def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, 
     files = {"sft": rng.sample(sft_pool, sft_rows), "align": held[:align_rows], "val": held[align_rows:],
              "test": [valid[i] for i in sorted(rng.sample(range(len(valid)), test_rows))], "train_full": train}
     files["lm_rows"] = files["sft"] + files["align"]
+    if not (full / "test.json").is_file():  # the confirmation rows' source (sdpo-prepare writes it)
+        raise SystemExit(f"{full / 'test.json'}: missing; remove {full} to prepare the data again")
     files |= confirm_rows(json.loads((full / "test.json").read_text()), seed, per_user)
     paths = write_rows(out / "ml100k", files)  # the directory name is the dataset column of the report
     counts = {k: len(v) for k, v in files.items()} | {"sft_users": len(sft_users), "other_users": len(users) - len(sft_users)}

@@ -179,3 +179,41 @@ def test_ml100k_confirmation_rows() -> None:
     for h in halves.values():
         assert h == sorted(h, key=test.index)
     assert ml100k_study.confirm_rows(test, seed=1, per_user=3) == halves
+
+
+def test_ml100k_user_table_pools_parts_by_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two test files: ``test`` (rows of users 1, 1, 2) and ``confirm1`` (one row of user 1).
+    Generation hits of S-DPO 1,1,0 | 1 and of its control 0,1,0 | 0 give differences
+    1,0,0 | 1: mean 0.5 over 4 rows. A user of one file is not the same cluster as a user of
+    the same id in the other (different user splits), so there are 3 users. Every ranking hit
+    is a miss for both (target rank 2): difference 0 with a zero-width interval."""
+    import ml100k_study
+
+    def write(part_dir: Path, name: str, gen: list[int]) -> None:
+        (part_dir / name).mkdir(parents=True)
+        (part_dir / name / "predictions.jsonl").write_text(
+            "".join(json.dumps({"index": i, "correct": bool(g), "target_rank": 2}) + "\n" for i, g in enumerate(gen)))
+
+    results = tmp_path / "results"
+    for module in (ml100k_study, lastfm_study):
+        monkeypatch.setattr(module, "RESULTS", results)
+    lastfm_study._hits.cache_clear()
+    ml100k_study._users.cache_clear()
+    (results / "ml100k" / "users").mkdir(parents=True)
+    (results / "ml100k" / "users" / "test.json").write_text(json.dumps(["1", "1", "2"]))
+    (results / "ml100k" / "users" / "confirm1.json").write_text(json.dumps(["1"]))
+    write(results / "ml100k", "sdpo_k3", [1, 1, 0])
+    write(results / "ml100k", "sft_cont", [0, 1, 0])
+    write(results / "ml100k" / "confirm1", "sdpo_k3", [1])
+    write(results / "ml100k" / "confirm1", "sft_cont", [0])
+
+    out = ml100k_study.user_table(["test", "confirm1"], [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft")])
+
+    lines = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(lines) == 1  # the pair without an sft run is left out
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert cells[:4] == ["`sdpo_k3`", "`sft_cont`", "3", "4"]
+    assert cells[4].startswith("+0.5000 [") and cells[5].startswith("+0.5000 [")
+    assert cells[6] == cells[7] == "+0.0000 [+0.0000, +0.0000]"
+    lastfm_study._hits.cache_clear()
+    ml100k_study._users.cache_clear()
