@@ -30,6 +30,18 @@ __all__ = ["build_parser", "main"]
 
 SEQREC_SUBCOMMANDS = ("fit", "validate", "test")
 
+#: the ``--help`` text of the sequential recommenders, which argparse does not parse
+SEQREC_EPILOG = """\
+sequential recommenders (GRU4Rec, Caser, SASRec), LightningCLI subcommands:
+  sdpo-baseline fit -c configs/baselines/sasrec_lastfm.yaml     train, then test the best
+                                                                checkpoint (summary.json)
+  sdpo-baseline test -c CONFIG --ckpt_path CKPT                 test a checkpoint
+  sdpo-baseline fit --help                                      every option of the CLI
+  configs: configs/baselines/{gru4rec,caser,sasrec}_{lastfm,ml100k}.yaml
+  models (model.class_path): sdpo_lightning.baselines.gru4rec.GRU4Rec, .caser.Caser,
+                             .sasrec.SASRec
+"""
+
 
 def _param(text: str) -> tuple[str, Any]:
     """``key=value`` with a JSON value (``decay=0.5``, ``symmetric=true``)."""
@@ -45,8 +57,14 @@ def _param(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sdpo-baseline``."""
     parser = argparse.ArgumentParser(
-        prog="sdpo-baseline", description="Fit a non-neural baseline on a training "
-        "candidate-list file and write its report (summary.json, predictions.jsonl).")
+        prog="sdpo-baseline",
+        usage="%(prog)s {item_knn,most_popular,random} --train TRAIN --test TEST --out OUT ...\n"
+              "       %(prog)s {fit,validate,test} -c configs/baselines/MODEL_DATA.yaml ...",
+        description="Fit a baseline on a training candidate-list file and write its report\n"
+        "(summary.json, predictions.jsonl): a non-neural scorer (random, most_popular,\n"
+        "item_knn; arguments below) or a sequential recommender (GRU4Rec, Caser, SASRec;\n"
+        "the fit / validate / test subcommands below).",
+        epilog=SEQREC_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(SCORERS), help="baseline")
     parser.add_argument("--train", type=Path, required=True, help="training file (.json/.jsonl)")
     parser.add_argument("--test", type=Path, required=True, help="evaluation file")

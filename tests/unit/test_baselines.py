@@ -179,3 +179,14 @@ def test_cli_end_to_end_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "bad.json, record 0: target 'z' is not among the 2 candidates" in err
     with pytest.raises(SystemExit):
         baseline_main(["nope", "--train", str(train), "--test", str(test), "--out", "x"])
+
+
+def test_cli_help_lists_the_sequential_recommenders(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        baseline_main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("GRU4Rec", "Caser", "SASRec", "item_knn", "most_popular", "random"):
+        assert name in text, name
+    assert "sdpo-baseline {fit,validate,test} -c configs/baselines/" in text
+    assert "configs/baselines/{gru4rec,caser,sasrec}_{lastfm,ml100k}.yaml" in text
