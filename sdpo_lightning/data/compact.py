@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from sdpo_lightning.data.readers import parse_record
+from sdpo_lightning.data.readers import parse_record, unreadable
 from sdpo_lightning.data.records import DataFormatError, Example
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class CompactExamples(Sequence[Example]):
         return Example(
             history=tuple(t[j] for j in self.history[self.h_off[index]:self.h_off[index + 1]]),
             candidates=cands,
-            target=cands[int(self.target_index[index])],
+            target=cands[ti] if (ti := int(self.target_index[index])) >= 0 else None,
             user_id=self.user_ids[index],
         )
 
@@ -149,10 +149,10 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
                     yield f"line {lineno}", obj
             return
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataFormatError(str(path), None, "file not found") from None
     except UnicodeDecodeError as err:
         raise DataFormatError(str(path), None, f"not UTF-8 text ({err.reason})") from None
+    except OSError as err:
+        raise unreadable(path, err) from None
     decoder = json.JSONDecoder()
     ws = " \t\n\r"
     n, pos = len(text), 0
@@ -197,14 +197,15 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
             raise fail("Expecting value", pos)
 
 
-def load_compact(path: str | Path, min_candidates: int = 2,
-                 lenient: bool = False) -> tuple[CompactExamples, list[tuple[str, str]]]:
+def load_compact(path: str | Path, min_candidates: int = 2, lenient: bool = False,
+                 require_target: bool = True) -> tuple[CompactExamples, list[tuple[str, str]]]:
     """Read and validate a candidate-list file into :class:`CompactExamples`.
 
     Args:
         path: a ``.json`` (list) or ``.jsonl`` file.
         min_candidates: the least number of candidates a record needs (K+1).
         lenient: skip bad records (returned with their reasons) instead of failing.
+        require_target: ``False`` (``predict``) accepts records without ``trueSelection``.
 
     Returns:
         The examples and the ``(record label, reason)`` of every skipped record.
@@ -216,7 +217,7 @@ def load_compact(path: str | Path, min_candidates: int = 2,
     builder, skipped = _Builder(), []
     for label, obj in _iter_records(path):
         try:
-            ex = parse_record(obj, min_candidates=min_candidates)
+            ex = parse_record(obj, min_candidates=min_candidates, require_target=require_target)
         except ValueError as err:
             if not lenient:
                 raise DataFormatError(str(path), label, str(err)) from None
