@@ -170,39 +170,64 @@ class Evaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, module: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Evaluate one batch; returns its per-example records."""
+        """Evaluate one batch; returns its per-example records.
+
+        A record without a target (a ``predict`` file's row without ``trueSelection``) gets the
+        answers (``generated``, ``parsed``, ``valid``; ``top_item``, ``scores``) but no
+        ``correct`` / ``target_rank``, and leaves the metrics alone.
+        """
         recs = [
             {"index": int(i), "target": t, "prompt": p}
             for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
         ]
+        known = [t is not None for t in batch["target"]]
         generation, ranking = "generation" in self.protocols, "ranking" in self.protocols
         texts, out = one_pass_outputs(module, batch, generation, ranking) if self.one_pass else (None, None)
         if generation:
             texts = texts if self.one_pass else generate_answers(module, batch)
-            correct, valid = [], []
-            for rec, text, cands in zip(recs, texts, batch["candidates"]):
-                parsed = parse_answer(text, cands)
-                rec.update(generated=text, parsed=parsed.item, valid=parsed.valid,
-                           correct=parsed.valid and parsed.item == rec["target"])
-                correct.append(rec["correct"])
-                valid.append(rec["valid"])
-            dev = batch["index"].device
-            self.generation.update(torch.tensor(correct, device=dev), torch.tensor(valid, device=dev))
+            self._generation(recs, texts, batch, known)
         if ranking:
             if not self.one_pass:
                 ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
                 out = module.score(batch, ids, mask, mode="shared_prefix")
-            scores = out.logps.float()  # (B, M)
-            if module.hparams.length_normalize:
-                scores = scores / out.n_tokens.clamp_min(1)
-            scores = scores.masked_fill(~batch["candidate_mask"], float("-inf"))
-            self.ranking.update(scores, batch["target_index"])
-            ranks = rank_of_target(scores, batch["target_index"]).tolist()
-            top = scores.argmax(dim=1).tolist()
-            for rec, r, t, cands, row in zip(recs, ranks, top, batch["candidates"], scores.tolist()):
-                rec.update(target_rank=int(r), top_item=cands[t], scores=[round(x, 4) for x in row[: len(cands)]])
+            self._ranking(recs, out, batch, known, module.hparams.length_normalize)
         self.records.extend(recs)
         return recs
+
+    def _generation(self, recs: list[dict[str, Any]], texts: list[str], batch: dict[str, Any],
+                    known: list[bool]) -> None:
+        """Parse each answer into its record; count the rows with a target in the metrics."""
+        for rec, text, cands in zip(recs, texts, batch["candidates"]):
+            parsed = parse_answer(text, cands)
+            rec.update(generated=text, parsed=parsed.item, valid=parsed.valid)
+            if rec["target"] is not None:
+                rec["correct"] = parsed.valid and parsed.item == rec["target"]
+        rows = [r for r, k in zip(recs, known) if k]
+        if rows:
+            dev = batch["index"].device
+            self.generation.update(torch.tensor([r["correct"] for r in rows], device=dev),
+                                   torch.tensor([r["valid"] for r in rows], device=dev))
+
+    def _ranking(self, recs: list[dict[str, Any]], out: CompletionLogps, batch: dict[str, Any],
+                 known: list[bool], length_normalize: bool) -> None:
+        """Rank the candidates of each row into its record; rows with a target into the metrics."""
+        scores = out.logps.float()  # (B, M)
+        if length_normalize:
+            scores = scores / out.n_tokens.clamp_min(1)
+        scores = scores.masked_fill(~batch["candidate_mask"], float("-inf"))
+        target_index = batch["target_index"]
+        if all(known):
+            self.ranking.update(scores, target_index)
+        elif any(known):
+            rows = torch.tensor(known, device=scores.device)
+            self.ranking.update(scores[rows], target_index[rows])
+        ranks = rank_of_target(scores, target_index.clamp_min(0)).tolist()
+        top = scores.argmax(dim=1).tolist()
+        rows = zip(recs, known, ranks, top, batch["candidates"], scores.tolist())
+        for rec, k, r, t, cands, row in rows:
+            if k:
+                rec["target_rank"] = int(r)
+            rec.update(top_item=cands[t], scores=[round(x, 4) for x in row[: len(cands)]])
 
     def compute_metrics(self) -> dict[str, torch.Tensor]:
         """Synced metric values, named ``<split>/<metric>`` (ranking ones ``<split>/rank/...``)."""
@@ -222,6 +247,16 @@ class Evaluator(nn.Module):
             torch.distributed.all_gather_object(parts, recs)
             recs = [r for p in parts for r in p]
         return sorted({r["index"]: r for r in recs}.values(), key=lambda r: r["index"])
+
+    def write_prediction_file(self, module: Any, out_dir: Path) -> Path | None:
+        """``predict``: write every process's records to ``out_dir/predictions.jsonl`` (no
+        summary: records to predict need not have targets). Returns the path (rank 0)."""
+        records = self.gathered_records(module)
+        if module.trainer is not None and not module.trainer.is_global_zero:
+            return None
+        path = write_predictions(out_dir, records)
+        log.info("wrote %d predictions to %s", len(records), path)
+        return path
 
     def write_reports(self, module: Any, out_dir: Path) -> dict[str, Any] | None:
         """Write ``predictions.jsonl`` and ``summary.json`` and print the summary table."""

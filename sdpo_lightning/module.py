@@ -151,6 +151,7 @@ class SDPOModule(pl.LightningModule):
             raise ValueError(f"objective 'dpo' is pairwise: num_negatives must be 1, got {num_negatives} (use dpo_k or sdpo)")
         if not sft_weight >= 0.0:  # also rejects NaN
             raise ValueError(f"sft_weight must be >= 0, got {sft_weight!r}")
+        _check_schedule(learning_rate, weight_decay, warmup_steps, min_lr_ratio, max_new_tokens)
         if scoring not in ("shared_prefix", "naive"):
             raise ValueError(f"scoring must be 'shared_prefix' or 'naive', got {scoring!r}")
         if reference not in ("live", "cached"):
@@ -397,6 +398,13 @@ class SDPOModule(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         return self._evaluator("predict", self.hparams.eval_protocols).update(self, batch)
 
+    def on_predict_epoch_end(self) -> None:
+        """Write ``predictions.jsonl`` (the generated / top-ranked answer of every record, see
+        :class:`Evaluator`) into ``output_dir`` (default: the run directory)."""
+        ev = self.evaluators.pop("predict", None)
+        if ev is not None:
+            ev.write_prediction_file(self, self._output_dir())
+
     def eval_trunk(self) -> TrunkCache | None:
         """The persisted lower-layer cache of ``eval_trunk_dir`` (loaded on first use), or None."""
         if not self.hparams.get("eval_trunk_dir"):
@@ -543,7 +551,11 @@ class SDPOModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        # fused: one ATen kernel whose sqrt is exact; the foreach path's sqrt goes through
+        # MKL's vector math, whose last bit differs between CPUs (docs/reproducibility.md)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay,
+                                fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
 
@@ -555,6 +567,25 @@ class SDPOModule(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _check_schedule(learning_rate: float, weight_decay: float, warmup_steps: int,
+                    min_lr_ratio: float, max_new_tokens: int) -> None:
+    """Refuse optimizer and generation settings AdamW or the schedule cannot use.
+
+    Raises:
+        ValueError: naming the setting and its value.
+    """
+    if not (math.isfinite(learning_rate) and learning_rate >= 0):
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
 
 
 def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:

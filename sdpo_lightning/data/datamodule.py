@@ -21,6 +21,7 @@ from sdpo_lightning.data.compact import load_compact
 from sdpo_lightning.data.negatives import STRATEGIES
 from sdpo_lightning.data.prompts import EncodedExample, PromptBuilder
 from sdpo_lightning.data.records import Example
+from sdpo_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ def _encode(prompts: PromptBuilder, tokenizer: Any, max_length: int, title_ids: 
             source: str, items: Any, example: Example, index: int) -> EncodedExample:
     """``PromptBuilder.encode`` with the split's settings bound (picklable for data workers)."""
     return prompts.encode(example, index, tokenizer, max_length, title_ids, source=source, items=items)
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Refuse a count setting (``batch_size``, ``max_length``, ...) that is not a positive
+    integer; ``None`` stands for the default."""
+    for name, value in counts.items():
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and not (integer and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -87,8 +97,10 @@ class RecDataModule(pl.LightningDataModule):
         super().__init__()
         if negative_sampling not in STRATEGIES:
             raise ValueError(f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}")
-        if num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        _check_counts(num_negatives=num_negatives, batch_size=batch_size, max_length=max_length,
+                      eval_batch_size=eval_batch_size)
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
         self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
@@ -122,7 +134,9 @@ class RecDataModule(pl.LightningDataModule):
         """
         tok = self._tokenizer()
         self.prompts.resolve_prefix(tok)
-        examples, skipped = load_compact(path, min_candidates=min_candidates, lenient=self.hparams.lenient)
+        examples, skipped = load_compact(path, min_candidates=min_candidates,
+                                         lenient=self.hparams.lenient,
+                                         require_target=split != "predict")
         if split == "validate" and self.hparams.limit_val_examples:
             examples = examples.head(self.hparams.limit_val_examples)
         log.info(
@@ -148,7 +162,9 @@ class RecDataModule(pl.LightningDataModule):
             if path is None:
                 if split in ("validate",) and stage == "fit":
                     continue
-                raise ValueError(f"RecDataModule: no {split} file configured (data.{self._arg(split)})")
+                command = getattr(stage, "value", stage) or "fit"
+                raise ConfigError(f"no {split} file configured (data.{self._arg(split)}); "
+                                  f"`{command}` reads it")
             if split not in self.datasets:
                 self.datasets[split] = self.load_split(split, path, min_c)
 
