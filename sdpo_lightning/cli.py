@@ -54,7 +54,8 @@ class SDPOCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             command = f"{PROG} {self._subcommand_in(args)}".strip()
-            raise ConfigError(f"{err} (see `{command} --help`)") from err
+            message = _name_config_file(str(err), sys.argv[1:] if args is None else args)
+            raise ConfigError(f"{message} (see `{command} --help`)") from err
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyperparameters of ``--ckpt_path`` while parsing and applies
@@ -141,6 +142,32 @@ class SDPOCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         checkpoint_io.install(trainer.strategy)
         return trainer
+
+
+def _config_files(argv: Any) -> list[str]:
+    """The files given with ``-c`` / ``--config`` in ``argv``."""
+    if not isinstance(argv, list):
+        return []
+    files = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")]
+    return files + [a.split("=", 1)[1] for a in argv if str(a).startswith("--config=")]
+
+
+def _name_config_file(message: str, argv: Any) -> str:
+    """``message`` with the YAML parser's ``"<unicode string>"`` replaced by the config file
+    that does not parse (jsonargparse parses the file's text, so its name is lost)."""
+    import yaml
+
+    if "<unicode string>" not in message:
+        return message
+    for path in _config_files(argv):
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.YAMLError:
+            return message.replace('"<unicode string>"', path).replace("<unicode string>", path)
+    return message
 
 
 #: Errors ``sdpo`` reports in one line: the project's user errors and Lightning's own

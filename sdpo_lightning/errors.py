@@ -40,6 +40,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupted, or does not fit the model."""
 
 
+class RunDirError(UserError, OSError):
+    """The run directory (``default_root_dir``) cannot be created or written."""
+
+
 class RunDirInUseError(UserError, RuntimeError):
     """Another live run holds the lock of the same ``default_root_dir``."""
 

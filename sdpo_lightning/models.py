@@ -58,12 +58,56 @@ def _split_gguf(model_name_or_path: str, gguf_file: str | None) -> tuple[str, st
 
 
 def _check_exists(model_name_or_path: str, gguf_file: str | None) -> None:
+    """Refuse a local model source that is missing, holds no model, or is not a GGUF file.
+
+    Raises:
+        ModelSourceError: naming the path and the reason.
+    """
+    from sdpo_lightning.errors import ModelSourceError
+
     local = Path(model_name_or_path)
     looks_local = model_name_or_path.startswith((".", "/", "~")) or local.exists()
     if looks_local and not local.exists():
-        raise FileNotFoundError(f"model path {model_name_or_path!r} does not exist")
-    if gguf_file and not (local / gguf_file).is_file():
-        raise FileNotFoundError(f"GGUF file {str(local / gguf_file)!r} does not exist")
+        raise ModelSourceError(f"model path {model_name_or_path!r} does not exist")
+    if gguf_file:
+        _check_gguf(local / gguf_file)
+    elif local.is_dir() and not (local / "config.json").is_file():
+        ggufs = sorted(p.name for p in local.glob("*.gguf"))
+        hint = f"; to load its GGUF file give {str(local / ggufs[0])!r}" if ggufs else ""
+        raise ModelSourceError(f"cannot load the model from {model_name_or_path!r}: the folder "
+                               f"holds no model (no config.json){hint}")
+
+
+def _check_gguf(path: Path) -> None:
+    """Refuse a GGUF path that is missing, empty, or does not start with the GGUF magic."""
+    from sdpo_lightning.errors import ModelSourceError
+
+    if not path.is_file():
+        raise ModelSourceError(f"GGUF file {str(path)!r} does not exist")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise ModelSourceError(f"cannot load the model from {str(path)!r}: the GGUF file is empty")
+    if magic != b"GGUF":
+        raise ModelSourceError(f"cannot load the model from {str(path)!r}: not a GGUF file (it "
+                               "does not start with 'GGUF')")
+
+
+@contextlib.contextmanager
+def _reading_gguf(src: str, gguf_file: str | None) -> Iterator[None]:
+    """Name the GGUF file when the library fails to read it (e.g. a truncated download)."""
+    import struct
+
+    from sdpo_lightning.errors import ModelSourceError, one_line
+
+    try:
+        yield
+    except (OSError, ValueError, EOFError, struct.error) as err:
+        if not gguf_file or isinstance(err, ModelSourceError):
+            raise
+        path = str(Path(src) / gguf_file)
+        raise ModelSourceError(f"cannot load the model from {path!r}: the GGUF file is truncated "
+                               f"or corrupt ({one_line(err)[:200]})") from err
 
 
 def load_tokenizer(
@@ -84,7 +128,8 @@ def load_tokenizer(
         src, gguf = _split_gguf(model_name_or_path, gguf_file)
         _check_exists(src, gguf)
         kwargs = {"gguf_file": gguf} if gguf else {}
-        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kwargs)
+        with _reading_gguf(src, gguf):
+            tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kwargs)
     else:
         raise ValueError("a tiny model needs tokenizer_path (e.g. made by `python -m sdpo_lightning.data.synthetic`)")
     if tok.eos_token_id is None:
@@ -144,11 +189,14 @@ def build_policy(
         kwargs["gguf_file"] = gguf
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except (OSError, ValueError) as err:  # no / broken config or weights: the user's directory
-        from sdpo_lightning.errors import ModelSourceError, one_line
+    from sdpo_lightning.errors import ModelSourceError, one_line
 
+    try:
+        with _reading_gguf(src, gguf):
+            model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except ModelSourceError:
+        raise
+    except (OSError, ValueError) as err:  # no / broken config or weights: the user's directory
         raise ModelSourceError(f"cannot load the model from {src!r}: {one_line(err)[:300]}") from err
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

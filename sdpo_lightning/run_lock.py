@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdpo_lightning.errors import RunDirInUseError
+from sdpo_lightning.errors import RunDirError, RunDirInUseError
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl
@@ -50,11 +50,17 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        """Take the lock, or raise :class:`RunDirInUseError` if a live run holds it."""
+        """Take the lock, or raise :class:`RunDirInUseError` if a live run holds it
+        (:class:`RunDirError` if the directory cannot be created or written)."""
         if fcntl is None or self._fd is not None:
             return self
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunDirError(
+                f"trainer.default_root_dir {str(self.root)!r}: cannot create or write the run "
+                f"directory ({err.strerror or err}); choose a writable one") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
