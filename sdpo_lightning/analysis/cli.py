@@ -51,8 +51,7 @@ def render_figures(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     from sdpo_lightning.analysis.runinfo import run_table
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(out_dir)
     df = load_runs(run_dirs, names, source)  # type: ignore[arg-type]
     written: list[Path] = []
 
@@ -81,6 +80,26 @@ def render_figures(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
     except ValueError as err:
         log(f"skipped hr1_vs_negatives: {err}")
     return written
+
+
+def _output_dir(out_dir: str | Path) -> Path:
+    """``out_dir``, created if missing.
+
+    Raises:
+        ConfigError: it exists and is not a directory, or cannot be created.
+    """
+    from sdpo_lightning.errors import ConfigError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory; give a directory for the "
+                          "figures")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or err
+        raise ConfigError(f"--out {out}: cannot create the directory ({reason})") from None
+    return out
 
 
 def _negatives(pairs: Sequence[str]) -> dict[str, int]:

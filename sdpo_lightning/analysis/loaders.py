@@ -22,6 +22,7 @@ from sdpo_lightning.analysis._deps import require_pandas
 from sdpo_lightning.analysis.discovery import (
     NoLogsError, natural_key, discover_logs, find_runs, named_runs,
 )
+from sdpo_lightning.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 COLUMNS = ["run", "split", "metric", "step", "epoch", "value", "source"]
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test",
           "predict": "predict"}
+class MetricsFileError(UserError, ValueError):
+    """A ``metrics.csv`` cannot be read as a Lightning CSV log; the message names the file."""
+
+
 Source = Literal["auto", "csv", "tensorboard"]
 _IGNORED_TAGS = {"hp_metric", "epoch", "step"}
 
@@ -65,17 +70,32 @@ def _dtype(column: str) -> str:
 
 
 def read_csv_metrics(path: str | Path, run: str = "") -> pd.DataFrame:
-    """Reads one CSVLogger ``metrics.csv`` (wide, sparse rows) into the tidy table."""
+    """Reads one CSVLogger ``metrics.csv`` (wide, sparse rows) into the tidy table.
+
+    Raises:
+        MetricsFileError: the file is empty, not UTF-8, not CSV, or holds non-numbers.
+    """
     pd = require_pandas()
-    wide = pd.read_csv(path)
+    try:
+        wide = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MetricsFileError(f"{path}: not a readable metrics.csv ({_first_line(err)})") from err
     if "step" not in wide.columns:
-        raise ValueError(f"{path}: not a Lightning metrics.csv (no `step` column)")
+        raise MetricsFileError(f"{path}: not a Lightning metrics.csv (no `step` column)")
     epoch = wide["epoch"] if "epoch" in wide.columns else float("nan")
     wide = wide.assign(epoch=epoch)
     names = [c for c in wide.columns if c not in _IGNORED_TAGS]
     long = wide.melt(id_vars=["step", "epoch"], value_vars=names, var_name="name")
     long = long.dropna(subset=["value", "step"])
-    return _tidy(long[["name", "step", "epoch", "value"]], run, "csv")
+    try:
+        return _tidy(long[["name", "step", "epoch", "value"]], run, "csv")
+    except (ValueError, TypeError) as err:
+        raise MetricsFileError(f"{path}: a metrics.csv with a value that is not a number "
+                               f"({_first_line(err)})") from err
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
 
 
 def _scalar_events(path: Path) -> Iterable[tuple[str, int, float]]:

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from sdpo_lightning.errors import UserError
+
 from .bootstrap import bootstrap_ci, paired_bootstrap_pvalue
 
 SCHEMA_VERSION = 1
@@ -48,8 +50,43 @@ _RESERVED = ("schema_version", "n_examples", "bootstrap", "protocols")
 _REQUIRED_META = ("run", "method", "dataset", "model")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A summary or predictions file is missing, malformed or inconsistent."""
+
+
+#: Types of the prediction record fields that are read (``None``: the field may be null).
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "correct": ((bool,), "true or false"),
+    "valid": ((bool,), "true or false"),
+    "target_rank": ((int,), "an integer >= 1"),
+    "generated": ((str, type(None)), "a string or null"),
+    "parsed": ((str, type(None)), "a string or null"),
+    "target": ((str, type(None)), "a string or null"),
+    "top_item": ((str, type(None)), "a string or null"),
+}
+
+
+def check_record_types(record: Mapping[str, Any], where: str) -> None:
+    """Refuse a prediction record whose fields have the wrong JSON types (e.g. ``"correct":
+    "no"``, which ``bool()`` would count as a hit).
+
+    Raises:
+        ReportError: naming ``where`` (file and line), the field and its value.
+    """
+    for key, (types, wanted) in _FIELD_TYPES.items():
+        if key not in record:
+            continue
+        value = record[key]
+        bad = not isinstance(value, types) or (bool not in types and isinstance(value, bool))
+        if not bad and key == "target_rank":
+            bad = value < 1
+        if bad:
+            raise ReportError(f"{where}: '{key}' must be {wanted}, got {json.dumps(value)}")
+    scores = record.get("scores")
+    number = lambda s: isinstance(s, numbers.Real) and not isinstance(s, bool)  # noqa: E731
+    if scores is not None and not (isinstance(scores, list)
+                                   and all(s is None or number(s) for s in scores)):
+        raise ReportError(f"{where}: 'scores' must be a list of numbers or nulls")
 
 
 def _metric_values(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
@@ -197,8 +234,10 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ReportError(f"{path}:{lineno}: malformed JSON ({e})") from e
-        if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+        if not isinstance(record, dict) or not isinstance(record.get("index"), int) \
+                or isinstance(record["index"], bool):
             raise ReportError(f"{path}:{lineno}: a record must be an object with an int 'index'")
+        check_record_types(record, f"{path}:{lineno}")
         records.append(record)
     return records
 
@@ -217,11 +256,20 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     for key in ("method", "dataset", "protocols"):
         if key not in summary:
             raise ReportError(f"{path}: missing key '{key}'")
+    for key in ("method", "dataset"):
+        if not isinstance(summary[key], str):
+            raise ReportError(f"{path}: '{key}' must be a string, got {json.dumps(summary[key])}")
+    if not isinstance(summary.get("predictions"), (str, type(None))):
+        raise ReportError(f"{path}: 'predictions' must be a file name or null")
     gen = summary["protocols"].get("generation") if isinstance(summary["protocols"], dict) else None
     for name in ("hr@1", "valid_ratio"):
         entry = gen.get(name) if isinstance(gen, dict) else None
         if not isinstance(entry, dict) or "value" not in entry:
             raise ReportError(f"{path}: missing protocols.generation.{name}.value")
+        value = entry["value"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ReportError(f"{path}: protocols.generation.{name}.value must be a number or "
+                              f"null, got {json.dumps(value)}")
     return summary
 
 

@@ -78,9 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args: argparse.Namespace) -> ProtocolConfig:
+    """The protocol options of ``args``, checked (before any download or reading).
+
+    Raises:
+        PrepareError: a split fraction that is not positive, fractions not summing to 1, or
+            another inconsistent value.
+    """
+    if not all(f > 0 for f in args.split):  # also NaN
+        raise PrepareError(f"--split: every fraction must be positive (each split gets users), "
+                           f"got {' '.join(map(str, args.split))}")
+    config = ProtocolConfig(
+        max_history=args.max_history, num_candidates=args.num_candidates,
+        split=tuple(args.split), seed=args.seed,
+        min_user_interactions=args.min_user_interactions,
+        min_item_interactions=args.min_item_interactions, min_rating=args.min_rating,
+        include_item_ids=not args.no_item_ids,
+        max_examples_per_user=args.max_examples_per_user)
+    config.validate()
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     log = (lambda _msg: None) if args.quiet else print
     spec = get_dataset(args.dataset)
+    config = _config(args)
     raw = args.raw
     if args.download:
         if raw is not None:
@@ -89,13 +111,6 @@ def _run(args: argparse.Namespace) -> int:
                                sha256=args.sha256, timeout=args.timeout, log=log)
     elif raw is None and not (spec.name == "goodreads" and args.interactions):
         raise PrepareError(f"{spec.name}: pass --raw DIR (holding {spec.files}) or --download")
-    config = ProtocolConfig(
-        max_history=args.max_history, num_candidates=args.num_candidates,
-        split=tuple(args.split), seed=args.seed,
-        min_user_interactions=args.min_user_interactions,
-        min_item_interactions=args.min_item_interactions, min_rating=args.min_rating,
-        include_item_ids=not args.no_item_ids,
-        max_examples_per_user=args.max_examples_per_user)
     options = ReaderOptions(
         lenient=args.lenient, encoding=args.encoding, genre=args.genre,
         interactions=args.interactions, books=args.books, time_field=args.time_field,

@@ -39,6 +39,10 @@ __all__ = ["SPLITS", "ProtocolConfig", "RawDataset", "PreparedDataset", "build_e
 SPLITS = ("train", "valid", "test")
 
 
+#: How far the split fractions' sum may be from 1.
+SPLIT_TOLERANCE = 1e-6
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
     """Options of the preparation protocol.
@@ -46,7 +50,7 @@ class ProtocolConfig:
     Attributes:
         max_history: Most recent items kept in a history window.
         num_candidates: Candidates per example (target included).
-        split: Train/valid/test user fractions (normalized to sum to one).
+        split: Train/valid/test user fractions, each >= 0, summing to 1 (within 1e-6).
         seed: Seed of the user split and of every example's negatives.
         min_user_interactions: Minimum interactions per user (k-core; at least 2 applies).
         min_item_interactions: Minimum interactions per item (k-core; 0 = off).
@@ -75,6 +79,9 @@ class ProtocolConfig:
             raise PrepareError(f"split needs three non-negative fractions, got {self.split}")
         if sum(self.split) <= 0:
             raise PrepareError("split fractions sum to zero")
+        if abs(sum(self.split) - 1.0) > SPLIT_TOLERANCE:
+            terms = " + ".join(map(str, self.split))
+            raise PrepareError(f"split fractions must sum to 1, got {terms} = {sum(self.split):g}")
         if self.min_user_interactions < 0 or self.min_item_interactions < 0:
             raise PrepareError("minimum interaction counts must be >= 0")
         if self.max_examples_per_user is not None and self.max_examples_per_user < 1:
