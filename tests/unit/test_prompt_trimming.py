@@ -71,7 +71,8 @@ def _same_as_reference(pb: PromptBuilder, tok, examples: list[Example], lengths,
 @pytest.mark.parametrize("templates", ["movies", "music", "{candidates} then {history}:"])
 def test_trimming_equals_the_item_by_item_loop(tokenizer, templates):
     pb = PromptBuilder(templates, seed=3)
-    assert _same_as_reference(pb, tokenizer, _examples(0, 25), (20, 60, 90, 130, 200, 400, 4096)) > 50
+    lengths = (20, 60, 90, 130, 200, 400, 4096)
+    assert _same_as_reference(pb, tokenizer, _examples(0, 25), lengths) > 50
 
 
 def test_trimming_equals_the_loop_on_hybrid_prompts(tokenizer):
