@@ -5,7 +5,8 @@ The README is read as a user reads it: blocks in order, ``NAME=value`` lines exp
 expanded. Each command is then checked without training anything:
 
 * the program exists: a ``setup.cfg`` console script installed next to this interpreter
-  (and its entry point importable), ``python -m`` modules, ``make`` targets, ``pip`` extras;
+  (and its entry point importable), ``python -m`` modules, ``make`` targets, ``pip`` extras,
+  the Makefile's virtualenv for ``source .../bin/activate``;
 * ``sdpo`` and ``sdpo-baseline fit|test`` commands parse their configs and flags with
   ``--print_config`` (the 7B configs included); every config file they name exists;
 * every file a command reads (adapters, data files, item tables, summaries, sdpo-report
@@ -362,6 +363,11 @@ def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
         return []
     if program == "pip":
         check_pip(cmd)
+        return []
+    if program in ("source", ".") and len(cmd.words) == 2:
+        venv = re.search(r"^VENV \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
+        assert venv and cmd.words[1] == f"{venv.group(1)}/bin/activate", (
+            f"{cmd.words[1]} is not the activate script of the Makefile's virtualenv")
         return []
     if program == "python" and cmd.words[1:3] == ("-m", "sdpo_lightning"):
         assert importlib.util.find_spec("sdpo_lightning.__main__") is not None
