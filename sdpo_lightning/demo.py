@@ -40,6 +40,7 @@ from sdpo_lightning.data.synthetic import main as make_synthetic
 from sdpo_lightning.data.synthetic import rule_scores
 from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
 from sdpo_lightning.evaluation.report import hits_by_index
+from sdpo_lightning.kernels import describe, reexec_pinned
 
 N_BOOT_PAIRED = 10_000
 
@@ -121,17 +122,29 @@ def results_table(runs: dict[str, Path], n_candidates: int) -> str:
     return "\n".join(lines)
 
 
-def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str] | None = None) -> str:
-    """Run the whole demo; returns the printed results block."""
+def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str] | None = None,
+        seed: int | None = None) -> str:
+    """Run the whole demo; returns the printed results block.
+
+    Args:
+        root: Output directory (the quickstart configs read ``runs/quickstart/data``).
+        configs: Directory of the quickstart YAML files.
+        extra: Arguments appended to every ``sdpo`` stage.
+        seed: If given, the seed of the data generator and of both training stages
+            (otherwise the configs' seeds: 0).
+    """
     # one intra-op thread: a 2-layer model gains nothing from more (it lost to OpenMP
     # overhead on 2 cores), and float reductions then run in the same order on every
     # machine, so the printed numbers do not depend on its core count
     torch.set_num_threads(1)
     rootp, extra = Path(root), list(extra or [])
     sft_cfg, sdpo_cfg = f"{configs}/quickstart_sft.yaml", f"{configs}/quickstart_sdpo.yaml"
+    if seed is not None:
+        extra = [f"--seed_everything={seed}", *extra]
     times = {}
     if not (rootp / "data" / "tokenizer" / "tokenizer.json").is_file():
-        make_synthetic(["--out", str(rootp / "data"), "--config", f"{configs}/quickstart_data.yaml"])
+        make_synthetic(["--out", str(rootp / "data"), "--config", f"{configs}/quickstart_data.yaml",
+                        *([] if seed is None else ["--seed", str(seed)])])
     times["sft fit"] = _stage("SFT", ["fit", "-c", sft_cfg, *extra])
     times["sft test"] = _stage(
         "test SFT", ["test", "-c", sft_cfg, "--model.model_name_or_path", f"{root}/sft/export",
@@ -154,8 +167,15 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="configs", help="directory of the quickstart YAML files")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the data and of both stages (default: the configs' seed, 0)")
+    parser.add_argument("--kernels", choices=("pinned", "native"), default="pinned",
+                        help="pinned: portable CPU kernel paths, the same numbers on every x86-64 "
+                             "machine (the README's block); native: each library's fastest path")
     args, extra = parser.parse_known_args(argv)
-    run("runs/quickstart", args.configs, extra)  # the quickstart configs read runs/quickstart/data
+    reexec_pinned(args.kernels)  # before any float is computed; restarts the process if needed
+    print(describe(), flush=True)
+    run("runs/quickstart", args.configs, extra, seed=args.seed)  # the configs read runs/quickstart/data
     return 0
 
 

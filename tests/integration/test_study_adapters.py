@@ -4,6 +4,11 @@
 the per-example predictions of ``benchmarks/quality/results/<run>/`` (the study's own test of
 the same weights), hence the same summary. Needs ``../shared`` (model and data); run with
 ``pytest -m slow tests/integration/test_study_adapters.py``.
+
+The committed rows were computed with ATen's AVX-512 kernels (torch 2.13.0, x86-64). On a CPU
+with those kernels the test is exact; elsewhere the vector width changes the last bits of the
+scores, and a row whose top two candidates are within rounding of each other may flip, so it
+allows :data:`MAX_FLIPPED` of the rows to differ and each HR@1 to move by as much.
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
+#: ATen CPU capability the committed results were computed with
+RESULTS_CAPABILITY = "AVX512"
+#: share of rows that may differ on another kernel path (ties broken by the last bit)
+MAX_FLIPPED = 0.01
 SHARED = REPO.parent / "shared"
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTERS = REPO / "benchmarks" / "quality" / "adapters"
@@ -53,7 +63,17 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
         recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return sorted((r["index"], r["generated"], r["correct"], r["target_rank"]) for r in recs)
 
-    assert rows(tmp_path / "run" / "predictions.jsonl") == rows(RESULTS / run / "predictions.jsonl")
+    got_rows, want_rows = rows(tmp_path / "run" / "predictions.jsonl"), rows(RESULTS / run / "predictions.jsonl")
     got = json.loads((tmp_path / "run" / "summary.json").read_text())["protocols"]
     want = json.loads((RESULTS / run / "summary.json").read_text())["protocols"]
-    assert got == want
+    if torch.backends.cpu.get_cpu_capability() == RESULTS_CAPABILITY:
+        assert got_rows == want_rows
+        assert got == want
+        return
+    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
+    flipped = sum(a != b for a, b in zip(got_rows, want_rows))
+    print(f"{adapter}: {flipped} of {len(want_rows)} rows differ on ATen "
+          f"{torch.backends.cpu.get_cpu_capability()} (results: {RESULTS_CAPABILITY})")
+    assert flipped <= MAX_FLIPPED * len(want_rows)
+    for protocol in want:
+        assert abs(got[protocol]["hr@1"]["value"] - want[protocol]["hr@1"]["value"]) <= MAX_FLIPPED, protocol
