@@ -161,13 +161,28 @@ def _user_sequence(
     return seen
 
 
+def _negatives(unseen: list[int], items: list[Item], context: str, k: int, p_context: float,
+               rng: random.Random) -> list[int]:
+    """``k`` distinct negatives from ``unseen``: uniform draws, except that with ``p_context``
+    (per draw) the draw comes from the items of the ``context`` category while any remain."""
+    if p_context <= 0:
+        return rng.sample(unseen, k)
+    near = [i for i in unseen if items[i].category == context]
+    far = [i for i in unseen if items[i].category != context]
+    n_near = min(len(near), sum(rng.random() < p_context for _ in range(k)))
+    return [*rng.sample(near, n_near), *rng.sample(far, k - n_near)]
+
+
 def _examples(user_id: int, seq: list[int], items: list[Item], rng: random.Random,
-              history_len: int, n_candidates: int, min_history: int) -> list[dict]:
+              history_len: int, n_candidates: int, min_history: int,
+              p_context_negative: float = 0.0) -> list[dict]:
     """Turn one sequence into sliding-window candidate-list examples."""
     unseen = sorted(set(range(len(items))) - set(seq))
     out = []
     for t in range(min_history, len(seq)):
-        cands = [seq[t], *rng.sample(unseen, n_candidates - 1)]
+        context = items[seq[t - 1]].category
+        negs = _negatives(unseen, items, context, n_candidates - 1, p_context_negative, rng)
+        cands = [seq[t], *negs]
         rng.shuffle(cands)
         out.append({
             "historyList": [items[i].title for i in seq[max(0, t - history_len):t]],
@@ -192,6 +207,7 @@ def generate_dataset(
     p_same_category: float = 0.6,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     noun_first: bool = False,
+    p_context_negative: float = 0.0,
 ) -> dict[str, list[dict]]:
     """Generate the catalogue and train/valid/test candidate-list splits (split by user).
 
@@ -211,6 +227,11 @@ def generate_dataset(
         p_same_category: Otherwise, probability of staying in the last item's category.
         split_fractions: User fractions for train/valid/test.
         noun_first: Titles start with their theme noun (see :func:`generate_catalogue`).
+        p_context_negative: Probability that a negative is drawn from the category of the
+            user's last item (the context), as a retrieval stage proposing similar items
+            would; otherwise it is drawn from all unseen items. The candidate list then tells
+            no more about the target's category than the history does, but the choice within
+            the category needs the item-level successor rule. 0 keeps uniform draws.
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...], "items": [Item dicts]}``.
@@ -218,6 +239,8 @@ def generate_dataset(
     if not 1 <= min_history <= seq_len[0] - 1 or seq_len[0] > seq_len[1]:
         raise ValueError(f"need 1 <= min_history < seq_len[0] <= seq_len[1], got "
                          f"min_history={min_history}, seq_len={seq_len}")
+    if not 0.0 <= p_context_negative <= 1.0:
+        raise ValueError(f"p_context_negative must be in [0, 1], got {p_context_negative}")
     if n_items - seq_len[1] < n_candidates - 1:
         raise ValueError(f"n_items={n_items} leaves too few unseen items for "
                          f"{n_candidates - 1} negatives with sequences up to {seq_len[1]}")
@@ -236,7 +259,7 @@ def generate_dataset(
     for split in ("train", "valid", "test"):
         result[split] = [ex for u in sorted(groups[split]) for ex in _examples(
             u, seqs[u], items, random.Random(f"neg:{seed}:{u}"),
-            history_len, n_candidates, min_history)]
+            history_len, n_candidates, min_history, p_context_negative)]
     result["items"] = [asdict(it) for it in items]
     if out_dir is not None:
         out = Path(out_dir)
@@ -305,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, nargs=2, metavar=("MIN", "MAX"), help="user sequence length range")
     parser.add_argument("--p-successor", type=float)
     parser.add_argument("--p-same-category", type=float)
+    parser.add_argument("--p-context-negative", type=float,
+                        help="probability that a negative comes from the last item's category")
     parser.add_argument("--noun-first", action="store_true", default=None,
                         help="titles start with their theme noun")
     parser.add_argument("--vocab-size", type=int, default=1000)
@@ -315,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:  # missing / unreadable / invalid file: one error line
         parser.error(f"--config: {err}")
     for key in ("seed", "n_items", "n_categories", "n_users", "history_len", "n_candidates",
-                "min_history", "seq_len", "p_successor", "p_same_category", "noun_first"):
+                "min_history", "seq_len", "p_successor", "p_same_category", "noun_first",
+                "p_context_negative"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if "seq_len" in settings:

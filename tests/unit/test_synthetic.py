@@ -201,3 +201,24 @@ def test_bad_generator_config_is_one_error_line(tmp_path: Path, capsys, text: st
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and str(cfg) in err[0] and reason in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_context_negatives_come_from_the_last_items_category() -> None:
+    """With ``p_context_negative=1`` every negative shares the category of the history's last
+    item (while that category has unseen items); with 0 the files are today's uniform draws;
+    either way the same seed gives the same rows."""
+    kwargs = dict(seed=3, n_items=200, n_users=30, n_candidates=4)
+    uniform = generate_dataset(**kwargs)
+    assert generate_dataset(**kwargs, p_context_negative=0.0) == uniform
+    near = generate_dataset(**kwargs, p_context_negative=1.0)
+    assert near == generate_dataset(**kwargs, p_context_negative=1.0)
+    cat = {it["title"]: it["category"] for it in near["items"]}
+
+    def share(rows: list[dict]) -> float:
+        negs = [(ex["historyList"][-1], t) for ex in rows for t in ex["itemList"] if t != ex["trueSelection"]]
+        return sum(cat[h] == cat[t] for h, t in negs) / len(negs)
+
+    assert share(near["train"]) > 0.99  # 20 items a category: it never runs out here
+    assert share(uniform["train"]) < 0.2  # 10 categories, the current one partly seen
+    with pytest.raises(ValueError, match="p_context_negative"):
+        generate_dataset(**kwargs, p_context_negative=1.5)
