@@ -7,10 +7,10 @@ small MLP trained with the LoRA adapters. Items the recommender never saw get on
 "unknown" vector in its place.
 
 Item tokens travel as **negative token ids** (item ``i`` of the table is ``-(i + 2)``, an item
-outside it ``-1``), so a prompt, its packed shared-prefix row, its digest and every cache key
-carry them like any other id, and no tokenizer or vocabulary changes: the decoder's
-``embed_tokens`` is replaced by :class:`HybridEmbedding`, which embeds real ids as before and
-item ids by the projection. Completions (the answers) stay plain titles.
+outside it ``-1``), so a prompt, its packed shared-prefix row (:mod:`sdpo_lightning.packing`),
+its digest and every cache key carry them like any other id, and no tokenizer or vocabulary
+changes: the decoder's ``embed_tokens`` is replaced by :class:`HybridEmbedding`, which embeds
+real ids as before and item ids by the projection. Completions (the answers) stay plain titles.
 
 Files (an item table directory, also written into every exported hybrid adapter under
 :data:`HYBRID_SUBDIR`): ``items.json`` (``{"titles": [...], "source": ...}``, row order),
@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from sdpo_lightning.models import decoder_of
 
 __all__ = [
     "HYBRID_SUBDIR", "HybridEmbedding", "HybridSettings", "ItemTable", "UNKNOWN_ITEM_ID",
@@ -196,8 +198,6 @@ class HybridEmbedding(nn.Module):
 
 def hybrid_embedding(model: nn.Module) -> HybridEmbedding | None:
     """The model's :class:`HybridEmbedding`, or ``None`` for a text-only model."""
-    from sdpo_lightning.trunk_cache import decoder_of
-
     emb = decoder_of(model).embed_tokens
     return emb if isinstance(emb, HybridEmbedding) else None
 
@@ -209,8 +209,6 @@ def install_hybrid(model: nn.Module, table: ItemTable, hidden: int, seed: int = 
     The projector is initialised from ``seed`` (the same seed, the same weights), or read from
     ``projector_dir``'s :data:`PROJECTOR_FILE` (an exported hybrid adapter's folder).
     """
-    from sdpo_lightning.trunk_cache import decoder_of
-
     decoder = decoder_of(model)
     if isinstance(decoder.embed_tokens, HybridEmbedding):
         raise ValueError("the model already has hybrid item embeddings")

@@ -1,5 +1,8 @@
 """Policy loading (HF directory / hub id, GGUF file, tiny LLaMA config), LoRA, references.
 
+:func:`decoder_of` finds the decoder stack inside a causal LM (the trunk cache cuts its layer
+list, hybrid prompts replace its ``embed_tokens``).
+
 Reference handling:
     * LoRA from the base model: the reference is the policy with its adapter disabled —
       no second copy of the weights.
@@ -296,6 +299,26 @@ def is_peft(model: nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The decoder stack (``embed_tokens``, ``layers``, ``norm``) inside a causal LM.
+
+    Args:
+        model: A Hugging Face causal LM (``model.model`` is its decoder), possibly behind a
+            ``peft.PeftModel``.
+
+    Returns:
+        The decoder module, whose ``layers`` is an ``nn.ModuleList``.
+
+    Raises:
+        ValueError: if the model has no such decoder.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(inner, "model", None)
+    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        raise ValueError(f"trunk cache: cannot find the decoder layers of {type(inner).__name__}")
+    return decoder
 
 
 @contextlib.contextmanager

@@ -8,16 +8,11 @@ to the model when autograd is on. Two modes:
   ``[prompt, completion]`` sequences is a row of its own, shape ``(B*N, P+C)``. The
   model returns full logits; the log-softmax runs only on the completion positions.
 * ``"shared_prefix"``: the prompt is computed once per example. Each example becomes
-  one **packed row** ``[prompt, c_0, ..., c_{N-1}]`` holding only the real tokens of each
-  completion (ragged packing: completion n takes exactly its own length, with no padding
-  between completions). Rows whose completions are shorter in total are right-padded as a
-  whole to ``P + T``, T = the most real completion tokens of any example. Block attention
-  mask: prompt tokens attend causally to real prompt tokens; completion tokens attend to the
-  real prompt tokens and to the earlier tokens of their own completion only; no real token
-  attends to padding. Position ids restart for every completion at ``n_prompt_tokens + j``.
-  Logits are made only at the T positions ``P-1 .. P+T-2`` (``logits_to_keep``): the first
-  token of every completion is predicted at the last prompt position, any other at the
-  position before it.
+  one **packed row** ``[prompt, c_0, ..., c_{N-1}]`` of length ``P + T`` holding only the
+  real tokens of each completion (T = the most real completion tokens of any example), with
+  a block attention mask and position ids that restart for every completion; logits are made
+  only at the T positions that predict completion tokens (``logits_to_keep``). The layout is
+  :mod:`sdpo_lightning.packing`'s, shared with the trunk cache.
 
 Why a packed row and not a KV cache expanded to B*N? The packed row is a single ordinary
 forward pass. Gradients reach the prompt's activations through autograd with no special
@@ -40,6 +35,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from sdpo_lightning.packing import (
+    PACKED_ATTN_IMPLEMENTATIONS,
+    attn_implementation,
+    completion_src,
+    kept_logit_positions,
+    pack_row,
+    packed_attention_mask,
+    ragged_pack,
+)
+
 __all__ = [
     "MODES",
     "CompletionLogps",
@@ -53,7 +58,6 @@ __all__ = [
 ]
 
 MODES = ("naive", "shared_prefix")
-_PACKED_ATTN = ("sdpa", "eager")
 
 
 class CompletionLogps(NamedTuple):
@@ -114,69 +118,6 @@ def check_inputs(p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor) -
         raise ValueError("completions must be RIGHT-padded (a real token follows a pad)")
 
 
-def _attn_implementation(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) or "eager"
-
-
-class _RaggedPack(NamedTuple):
-    """Where the real completion tokens of ``(B, N, C)`` sit in the packed rows."""
-
-    total: int  # T: most real completion tokens in one example (>= 1)
-    dest: Tensor  # (B, N*C) packed position of each completion slot; L = P + T for padding
-    segment: Tensor  # (B, L) -1 prompt, n completion n, -2 row padding
-    position_ids: Tensor  # (B, L)
-
-
-def _ragged_pack(p_mask: Tensor, c_mask: Tensor) -> _RaggedPack:
-    """Lay out rows ``[prompt, c_0, ..., c_{N-1}, row padding]`` with no padding inside.
-
-    Completion n of example b takes exactly its real length, straight after completion n-1.
-    Rows whose completions are shorter in total are right-padded to ``L = P + T``.
-    """
-    (B, P), (_, N, C) = p_mask.shape, c_mask.shape
-    device = p_mask.device
-    real = c_mask.bool().reshape(B, N * C)  # (B, N*C)
-    total = max(int(real.sum(-1).max()), 1)  # T; at least one slot so that logits exist
-    L = P + total
-    dest = P + real.long().cumsum(-1) - 1  # (B, N*C): packed position of each real token
-    dest = torch.where(real, dest, torch.full_like(dest, L))  # padding slots -> dropped column L
-    completion = torch.arange(N, device=device).repeat_interleave(C).expand(B, N * C)
-    offset = torch.arange(C, device=device).repeat(N).expand(B, N * C)  # index in its completion
-    n_prompt = p_mask.long().sum(-1, keepdim=True)  # (B, 1)
-    segment = torch.full((B, L + 1), -2, dtype=torch.long, device=device)
-    segment[:, :P] = -1
-    segment.scatter_(1, dest, completion)
-    positions = torch.zeros((B, L + 1), dtype=torch.long, device=device)
-    positions[:, :P] = (p_mask.long().cumsum(-1) - 1).clamp(min=0)
-    positions.scatter_(1, dest, n_prompt + offset)  # restart after the prompt per completion
-    return _RaggedPack(total, dest, segment[:, :L], positions[:, :L])
-
-
-def _packed_attention_mask(
-    p_mask: Tensor, segment: Tensor, attn_impl: str, dtype: torch.dtype
-) -> Tensor:
-    """Block mask for packed rows ``[prompt, c_0, ..., c_{N-1}, pad]``: (B, 1, L, L).
-
-    ``segment`` (B, L) is -1 on the prompt, n on completion n and -2 on row padding. Real tokens
-    never see padding. Each padding query sees itself, so that no row is all-masked (an
-    all-masked row gives NaN in SDPA). Their outputs are never read.
-    """
-    (B, P), L, device = p_mask.shape, segment.shape[1], p_mask.device
-    pos = torch.arange(L, device=device)
-    causal = pos[:, None] >= pos[None, :]  # (L, L)
-    key_seg, query_seg = segment[:, None, :], segment[:, :, None]
-    same_block = (key_seg == -1) | (key_seg == query_seg)  # (B, L, L)
-    key_real = torch.cat([p_mask.bool(), segment[:, P:] >= 0], dim=1)  # (B, L)
-    allowed = causal[None] & same_block & key_real[:, None, :]  # (B, L, L)
-    allowed = allowed | torch.eye(L, dtype=torch.bool, device=device)[None]
-    allowed = allowed[:, None]  # (B, 1, L, L)
-    if attn_impl == "sdpa":
-        return allowed
-    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return additive.masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
 class PackedForward(NamedTuple):
     """One packed forward pass: logits at the completion positions and where each token reads."""
 
@@ -193,47 +134,34 @@ def packed_forward(
     c_mask: Tensor,
     use_cache: bool = False,
 ) -> PackedForward:
-    """Run ``[prompt, c_0, ..., c_{N-1}]`` as one packed row per example (module docstring).
+    """Run ``[prompt, c_0, ..., c_{N-1}]`` as one packed row per example.
+
+    The layout (ragged packing, block mask, position ids, kept logits) is
+    :mod:`sdpo_lightning.packing`'s.
 
     Inputs must be checked and trimmed (``trim_padding``). With ``use_cache`` the model's cache
     is returned too; its first ``P`` positions are exactly a causal prefill of the prompts.
     """
-    attn_impl = _attn_implementation(model)
-    if attn_impl not in _PACKED_ATTN:
+    attn_impl = attn_implementation(model)
+    if attn_impl not in PACKED_ATTN_IMPLEMENTATIONS:
         raise ValueError(
-            f"mode='shared_prefix' needs attn_implementation in {_PACKED_ATTN} (custom 4D mask), "
+            "mode='shared_prefix' needs attn_implementation in "
+            f"{PACKED_ATTN_IMPLEMENTATIONS} (custom 4D mask), "
             f"the model uses {attn_impl!r}; use mode='naive' or attn_implementation='sdpa'"
         )
-    (B, P), (_, N, C) = p_ids.shape, c_ids.shape
-    pack = _ragged_pack(p_mask, c_mask)
-    T, L = pack.total, P + pack.total
-    flat_ids = c_ids.reshape(B, N * C)
-    input_ids = torch.zeros((B, L + 1), dtype=p_ids.dtype, device=p_ids.device)
-    input_ids[:, :P] = p_ids
-    input_ids = input_ids.scatter_(1, pack.dest, flat_ids)[:, :L]  # (B, L)
+    layout = ragged_pack(p_mask, c_mask)
+    input_ids = pack_row(p_ids, c_ids, layout)  # (B, L)
     dtype = model.get_input_embeddings().weight.dtype  # eager only; adds to the attention scores
-    mask = _packed_attention_mask(p_mask, pack.segment, attn_impl, dtype)
-    # Logits at P-1 .. L-2 (T positions, shared by all rows). The first token of every
-    # completion is predicted at the last prompt position P-1 (kept index 0); any other token
-    # at packed position d is predicted at d-1 (kept index d-P).
-    keep = torch.arange(P - 1, L - 1, device=p_ids.device)  # (T,)
+    mask = packed_attention_mask(p_mask, layout.segment, attn_impl, dtype)  # (B, 1, L, L)
     out = model(
         input_ids=input_ids,
         attention_mask=mask,
-        position_ids=pack.position_ids,
+        position_ids=layout.position_ids,
         use_cache=use_cache,
-        logits_to_keep=keep,
+        logits_to_keep=kept_logit_positions(layout, p_ids.device),  # (T,)
     )
-    return PackedForward(out.logits, completion_src(pack.dest, P, C, T), out.past_key_values if use_cache else None)
-
-
-def completion_src(dest: Tensor, P: int, C: int, T: int) -> Tensor:
-    """Index into the kept logits (T positions from P-1) predicting each completion slot
-    (B, N*C) of a packed row whose slots sit at ``dest``: the first token of every completion
-    reads the last prompt position (0), any other the position before it (``dest - P``);
-    padding slots get any valid index (masked by the caller)."""
-    first = torch.arange(dest.shape[1], device=dest.device).expand_as(dest) % C == 0  # (B, N*C)
-    return torch.where(first, torch.zeros_like(dest), dest - P).clamp(0, T - 1)
+    cache = out.past_key_values if use_cache else None
+    return PackedForward(out.logits, completion_src(layout), cache)
 
 
 def packed_token_logps(packed: PackedForward, c_ids: Tensor, c_mask: Tensor) -> Tensor:

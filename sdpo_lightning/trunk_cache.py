@@ -2,7 +2,7 @@
 
 With LoRA on the top decoder layers only (``LoraSettings.layers_to_transform``), the
 embeddings and the lower layers are a fixed function of the tokens. In the shared-prefix
-packed row (see :mod:`sdpo_lightning.scoring`), a completion token attends only to the
+packed row (see :mod:`sdpo_lightning.packing`), a completion token attends only to the
 prompt and to its own completion, so its lower-layer activation does not depend on which
 other completions share the row. Hence the activations of ``[prompt, every candidate]``
 computed once per example serve every later packed row of that example — SFT (the target
@@ -40,26 +40,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdpo_lightning.models import decoder_of
+from sdpo_lightning.packing import (
+    PACKED_ATTN_IMPLEMENTATIONS,
+    attn_implementation,
+    completion_src,
+    kept_logit_positions,
+    pack_row,
+    packed_attention_mask,
+    ragged_pack,
+    unpack_completions,
+)
 from sdpo_lightning.scoring import (
     CompletionLogps,
     PackedForward,
-    _packed_attention_mask,
-    _ragged_pack,
-    completion_src,
     packed_token_logps,
     trim_padding,
 )
 
-__all__ = ["TrunkCache", "decoder_of", "frozen_layer_count", "lower_layers_identity"]
-
-
-def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder stack (``embed_tokens``, ``layers``, ``norm``) inside a causal LM / peft model."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(inner, "model", None)
-    if decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ValueError(f"trunk cache: cannot find the decoder layers of {type(inner).__name__}")
-    return decoder
+__all__ = ["TrunkCache", "frozen_layer_count", "lower_layers_identity"]
 
 
 def frozen_layer_count(model: nn.Module) -> int:
@@ -96,17 +95,6 @@ def _key(prompt_ids: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> bytes:
     return h.digest()
 
 
-def _packed_inputs(p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor):
-    """Packed-row ids, block mask inputs and logit positions, as in ``scoring._shared_prefix``."""
-    (B, P), (_, N, C) = p_ids.shape, c_ids.shape
-    pack = _ragged_pack(p_mask, c_mask)
-    L = P + pack.total
-    input_ids = torch.zeros((B, L + 1), dtype=p_ids.dtype, device=p_ids.device)
-    input_ids[:, :P] = p_ids
-    input_ids = input_ids.scatter_(1, pack.dest, c_ids.reshape(B, N * C))[:, :L]  # (B, L)
-    return pack, input_ids, L
-
-
 class TrunkCache:
     """Lower-layer activations of every example seen, keyed by its token ids.
 
@@ -129,19 +117,21 @@ class TrunkCache:
               keys: list[bytes]) -> None:
         """Run the lower layers on the all-candidates packed rows of these examples."""
         p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, c_ids, c_mask)
-        (B, P), (_, M, C) = p_ids.shape, c_ids.shape
-        pack, input_ids, L = _packed_inputs(p_ids, p_mask, c_ids, c_mask)
+        B, P = p_ids.shape
+        layout = ragged_pack(p_mask, c_mask)
         decoder = decoder_of(model)
-        mask = _packed_attention_mask(p_mask, pack.segment, _attn(model), decoder.embed_tokens.weight.dtype)
+        mask = packed_attention_mask(p_mask, layout.segment, _attn(model),
+                                     decoder.embed_tokens.weight.dtype)  # (B, 1, L, L)
         with _only_layers(decoder, 0, self.n_lower, skip_norm=True):
-            hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=pack.position_ids,
+            hidden = decoder(input_ids=pack_row(p_ids, c_ids, layout), attention_mask=mask,
+                             position_ids=layout.position_ids,
                              use_cache=False).last_hidden_state  # (B, L, H)
+        cands_h = unpack_completions(hidden, layout)  # (B, M, C, H)
         lengths = c_mask.long().sum(-1)  # (B, M)
         n_prompt = p_mask.long().sum(-1)  # (B,)
-        dest = pack.dest.reshape(B, M, C)
         for b, key in enumerate(keys):
             prompt_h = hidden[b, P - int(n_prompt[b]):P].clone()  # left-padded: real ids last
-            cands = [hidden[b, dest[b, m, : int(lengths[b, m])]].clone() for m in range(M)]
+            cands = [cands_h[b, m, : int(lengths[b, m])].clone() for m in range(cands_h.shape[1])]
             self.store[key] = (prompt_h, cands)
         self.builds += B
 
@@ -176,11 +166,12 @@ class TrunkCache:
         n_tokens = mask.long().sum(-1)  # (B, N)
         p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
         (B, P), (_, N, C) = p_ids.shape, c_ids.shape
-        pack, _, L = _packed_inputs(p_ids, p_mask, c_ids, c_mask)
+        layout = ragged_pack(p_mask, c_mask)
+        L = layout.length
         decoder = decoder_of(model)
         first = self.store[keys[0]][0]
         hidden = torch.zeros((B, L + 1, first.shape[-1]), dtype=first.dtype, device=first.device)
-        dest = pack.dest.reshape(B, N, C)
+        dest = layout.dest.reshape(B, N, C)
         for b, key in enumerate(keys):
             prompt_h, cands = self.store[key]
             hidden[b, P - prompt_h.shape[0]:P] = prompt_h
@@ -188,12 +179,14 @@ class TrunkCache:
                 length = int(n_tokens[b, n])
                 if length:
                     hidden[b, dest[b, n, :length]] = cands[int(cand_index[b, n])][:length]
-        attn = _packed_attention_mask(p_mask, pack.segment, _attn(model), decoder.embed_tokens.weight.dtype)
-        keep = torch.arange(P - 1, L - 1, device=p_ids.device)  # (T,), see scoring._shared_prefix
+        attn = packed_attention_mask(p_mask, layout.segment, _attn(model),
+                                     decoder.embed_tokens.weight.dtype)  # (B, 1, L, L)
+        keep = kept_logit_positions(layout, p_ids.device)  # (T,)
         with _only_layers(decoder, self.n_lower, None, skip_norm=False):
-            logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn, position_ids=pack.position_ids,
-                           use_cache=False, logits_to_keep=keep).logits  # (B, T, V)
-        return PackedForward(logits, completion_src(pack.dest, P, C, pack.total), None), c_ids, c_mask
+            logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn,
+                           position_ids=layout.position_ids, use_cache=False,
+                           logits_to_keep=keep).logits  # (B, T, V)
+        return PackedForward(logits, completion_src(layout), None), c_ids, c_mask
 
     def save(self, path: Path, identity: str) -> None:
         """Write the store to ``path`` (atomically), tagged with the lower layers' ``identity``."""
@@ -244,8 +237,8 @@ def lower_layers_identity(model: nn.Module, n_lower: int) -> str:
 
 
 def _attn(model: nn.Module) -> str:
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
+    impl = attn_implementation(model)
+    if impl not in PACKED_ATTN_IMPLEMENTATIONS:
         raise ValueError(f"trunk cache needs attn_implementation sdpa or eager (custom 4D mask), got {impl!r}")
     return impl
 
