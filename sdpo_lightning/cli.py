@@ -100,10 +100,10 @@ class SDPOCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         model = self._get(self.config, "model", default={}) or {}
         if model.get("objective") != "sft" and model.get("beta") is not None:
-            from sdpo_lightning.objectives import _check_beta
+            from sdpo_lightning.objectives import check_beta
 
             try:
-                _check_beta(model["beta"])
+                check_beta(model["beta"])
             except ValueError as err:
                 raise ConfigError(f"model.beta: {err}") from None
         if self.subcommand is not None and not is_secondary_rank():

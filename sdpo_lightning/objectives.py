@@ -25,6 +25,7 @@ from torch import Tensor
 __all__ = [
     "OBJECTIVES",
     "ObjectiveOutput",
+    "check_beta",
     "dpo_k_loss",
     "dpo_loss",
     "preference_loss",
@@ -56,7 +57,18 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
-def _check_beta(beta: float) -> float:
+def check_beta(beta: float) -> float:
+    """The DPO temperature ``beta`` as a float, checked.
+
+    Args:
+        beta: The value to check (anything ``float()`` accepts).
+
+    Returns:
+        ``float(beta)``.
+
+    Raises:
+        ValueError: unless it is finite and positive.
+    """
     beta = float(beta)
     if not (beta > 0.0 and beta < float("inf")):
         raise ValueError(f"beta must be a finite positive number, got {beta!r}")
@@ -75,7 +87,7 @@ def _prepare(
     The returned rewards are attached to the graph (they are the logits of the losses);
     callers detach copies for logging.
     """
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     if policy_chosen_logps.dim() != 1:
         raise ValueError(
             "policy_chosen_logps must have shape (B,), got "
