@@ -176,6 +176,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_project_module(dotted: str) -> bool:
+    path = PACKAGE.parent / dotted.replace(".", "/")
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
 def _private_module_outside_its_package(module: str, importer: str) -> bool:
     """``a.b._c.d`` may only be imported from inside ``a.b`` (the package owning ``_c``)."""
     parts = module.split(".")
@@ -209,9 +214,7 @@ def private_imports(module: str, source: str, is_package: bool = False) -> list[
             for a in node.names:
                 if _is_private(a.name) and target != module:
                     found.append(f"{module}:{node.lineno}: from {target} import {a.name}")
-                elif (PACKAGE.parent / (target + "." + a.name).replace(".", "/")).exists() or (
-                    PACKAGE.parent / ((target + "." + a.name).replace(".", "/") + ".py")
-                ).exists():
+                elif _is_project_module(f"{target}.{a.name}"):
                     aliases.add(a.asname or a.name)
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -242,8 +245,10 @@ def test_the_scan_finds_planted_private_imports() -> None:
     )
     found = private_imports("sdpo_lightning.evaluator", src)
     assert len(found) == 5, found
-    assert private_imports("sdpo_lightning.analysis.cli", "from ._deps import require_pandas\n") == []
-    assert private_imports("sdpo_lightning.scoring", "from sdpo_lightning.scoring import _x\n") == []
+    same_package = "from ._deps import require_pandas\n"
+    assert private_imports("sdpo_lightning.analysis.cli", same_package) == []
+    own_name = "from sdpo_lightning.scoring import _x\n"
+    assert private_imports("sdpo_lightning.scoring", own_name) == []
 
 
 def test_no_module_imports_another_modules_private_names() -> None:
