@@ -6,7 +6,9 @@
 ``correct`` (bool), ``valid`` (bool) — the generation protocol; ``target_rank``
 (int, 1-based, ties against the target) and ``scores`` (list[float], optional) — the
 ranking protocol. A protocol is summarized when every record has its fields
-(``correct``+``valid``, resp. ``target_rank``).
+(``correct``+``valid``, resp. ``target_rank``). A predictions file may be stored
+gzip-compressed as ``<name>.gz`` (see :mod:`.compact_predictions`); the readers here take
+either (:func:`find_predictions`).
 
 **summary.json** (``schema_version`` 1)::
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import numbers
 import sys
@@ -219,13 +222,29 @@ def write_predictions(
     return path
 
 
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Read a predictions JSONL file; errors name the file and line."""
+def find_predictions(path: str | Path) -> Path | None:
+    """The predictions file stored for ``path``: ``path`` itself when it is a file, else its
+    gzip-compressed copy ``<path>.gz`` when that is a file, else ``None``."""
     path = Path(path)
+    if path.is_file():
+        return path
+    packed = path.with_name(path.name + ".gz")
+    return packed if packed.is_file() else None
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Read a predictions JSONL file, plain or gzip-compressed (a ``.gz`` name, or ``path``
+    missing and ``<path>.gz`` present: :func:`find_predictions`); errors name the file and
+    line."""
+    path = find_predictions(path) or Path(path)
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, EOFError) as e:
         raise ReportError(f"{path}: cannot read predictions file ({e})") from e
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -285,8 +304,8 @@ def _hits_by_index(summary_path: Path, summary: Mapping[str, Any]) -> dict[int, 
     name = summary.get("predictions")
     if not name:
         return None
-    pred_path = summary_path.parent / name
-    if not pred_path.is_file():
+    pred_path = find_predictions(summary_path.parent / name)
+    if pred_path is None:
         return None
     records = read_predictions(pred_path)
     if any("correct" not in r for r in records):
