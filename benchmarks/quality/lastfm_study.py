@@ -15,8 +15,9 @@ Stages (each a real ``sdpo`` run, resumable, shareable between runners; see ``ru
    without an NLL term) for epochs 4–6, everything else equal, against that SFT run itself
    (``sft_e6_ep3`` is the SFT at the switch point, exported and tested).
 
-After each stage its ``summary.json``, ``predictions.jsonl`` and metrics CSV are copied into
-``benchmarks/quality/results/<run>/`` (small text files, committed), and the stage wall
+After each stage its ``summary.json``, ``predictions.jsonl`` (compacted: ``predictions.jsonl.gz``
+without the prompt and target, see ``results/README.md``) and metrics CSV are copied into
+``benchmarks/quality/results/<run>/`` (small files, committed), and the stage wall
 times into ``benchmarks/quality/results/timings.json``. Work files (checkpoints, logs, the
 reference cache) stay in ``--out``. ``--only`` picks stages, so the work can be spread over
 several sessions or runners:
@@ -151,12 +152,17 @@ def resume_state(epochs_dir: Path, epoch: int) -> Path | None:
 
 
 def collect(run_dir: Path, name: str) -> None:
-    """Copy a run's small result files into the repository's results directory."""
+    """Copy a run's small result files into the repository's results directory; the
+    predictions go in compact form (``predictions.jsonl.gz``, ``compact_predictions``)."""
+    from sdpo_lightning.evaluation.compact_predictions import compact_file
+
     dest = RESULTS / name
     dest.mkdir(parents=True, exist_ok=True)
-    for fname in ("summary.json", "predictions.jsonl"):
-        if (run_dir / fname).is_file():
-            shutil.copy2(run_dir / fname, dest / fname)
+    if (run_dir / "summary.json").is_file():
+        shutil.copy2(run_dir / "summary.json", dest / "summary.json")
+    if (run_dir / "predictions.jsonl").is_file():
+        compact_file(run_dir / "predictions.jsonl", dest / "predictions.jsonl.gz", keep_source=True)
+        (dest / "predictions.jsonl").unlink(missing_ok=True)  # an older full copy
     # the fit logs csv/version_0 (and one more version per resume), the test the last version
     metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
     if metrics:
@@ -373,7 +379,14 @@ def _hits(name: str) -> dict:
     """A run's per-example hits, each predictions file read once."""
     from sdpo_lightning.evaluation.report import hits_by_index
 
-    return hits_by_index(RESULTS / name / "predictions.jsonl")
+    return hits_by_index(RESULTS / name / "predictions.jsonl")  # or its compact .gz
+
+
+def has_predictions(name: str) -> bool:
+    """Whether run ``name`` has a predictions file (plain or compact) under ``RESULTS``."""
+    from sdpo_lightning.evaluation.report import find_predictions
+
+    return find_predictions(RESULTS / name / "predictions.jsonl") is not None
 
 
 def paired_table(last: str, others: list[str]) -> str:
@@ -381,7 +394,7 @@ def paired_table(last: str, others: list[str]) -> str:
     for generation and ranking HR@1."""
     lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
     for n in others:
-        if (RESULTS / n / "predictions.jsonl").is_file():
+        if has_predictions(n):
             rows, cells = _deltas(_hits(last), _hits(n))
             lines.append(f"| `{n}` | {rows} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)

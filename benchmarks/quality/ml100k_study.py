@@ -30,8 +30,8 @@ its "unseen rows" one, with more rows:
    independent); the row bootstrap is printed beside it. The K=19 adapter, fitted after
    this was fixed, is tested on the same rows when its fit is done (a secondary row).
 
-Results go to ``benchmarks/quality/results/ml100k/<run>/`` (``summary.json``,
-``predictions.jsonl``, metrics CSVs) and stage times to ``results/ml100k/timings.json``;
+Results go to ``benchmarks/quality/results/ml100k/<run>/`` (``summary.json``, compact
+``predictions.jsonl.gz``, metrics CSVs) and stage times to ``results/ml100k/timings.json``;
 work files stay in ``--out``. Every stage is resumable and runners may share ``--out``:
 
     python benchmarks/quality/ml100k_study.py --out ../sdpo_ml100k --eval-trunk
@@ -51,7 +51,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lastfm_study import _deltas, _hits, collect, detail_table, save_timings  # noqa: E402
+from lastfm_study import (  # noqa: E402
+    _deltas, _hits, collect, detail_table, has_predictions, save_timings,
+)
 from run import GGUF, REPO, SHARED, Runner, write_rows  # noqa: E402
 
 RAW = SHARED / "data" / "ml-100k"
@@ -154,13 +156,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def baselines(part: str = "test") -> None:
         """The baselines on a test file (``test`` or a confirmation half), each fitted twice."""
+        from sdpo_lightning.evaluation.compact_predictions import compact_file
+
         at = "" if part == "test" else f"@{part}"
         for b in BASELINES:
             for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
+                dest = RESULTS / _part_dir(part) / "baselines" / f"{b}{suffix}"
                 run.stage(f"fit_{b}{suffix}{at}", [
-                    b, "--train", str(train), "--test", str(files[part]), "--out",
-                    str(RESULTS / _part_dir(part) / "baselines" / f"{b}{suffix}"), "--seed", "0", "-q",
-                    "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+                    b, "--train", str(train), "--test", str(files[part]), "--out", str(dest),
+                    "--seed", "0", "-q", "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+                if not a.dry_run and (dest / "predictions.jsonl").is_file():  # committed compact
+                    compact_file(dest / "predictions.jsonl")
 
     def test(name: str, cfg: str, method: str, part: str = "test") -> None:
         """Test the adapter of ``runs/<name>`` on a test file (``test`` or a confirmation half,
@@ -262,7 +268,7 @@ def user_table(parts: list[str], pairs: list[tuple[str, str]] = PAIRS[:5]) -> st
              "", "| row | minus | users | rows | gen Δ [users] | gen Δ [rows] | rank Δ [users] | rank Δ [rows] |",
              "|:---|:---|---:|---:|---:|---:|---:|---:|"]
     for mine, other in pairs:
-        if not all((RESULTS / _part_dir(p) / n / "predictions.jsonl").is_file() for p in parts for n in (mine, other)):
+        if not all(has_predictions(f"{_part_dir(p)}/{n}") for p in parts for n in (mine, other)):
             continue
         diffs: list[tuple[float, float]] = []
         users: list[str] = []

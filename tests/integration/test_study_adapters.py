@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdpo_lightning.evaluation.report import read_predictions
 from tests.conftest import REPO
 
 #: ATen CPU capability the committed results were computed with
@@ -59,8 +60,8 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    def rows(path: Path) -> list[tuple]:
-        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def rows(path: Path) -> list[tuple]:  # the committed file is the compact predictions.jsonl.gz
+        recs = read_predictions(path)
         return sorted((r["index"], r["generated"], r["correct"], r["target_rank"]) for r in recs)
 
     got_rows, want_rows = rows(tmp_path / "run" / "predictions.jsonl"), rows(RESULTS / run / "predictions.jsonl")

@@ -73,6 +73,32 @@ def test_single_fit_log_is_copied_unchanged(tmp_path: Path, monkeypatch: pytest.
         (run / "csv" / "version_0" / "metrics.csv").read_bytes()
 
 
+def test_collect_commits_compact_predictions(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predictions go into the results as ``predictions.jsonl.gz`` without the prompt and
+    target (an older full copy is removed); the run directory keeps its full file."""
+    from sdpo_lightning.evaluation.report import hits_by_index, read_predictions
+
+    run = tmp_path / "run"
+    full = [{"index": i, "target": "a", "prompt": "p", "generated": " a", "parsed": "a",
+             "valid": True, "correct": i == 0, "target_rank": 1 + i, "top_item": "a",
+             "scores": [0.5, -1.0]} for i in range(2)]
+    run.mkdir()
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
+    dest = tmp_path / "results" / "one"
+    dest.mkdir(parents=True)
+    (dest / "predictions.jsonl").write_text("stale")
+
+    lastfm_study.collect(run, "one")
+
+    assert not (dest / "predictions.jsonl").exists() and (run / "predictions.jsonl").is_file()
+    assert read_predictions(dest / "predictions.jsonl.gz") == [
+        {k: v for k, v in r.items() if k not in ("target", "prompt")} for r in full]
+    assert lastfm_study.has_predictions("one")
+    assert hits_by_index(dest / "predictions.jsonl") == hits_by_index(run / "predictions.jsonl")
+
+
 def test_resumed_stage_counts_every_start(tmp_path: Path) -> None:
     """A first start ran 100 s before it was stopped (``started/<name>`` holds 100.0); the
     second start finishes: the stage's time is 100 s plus the second start's."""

@@ -18,6 +18,9 @@ ONLY=${ONLY:-all}  # lastfm | ml100k | all
       --trainer.logger.init_args.save_dir runs/baselines/${m}_lastfm/seed$seed \
       --model.init_args.report_dir $d 2>&1 | grep -E "HR@1|Error|error" || true
     cp runs/baselines/${m}_lastfm/seed$seed/csv/version_*/metrics.csv $d/ 2>/dev/null || true
+    if [ -f $d/predictions.jsonl ]; then  # committed compact: predictions.jsonl.gz (../README.md)
+      $PY -m sdpo_lightning.evaluation.compact_predictions compact $d/predictions.jsonl >/dev/null
+    fi
   done
 done
 [ "$ONLY" = lastfm ] || for seed in $ML_SEEDS; do
