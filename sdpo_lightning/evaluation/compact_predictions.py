@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import ReportError, _finite, read_predictions
+from .report import ReportError, json_ready, read_predictions
 
 #: fields of a full record that the data file and the row index give back
 DERIVED_FIELDS: tuple[str, ...] = ("target", "prompt")
@@ -51,7 +51,7 @@ def dumps_records(records: Iterable[Mapping[str, Any]]) -> str:
     them (non-ASCII kept, non-finite floats as ``null``)."""
     lines = []
     for record in records:
-        clean = {k: _finite(v) for k, v in record.items()}
+        clean = {k: json_ready(v) for k, v in record.items()}
         lines.append(json.dumps(clean, ensure_ascii=False, allow_nan=False) + "\n")
     return "".join(lines)
 

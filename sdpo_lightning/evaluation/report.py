@@ -196,12 +196,19 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     return path
 
 
-def _finite(v: Any) -> Any:
-    """JSON-ready value: numpy scalars to Python, non-finite floats to None."""
+def json_ready(v: Any) -> Any:
+    """JSON-ready value: numpy scalars to Python, non-finite floats to None.
+
+    Args:
+        v: A record field (lists and tuples are converted item by item, into lists).
+
+    Returns:
+        ``v`` with numpy scalars as Python numbers and NaN / infinities as ``None``.
+    """
     v = v.item() if isinstance(v, np.generic) else v
     if isinstance(v, float) and not np.isfinite(v):
         return None
-    return [_finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return [json_ready(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def write_predictions(
@@ -217,7 +224,7 @@ def write_predictions(
 
     with path.open("w", encoding="utf-8") as f:
         for record in records:
-            clean = {k: _finite(v) for k, v in record.items()}
+            clean = {k: json_ready(v) for k, v in record.items()}
             f.write(json.dumps(clean, ensure_ascii=False, allow_nan=False) + "\n")
     return path
 
