@@ -44,7 +44,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from step_cost import DEFAULT_GGUF, SHARED, prepare_model  # noqa: E402
+from _common import DEFAULT_GGUF, SHARED, prepare_model  # noqa: E402
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 K = 3

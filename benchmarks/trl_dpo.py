@@ -1,6 +1,7 @@
 """TRL's ``DPOTrainer`` on the same work as ``step_cost.py``'s DPO (K=1) rows.
 
-Run by ``benchmarks/step_cost.py`` in a subprocess (``trl_worker``); TRL is an optional
+Run by ``benchmarks/step_cost.py`` in a subprocess (``trl_worker``), on the batch that
+``benchmarks/_common.py``'s ``build`` gives both; TRL is an optional
 benchmark dependency (``pip install -e .[benchmark]``). Same model weights, LoRA adapter (the
 same seeded non-zero B), rows, prompts and (chosen, rejected) pairs as our K=1 configuration;
 the timed step is TRL's own ``training_step`` (policy forward + backward over the chosen and
@@ -29,7 +30,7 @@ def trl_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"unavailable": f"TRL cannot be imported here ({type(err).__name__}: {err}); "
                                "install it with `pip install -e .[benchmark]`"}
     from peft import LoraConfig
-    from step_cost import LORA, build
+    from _common import LORA, build
     from timing import timed
 
     module, dm, batch = build({**cfg, "kind": "sdpo", "path": "naive", "k": 1})
