@@ -1,5 +1,5 @@
 """Evaluation: answer parsing, HR@1 / ValidRatio and ranking metrics, bootstrap CIs,
-run summaries and the ``sdpo-report`` comparison table (DESIGN §6)."""
+run summaries and the ``sdpo-report`` comparison table (definitions: README.md, "Metrics")."""
 
 from .bootstrap import bootstrap_ci, paired_bootstrap_pvalue
 from .metrics import GenerationMetrics, RankingMetrics, rank_of_target, tie_broken_scores

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals and paired significance tests (DESIGN §6).
+"""Bootstrap confidence intervals and paired significance tests (README.md, "Metrics").
 
 Test sets are small (LastFM: a few hundred to a few thousand rows), so every reported
 number comes with a percentile-bootstrap CI, and comparisons between two systems on the

@@ -1,4 +1,5 @@
-"""Distributed-safe evaluation metrics for both protocols of DESIGN §6.
+"""Distributed-safe evaluation metrics for both protocols (generation and
+ranking; definitions: README.md, "Metrics").
 
 * :class:`GenerationMetrics` — paper protocol: HR@1 = correct / all,
   ValidRatio = valid / all, and LLaRA's HR@1 given valid = correct / valid.

@@ -1,4 +1,5 @@
-"""Parse a generated answer into the candidate it names (paper protocol, DESIGN §6).
+"""Parse a generated answer into the candidate it names (generation protocol;
+README.md, "Metrics").
 
 Definitions (exact):
 

@@ -1,4 +1,4 @@
-"""Tests of answer parsing (paper protocol, DESIGN §6)."""
+"""Tests of answer parsing (generation protocol; README.md, "Metrics")."""
 
 from __future__ import annotations
 
