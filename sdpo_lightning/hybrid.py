@@ -53,8 +53,10 @@ class HybridSettings:
     """Hybrid-prompt options of the model.
 
     Attributes:
-        item_table: an item table directory (``sdpo-item-table`` writes one from a trained
-            SASRec checkpoint) or an exported hybrid adapter's ``hybrid`` folder.
+        item_table: an item table directory (a sequential baseline's test step writes one when
+            given ``item_table_dir``: ``sdpo-baseline fit -c configs/baselines/sasrec_lastfm.yaml
+            --model.init_args.item_table_dir DIR``) or an exported hybrid adapter's ``hybrid``
+            folder.
         projector_hidden: hidden width of the two-layer projector (GELU between).
         curriculum_start: probability that a training example uses the hybrid form at the
             first step; it moves linearly to ``curriculum_end`` at the last step (LLaRA's
@@ -125,7 +127,8 @@ class ItemTable:
         where = f"item table {str(root)!r}"
         for name in (ITEMS_FILE, EMBEDDINGS_FILE):
             if not (root / name).is_file():
-                raise FileNotFoundError(f"{where}: no {name} (write one with sdpo-item-table)")
+                raise FileNotFoundError(f"{where}: no {name} (write one with sdpo-baseline "
+                                        "--model.init_args.item_table_dir)")
         try:
             meta = json.loads((root / ITEMS_FILE).read_text(encoding="utf-8"))
             titles = meta["titles"]
