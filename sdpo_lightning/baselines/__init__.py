@@ -1,6 +1,9 @@
-"""Non-neural baselines (random, most popular, item co-occurrence) in the report format.
+"""Baselines in the report format: non-neural scorers (random, most popular, item
+co-occurrence) and sequential recommenders (GRU4Rec, Caser, SASRec).
 
-``sdpo-baseline NAME --train T --test V --out DIR`` or :func:`run_baseline` from Python.
+Scorers: ``sdpo-baseline NAME --train T --test V --out DIR`` or :func:`run_baseline` from
+Python. Sequential recommenders (Lightning modules in :mod:`.gru4rec`, :mod:`.caser`,
+:mod:`.sasrec`): ``sdpo-baseline fit -c configs/baselines/MODEL_DATA.yaml`` (:mod:`.seqrec_cli`).
 """
 
 from sdpo_lightning.baselines.base import Scorer

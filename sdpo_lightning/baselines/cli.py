@@ -1,4 +1,8 @@
-"""``sdpo-baseline``: fit a non-neural baseline and write ``summary.json`` + ``predictions.jsonl``.
+"""``sdpo-baseline``: fit a baseline and write ``summary.json`` + ``predictions.jsonl``.
+
+A baseline is a non-neural scorer (``random``, ``most_popular``, ``item_knn``: this module's
+arguments) or a sequential recommender (GRU4Rec, Caser, SASRec: the ``fit`` / ``validate`` /
+``test`` subcommands, handed to :mod:`sdpo_lightning.baselines.seqrec_cli`).
 
 Examples::
 
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "item_knn; arguments below) or a sequential recommender (GRU4Rec, Caser, SASRec;\n"
         "the fit / validate / test subcommands below).",
         epilog=SEQREC_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=sorted(SCORERS), help="baseline")
+    parser.add_argument("name", choices=sorted(SCORERS), help="non-neural scorer")
     parser.add_argument("--train", type=Path, required=True, help="training file (.json/.jsonl)")
     parser.add_argument("--test", type=Path, required=True, help="evaluation file")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
