@@ -1,4 +1,4 @@
-"""Training examples/s and evaluation rows/s, before and after (issue 13), in one process.
+"""Training examples/s and evaluation rows/s, baseline setting and options, in one process.
 
 Setup: SmolLM2-135M-Instruct (GGUF dequantized to fp32 once, as ``step_cost.py`` does), LoRA
 r=8 on q/k/v/o with seeded non-zero B (so the policy differs from the base), LastFM rows drawn

@@ -20,7 +20,7 @@ without the prompt and target, see ``results/README.md``) and metrics CSV are co
 ``benchmarks/quality/results/<run>/`` (small files, committed), and the stage wall
 times into ``benchmarks/quality/results/timings.json``. Work files (checkpoints, logs, the
 reference cache) stay in ``--out``. ``--only`` picks stages, so the work can be spread over
-several sessions or runners:
+several starts or runners:
 
     python benchmarks/quality/lastfm_study.py --out ../sdpo_study            # everything
     python benchmarks/quality/lastfm_study.py --out ../sdpo_study --only sft # stage 2 only

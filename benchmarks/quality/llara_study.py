@@ -11,7 +11,7 @@ Same work directory, split, runner and results directory as ``lastfm_study.py``;
    probability of the hybrid form rising from 0 to 1 over the run). The projector trains and
    feeds layer 0, so the trunk cache is off and every step runs all 30 layers (2 s a step
    early to 4.5 s late in the curriculum on 2 CPU cores; 14,254 s in all). Every epoch's checkpoint and a ``last.ckpt`` (every validation) are kept,
-   and a rerun resumes from ``last.ckpt``, so the stage can be spread over several sessions;
+   and a rerun resumes from ``last.ckpt``, so the stage can be spread over several starts;
    ``test_llara`` on ``valid.json``;
 3. ``fit_llara.<run>`` for each of ``LLARA_ALIGN``: the committed S-DPO row's setting from
    the LLaRA adapter (projector frozen, so policy and reference share it and the trunk cache

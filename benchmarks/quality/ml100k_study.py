@@ -65,7 +65,6 @@ SFT_CFG, ALIGN_CFG = "configs/movielens/smollm2/sft.yaml", "configs/movielens/sm
 ALIGN: list[tuple[str, str, str, int]] = [
     ("sft_cont", "SFT (continued)", "sft", 3),
     ("sdpo_k3", "S-DPO (K=3)", "sdpo", 3),
-    # not run yet: the session of 2026-12-06 ran out of time after the two above
     ("sdpo_k19", "S-DPO (K=19)", "sdpo", 19),
 ]
 #: (row, row it is compared with): the paired differences ``--table`` prints

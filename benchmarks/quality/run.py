@@ -147,7 +147,7 @@ class Runner:
         print(f"[run ] {name}: {' '.join(cmd[2:])}", flush=True)
         if self.dry_run:
             return
-        # a stage stopped part-way (a session's end) and resumed later counts every start's
+        # a stage stopped part-way (the process ended) and resumed later counts every start's
         # wall time: the time so far is on disk (started/<name>), updated once a minute
         spent = self.out / "started" / name
         spent.parent.mkdir(parents=True, exist_ok=True)

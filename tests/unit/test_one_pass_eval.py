@@ -1,6 +1,6 @@
 """One-pass evaluation equals the reference path: ``model.generate`` and a separate ranking pass.
 
-Exactness of the faster evaluation (issue 13): the shared packed pass gives the same ranking
+Exactness of the faster (one-pass) evaluation: the shared packed pass gives the same ranking
 scores as ``module.score``; greedy decoding from its prompt cache gives ``generate``'s tokens;
 the trie walk gives constrained ``generate``'s tokens; the early stop after the first line keeps
 every parsed answer.
