@@ -35,7 +35,8 @@ def prepare_model(gguf: Path, work_dir: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(tmp))
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.config.save_pretrained(str(tmp))
@@ -56,7 +57,8 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     k = max(1, cfg["k"])
     torch.manual_seed(cfg["seed"])
     module = SDPOModule(
-        model_name_or_path=cfg["model_dir"], lora=LORA, objective="sft" if cfg["kind"] == "sft" else "sdpo",
+        model_name_or_path=cfg["model_dir"], lora=LORA,
+        objective="sft" if cfg["kind"] == "sft" else "sdpo",
         num_negatives=k, scoring="naive" if cfg["path"] == "naive" else "shared_prefix",
         reference="live" if cfg["path"] == "naive" else "cached", beta=1.0,
     )

@@ -45,11 +45,8 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -58,8 +55,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_DATA, DEFAULT_GGUF, LORA, REPO, build, prepare_model  # shared with trl_dpo.py
-from timing import load_average, timed  # shared with trl_dpo.py
+# shared with trl_dpo.py and the other benchmarks
+from _common import DEFAULT_DATA, DEFAULT_GGUF, LORA, REPO, build, prepare_model
+from timing import load_average, timed
 
 sys.path.insert(0, str(REPO))
 AGREE = 1e-4

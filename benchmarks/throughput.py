@@ -170,7 +170,7 @@ def train_table(args: argparse.Namespace, model_dir: Path, data: Path, n_layers:
             lines.append(f"| {label} | {name} | {rate:.2f} | {wall / len(bs):.2f} ({cpu / len(bs):.2f}) | "
                          f"{rate / base_rate:.2f}× | {note} |")
             print(f"  train {label} / {name}: {rate:.2f} ex/s", file=sys.stderr, flush=True)
-            del module
+            module = None  # frees the model before the next variant is built
     return lines
 
 

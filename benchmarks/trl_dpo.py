@@ -30,6 +30,7 @@ def trl_worker(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"unavailable": f"TRL cannot be imported here ({type(err).__name__}: {err}); "
                                "install it with `pip install -e .[benchmark]`"}
     from peft import LoraConfig
+
     from _common import LORA, build
     from timing import timed
 

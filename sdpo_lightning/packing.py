@@ -179,7 +179,7 @@ def packed_attention_mask(
     Returns:
         ``(B, 1, L, L)``: bool for SDPA; 0 / ``finfo(dtype).min`` in ``dtype`` otherwise.
     """
-    (B, P), L, device = p_mask.shape, segment.shape[1], p_mask.device
+    P, L, device = p_mask.shape[1], segment.shape[1], p_mask.device
     pos = torch.arange(L, device=device)
     causal = pos[:, None] >= pos[None, :]  # (L, L)
     key_seg, query_seg = segment[:, None, :], segment[:, :, None]
