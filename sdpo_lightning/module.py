@@ -35,7 +35,7 @@ from sdpo_lightning.models import (
     trainable_state_dict,
 )
 from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
-from sdpo_lightning.reference_cache import ReferenceCache, eval_mode
+from sdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, eval_mode
 from sdpo_lightning.scoring import completion_logps
 from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
 
@@ -320,7 +320,7 @@ class SDPOModule(pl.LightningModule):
         split = self._split()
         if self.ref_cache is None or split not in self.ref_cache.tables:
             self.ref_cache = ReferenceCache.for_module(self)
-        return self.ref_cache.scores_for(self, split, batch)
+        return self.ref_cache.scores_for(ReferenceSource.from_module(self), split, batch)
 
     def _split(self) -> str:
         return "fit" if self.trainer.training else "validate"
@@ -330,7 +330,8 @@ class SDPOModule(pl.LightningModule):
             split = self._split()
             if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
                 self.ref_cache = ReferenceCache.for_module(self)
-            all_scores = self.ref_cache.scores_for(self, split, batch).to(self.device)  # (B, M)
+            source = ReferenceSource.from_module(self)
+            all_scores = self.ref_cache.scores_for(source, split, batch).to(self.device)  # (B, M)
             return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
         # live: like the cache, score with dropout off (a LoRA reference adapter has dropout)
         with eval_mode(self.reference_model if self.reference_model is not None else self.policy):
@@ -437,7 +438,7 @@ class SDPOModule(pl.LightningModule):
     def _flush_reference_cache(self) -> None:
         """Write the reference cache's new rows (collective under multi-process training)."""
         if self.ref_cache is not None:
-            self.ref_cache.flush(self)
+            self.ref_cache.flush(ReferenceSource.from_module(self))
 
     def on_train_epoch_end(self) -> None:
         self._flush_reference_cache()

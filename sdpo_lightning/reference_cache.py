@@ -34,22 +34,30 @@ Two ways to fill the table (``model.reference_cache_build``):
   fine-tuning without a frozen copy, whose reference weights are gone after step one). Each
   process scores an equal share (rank-strided, padded to the same number of forwards) and
   the shares are all-gathered; global rank 0 writes the file.
+
+The model side comes in as a :class:`ReferenceSource`: a scorer of every candidate of a batch,
+the reference's identity, the device and the processes (no LightningModule;
+:meth:`ReferenceSource.from_module` adapts one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from sdpo_lightning.data.collate import make_collate
+from sdpo_lightning.processes import SINGLE_PROCESS, Processes, processes_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,8 @@ CACHE_FORMAT = 2
 SPLITS = ("fit", "validate")
 BUILDS = ("auto", "lazy", "full")
 PROBE_ROWS = 8
+
+Score = Callable[[dict[str, Any]], torch.Tensor]  # batch → (B, M) reference log-likelihoods
 
 
 # ---------------------------------------------------------------------------- key parts
@@ -151,6 +161,53 @@ def cache_key(identity: dict[str, Any], data: dict[str, Any], dataset: Any) -> s
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# ---------------------------------------------------------------------------- the reference side
+@dataclasses.dataclass(frozen=True)
+class ReferenceSource:
+    """What the cache reads of the model side.
+
+    Args:
+        scoring: opens a scoring session, a context manager yielding ``score(batch)`` → ``(B, M)``
+            reference log-likelihood of every candidate of the batch (shared prefix, no grad,
+            dropout off); entered once per build and per lazy fill.
+        identity: the reference's identity (:func:`reference_identity`), hashed into the cache
+            key; called when a split's table is opened or built.
+        device: where batches go before scoring, and tables before an all-gather.
+        processes: the processes sharing the work (rank, world size, collectives).
+    """
+
+    scoring: Callable[[], AbstractContextManager[Score]]
+    identity: Callable[[], dict[str, Any]]
+    device: torch.device | str = "cpu"
+    processes: Processes = SINGLE_PROCESS
+
+    @classmethod
+    def from_score(cls, score: Score, identity: dict[str, Any], device: torch.device | str = "cpu",
+                   processes: Processes = SINGLE_PROCESS) -> ReferenceSource:
+        """A source whose scorer is always at hand: a plain ``score(batch)`` callable."""
+        return cls(lambda: contextlib.nullcontext(score), lambda: identity, device, processes)
+
+    @classmethod
+    def from_module(cls, module: Any) -> ReferenceSource:
+        """The adapter of a LightningModule: its ``reference_scorer()`` (with the policy and the
+        reference in eval mode), the identity of its ``hparams``, its device and its trainer's
+        processes (read now: build it where it is used)."""
+
+        @contextlib.contextmanager
+        def scoring() -> Iterator[Score]:
+            with module.reference_scorer() as (model, scorer), eval_mode(module.policy, model):
+                yield lambda batch: scorer(batch, model)
+
+        return cls(scoring, lambda: reference_identity(module.hparams), module.device,
+                   processes_of(getattr(module, "_trainer", None)))
+
+
+def as_source(source: ReferenceSource | Any) -> ReferenceSource:
+    """``source`` itself, or the adapter of a LightningModule
+    (:meth:`ReferenceSource.from_module`)."""
+    return source if isinstance(source, ReferenceSource) else ReferenceSource.from_module(source)
+
+
 # ---------------------------------------------------------------------------- the cache
 class ReferenceCache:
     """Reference log-likelihoods of every candidate, per split, filled lazily or in full.
@@ -187,10 +244,19 @@ class ReferenceCache:
         return table[index]
 
     @torch.no_grad()
-    def scores_for(self, module: Any, split: str, batch: dict[str, Any]) -> torch.Tensor:
+    def scores_for(self, source: ReferenceSource, split: str,
+                   batch: dict[str, Any]) -> torch.Tensor:
         """Every candidate's reference score of the batch's rows → (B, M) on the CPU; rows not
         scored yet (or whose token digest differs) are scored now, all their candidates in one
-        shared-prefix pass. Collective under multi-process training (call on every process)."""
+        shared-prefix pass. Collective under multi-process training (call on every process).
+
+        Args:
+            source: the reference side (a LightningModule is adapted by
+                :meth:`ReferenceSource.from_module`).
+            split: ``fit`` or ``validate``.
+            batch: the collated batch (``index``, ``token_digest``, candidates).
+        """
+        src = as_source(source)
         if split not in self.tables:
             raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
         index = batch["index"].cpu()
@@ -199,16 +265,16 @@ class ReferenceCache:
         if split in self.digests:
             ok &= self.digests[split][index] == digest
         missing = (~ok).nonzero().flatten()
-        trainer = getattr(module, "_trainer", None)
         need = bool(missing.numel())
-        if trainer is not None and trainer.world_size > 1:
-            need = trainer.strategy.reduce_boolean_decision(need, all=False)
+        if src.processes.world_size > 1:
+            need = src.processes.reduce_boolean_decision(need, all=False)
         if need:
             rows = missing if missing.numel() else torch.zeros(1, dtype=torch.long)  # a dummy keeps ranks in step
             start = time.perf_counter()
             sub = _rows(batch, rows)
-            with module.reference_scorer() as (model, scorer), eval_mode(module.policy, model):
-                logps = scorer(sub, model).float().masked_fill(~sub["candidate_mask"], float("-inf")).cpu()
+            with src.scoring() as score:
+                logps = score(sub).float()  # (b, M_batch)
+                logps = logps.masked_fill(~sub["candidate_mask"], float("-inf")).cpu()
             if missing.numel():
                 table, where = self.tables[split], index[missing]
                 table[where] = float("-inf")
@@ -221,34 +287,39 @@ class ReferenceCache:
                 st["seconds"] += time.perf_counter() - start
         return self.tables[split][index]
 
-    def flush(self, module: Any) -> None:
+    def flush(self, source: ReferenceSource) -> None:
         """Write the splits with new rows (collective: every process calls it; the processes'
-        rows are merged first, global rank 0 writes)."""
-        trainer = getattr(module, "_trainer", None)
-        world = trainer.world_size if trainer is not None else 1
+        rows are merged first, global rank 0 writes).
+
+        Args:
+            source: the reference side (its processes and device; a LightningModule is adapted
+                by :meth:`ReferenceSource.from_module`).
+        """
+        src = as_source(source)
+        procs = src.processes
         for split in sorted(self.tables):
             dirty = split in self.dirty
-            if world > 1:
-                if not trainer.strategy.reduce_boolean_decision(dirty, all=False):
+            if procs.world_size > 1:
+                if not procs.reduce_boolean_decision(dirty, all=False):
                     continue
-                self._merge(trainer, module.device, split)
+                self._merge(procs, src.device, split)
             elif not dirty:
                 continue
             st = self.stats[split]
             st["filled"] = int(self.filled[split].sum())
-            if trainer is None or trainer.is_global_zero:
+            if procs.is_global_zero:
                 _save(Path(st["path"]), {"format": CACHE_FORMAT, "key": st["key"], "scores": self.tables[split],
                                          "filled": self.filled[split], "digests": self.digests.get(split),
                                          "n_examples": st["n_examples"]})
             self.dirty.discard(split)
 
-    def _merge(self, trainer: Any, device: torch.device, split: str) -> None:
+    def _merge(self, procs: Processes, device: torch.device | str, split: str) -> None:
         """Take every row any process has scored (the lowest rank's where several have)."""
         table, filled = self.tables[split], self.filled[split]
         digests = self.digests.setdefault(split, torch.zeros(len(table), dtype=torch.long))
-        g_table = trainer.strategy.all_gather(table.to(device)).cpu()  # (world, n, M)
-        g_filled = trainer.strategy.all_gather(filled.long().to(device)).cpu().bool()  # (world, n)
-        g_digests = trainer.strategy.all_gather(digests.to(device)).cpu()  # (world, n)
+        g_table = procs.all_gather(table.to(device)).cpu()  # (world, n, M)
+        g_filled = procs.all_gather(filled.long().to(device)).cpu().bool()  # (world, n)
+        g_digests = procs.all_gather(digests.to(device)).cpu()  # (world, n)
         merged = torch.zeros_like(filled)
         for r in range(g_table.shape[0]):
             take = g_filled[r] & ~merged
@@ -259,24 +330,28 @@ class ReferenceCache:
     @classmethod
     def for_module(cls, module: Any) -> "ReferenceCache":
         """Open (``lazy``) or load-or-build (``full``) the tables of an attached module's data
-        module, in ``model.reference_cache_dir`` (default ``<default_root_dir>/reference_cache``)."""
+        module, in ``model.reference_cache_dir`` (default ``<default_root_dir>/reference_cache``):
+        the LightningModule entry point, which hands the narrow :class:`ReferenceSource` on."""
         trainer = module.trainer
         root = module.hparams.get("reference_cache_dir") or os.path.join(trainer.default_root_dir, "reference_cache")
+        source = ReferenceSource.from_module(module)
         if build_mode(module) == "full":
-            return cls.build(module, trainer.datamodule, root)
-        return cls.open(module, trainer.datamodule, root)
+            return cls.build(source, trainer.datamodule, root)
+        return cls.open(source, trainer.datamodule, root)
 
     @staticmethod
     def path_for(root: str | Path, split: str, key: str) -> Path:
         return Path(root) / f"{split}-{key[:20]}.pt"
 
     @classmethod
-    def open(cls, module: Any, datamodule: Any, root: str | Path, splits: Sequence[str] = SPLITS) -> "ReferenceCache":
+    def open(cls, source: ReferenceSource, datamodule: Any, root: str | Path,
+             splits: Sequence[str] = SPLITS) -> "ReferenceCache":
         """Load what the files hold for the data module's ``splits`` (or start empty tables);
-        nothing is scored here (see :meth:`scores_for`)."""
+        nothing is scored here (see :meth:`scores_for`). ``source``: the reference side (its
+        identity; a LightningModule is adapted by :meth:`ReferenceSource.from_module`)."""
         if datamodule is None:
             raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
-        identity = reference_identity(module.hparams)
+        identity = as_source(source).identity()
         cache = cls({}, {}, {}, {})
         for split in splits:
             dataset = datamodule.datasets.get(split)
@@ -301,7 +376,7 @@ class ReferenceCache:
     @classmethod
     def build(
         cls,
-        module: Any,
+        source: ReferenceSource,
         datamodule: Any,
         root: str | Path,
         batch_size: int | None = None,
@@ -309,16 +384,18 @@ class ReferenceCache:
     ) -> "ReferenceCache":
         """Load complete tables, or compute every row and save, for the data module's ``splits``
         (the ``full`` build). Every process must call this (it is collective under multi-process
-        training)."""
+        training). ``source``: the reference side (a LightningModule is adapted by
+        :meth:`ReferenceSource.from_module`)."""
         if datamodule is None:
             raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
         root = Path(root)
-        trainer = getattr(module, "_trainer", None)
-        identity = reference_identity(module.hparams)
+        src = as_source(source)
+        procs = src.processes
+        identity = src.identity()
         bs = batch_size or datamodule.hparams.get("eval_batch_size") or datamodule.hparams.batch_size
         cache = cls({}, {}, {}, {})
         with contextlib.ExitStack() as stack:
-            ref: tuple[Any, Callable] | None = None  # entered once, on the first miss
+            score: Score | None = None  # the scoring session, entered once, on the first miss
             for split in splits:
                 dataset = datamodule.datasets.get(split)
                 if dataset is None:
@@ -327,8 +404,8 @@ class ReferenceCache:
                 path = cls.path_for(root, split, key)
                 blob = _load(path, key, len(dataset))
                 hit = blob is not None and bool(blob["filled"].all())
-                if trainer is not None and trainer.world_size > 1:
-                    hit = trainer.strategy.reduce_boolean_decision(hit, all=True)
+                if procs.world_size > 1:
+                    hit = procs.reduce_boolean_decision(hit, all=True)
                 stat = {"hit": hit, "seconds": 0.0, "n_examples": len(dataset), "path": str(path), "key": key,
                         "scored": 0, "filled": len(dataset)}
                 if hit:
@@ -336,22 +413,23 @@ class ReferenceCache:
                     cache.tables[split], cache.digests[split] = blob["scores"], blob["digests"]
                     cache.filled[split], cache.stats[split] = blob["filled"], stat
                     continue
-                if ref is None:
-                    ref = stack.enter_context(module.reference_scorer())
+                if score is None:
+                    score = stack.enter_context(src.scoring())
                 start = time.perf_counter()
-                scores = score_dataset(module, dataset, bs, datamodule.tokenizer.pad_token_id, *ref)
+                pad = datamodule.tokenizer.pad_token_id
+                scores = score_dataset(src, dataset, bs, pad, score=score)
                 digests = row_digests(dataset)
                 stat.update(seconds=time.perf_counter() - start, scored=len(dataset))
                 log.info("reference cache built for %s (%d examples) in %.1fs: %s", split, len(dataset),
                          stat["seconds"], path)
                 filled = torch.ones(len(dataset), dtype=torch.bool)
-                if trainer is None or trainer.is_global_zero:
+                if procs.is_global_zero:
                     _save(path, {"format": CACHE_FORMAT, "key": key, "scores": scores, "filled": filled,
                                  "digests": digests, "n_examples": len(dataset)})
                 cache.tables[split], cache.digests[split], cache.filled[split] = scores, digests, filled
                 cache.stats[split] = stat
-        if trainer is not None and trainer.world_size > 1:
-            trainer.strategy.barrier("reference_cache")
+        if procs.world_size > 1:
+            procs.barrier("reference_cache")
         return cache
 
 
@@ -430,25 +508,37 @@ def _save(path: Path, blob: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def score_dataset(
-    module: Any,
+    source: ReferenceSource,
     dataset: Any,
     batch_size: int,
     pad_token_id: int,
     model: torch.nn.Module | None = None,
     scorer: Callable[[dict[str, Any], torch.nn.Module], torch.Tensor] | None = None,
+    *,
+    score: Score | None = None,
 ) -> torch.Tensor:
     """Score every candidate of every example with the reference → (n_examples, M).
 
-    ``model`` and ``scorer`` come from ``module.reference_scorer()`` (entered here when not
-    given). Each process scores the examples ``rank::world``, longest prompts first in
-    batches of similar length; the padding slots of the table hold ``-inf``.
+    Each process scores the examples ``rank::world``, longest prompts first in batches of
+    similar length; the padding slots of the table hold ``-inf``.
+
+    Args:
+        source: the reference side (its processes and device; a LightningModule is adapted by
+            :meth:`ReferenceSource.from_module`).
+        dataset: the split's dataset.
+        batch_size: examples per forward.
+        pad_token_id: the collate's padding id.
+        model: with ``scorer``, an entered ``module.reference_scorer()`` pair: ``scorer(batch,
+            model)`` scores, with ``model`` in eval mode.
+        scorer: see ``model``.
+        score: an entered scoring session (``source.scoring()``); by default one is opened here.
     """
-    if model is None or scorer is None:
-        with module.reference_scorer() as (model, scorer):
-            return score_dataset(module, dataset, batch_size, pad_token_id, model, scorer)
-    trainer = getattr(module, "_trainer", None)
-    world = trainer.world_size if trainer is not None else 1
-    rank = trainer.global_rank if trainer is not None else 0
+    src = as_source(source)
+    if score is None:
+        session = _pair_session(model, scorer) if scorer is not None else src.scoring()
+        with session as opened:
+            return score_dataset(src, dataset, batch_size, pad_token_id, score=opened)
+    world, rank = src.processes.world_size, src.processes.global_rank
     n = len(dataset)
     if n == 0:
         return torch.empty(0, 0)
@@ -459,17 +549,27 @@ def score_dataset(
     collate = make_collate(pad_token_id)
     m = max(dataset.n_candidates(i) for i in range(n))
     out = torch.full((n, m), float("-inf"))
-    with eval_mode(module.policy, model):
-        for s in range(steps):
-            idx = mine[s * batch_size:(s + 1) * batch_size] or mine[:1] or [0]  # dummy work keeps ranks in step
-            batch = collate([dataset[i] for i in idx])
-            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            logps = scorer(batch, model).float()  # (b, M_batch)
-            logps = logps.masked_fill(~batch["candidate_mask"], float("-inf")).cpu()
-            out[torch.tensor(idx), : logps.shape[1]] = logps
+    for s in range(steps):
+        # a rank with no rows left scores a dummy row: every rank runs the same forwards
+        idx = mine[s * batch_size:(s + 1) * batch_size] or mine[:1] or [0]
+        batch = collate([dataset[i] for i in idx])
+        batch = {k: v.to(src.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logps = score(batch).float()  # (b, M_batch)
+        logps = logps.masked_fill(~batch["candidate_mask"], float("-inf")).cpu()
+        out[torch.tensor(idx), : logps.shape[1]] = logps
     if world > 1:
-        gathered = trainer.strategy.all_gather(out.to(module.device)).cpu()  # (world, n, m)
+        gathered = src.processes.all_gather(out.to(src.device)).cpu()  # (world, n, m)
         for r in range(world):
             rows = torch.arange(r, n, world)
             out[rows] = gathered[r][rows]
     return out
+
+
+@contextlib.contextmanager
+def _pair_session(
+    model: torch.nn.Module | None,
+    scorer: Callable[[dict[str, Any], torch.nn.Module], torch.Tensor],
+) -> Iterator[Score]:
+    """A scoring session of a ``(model, scorer)`` pair: ``model`` in eval mode."""
+    with eval_mode(model):
+        yield lambda batch: scorer(batch, model)
