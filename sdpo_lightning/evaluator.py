@@ -1,4 +1,4 @@
-"""Per-batch evaluation for validate / test / predict: the two protocols and the reports.
+"""Per-batch evaluation for validate / test / predict: the protocols and the reports.
 
 * ``generation`` (the paper's): greedy decoding (optionally constrained to the candidate
   titles), exact parsing (:func:`~sdpo_lightning.evaluation.parsing.parse_answer`),
@@ -6,26 +6,34 @@
 * ``ranking``: every candidate scored by its completion log-likelihood (shared prefix);
   HR@1/3/5, NDCG@5/10, MRR. ValidRatio is 1 by construction.
 
-Both protocols share one forward pass per batch (``one_pass=True``, the default,
-:func:`one_pass_outputs`): the ranking protocol's packed row ``[prompt, c_0, ..., c_{M-1}]``
-also yields the prompt's KV cache (its first ``P`` positions) from which greedy generation
-continues, and the logits after every candidate prefix, from which constrained generation is
-a walk over the candidate trie with no decoding step. Free generation reads its answer from
-the same logits for every row whose greedy answer is a candidate title (:func:`trie_verify`)
-and decodes only the other rows, from the packed pass's prompt cache. Generation alone prefills
-the prompts once (KV cache); constrained, it masks each step with one tensor built from the
-tries. With ``model.eval_trunk_dir`` the packed pass is served from the file (ranking,
-constrained generation, and free generation with ranking). Generation stops as soon as every
-row has emitted EOS or finished its first non-blank line (all the parser reads), so the
-recorded ``generated`` text ends there. ``one_pass=False`` keeps the earlier path
-(``model.generate`` for generation, then a separate ranking pass) as the reference.
+Both protocols share one forward pass per batch (``one_pass=True``, the default): a shared pass
+(:func:`shared_pass`) computes what the requested protocols read, and one small function per
+protocol consumes it (:data:`PROTOCOLS`, keyed by name: ``ranking``, ``constrained_generation``,
+``free_generation``; :func:`run_protocols` runs a set of them). The ranking protocol's packed
+row ``[prompt, c_0, ..., c_{M-1}]`` also yields the prompt's KV cache (its first ``P``
+positions) from which greedy generation continues, and the logits after every candidate prefix,
+from which constrained generation is a walk over the candidate trie with no decoding step. Free
+generation reads its answer from the same logits for every row whose greedy answer is a
+candidate title (:func:`trie_verify`) and decodes only the other rows, from the packed pass's
+prompt cache. Generation alone prefills the prompts once (KV cache); constrained, it masks each
+step with one tensor built from the tries. With ``model.eval_trunk_dir`` the packed pass is
+served from the file (ranking, constrained generation, and free generation with ranking).
+Generation stops as soon as every row has emitted EOS or finished its first non-blank line (all
+the parser reads), so the recorded ``generated`` text ends there. ``one_pass=False`` keeps the
+earlier path (``model.generate`` for generation, then a separate ranking pass) as the reference.
+
+The model side comes in as an :class:`EvalModel` (the policy, its tokenizer, the settings, the
+optional trunk and scorer), the processes as a :class:`~sdpo_lightning.processes.Processes`:
+no LightningModule (:meth:`EvalModel.from_module` adapts one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,46 +53,273 @@ from sdpo_lightning.evaluation.report import (
     write_predictions,
     write_summary,
 )
+from sdpo_lightning.processes import SINGLE_PROCESS, Processes
 from sdpo_lightning.scoring import (
     CompletionLogps,
+    PackedForward,
     check_inputs,
     packed_forward,
     packed_token_logps,
     trim_padding,
 )
 
+if TYPE_CHECKING:
+    from sdpo_lightning.trunk_cache import TrunkCache
+
 log = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------------------- the model side
+@dataclasses.dataclass(frozen=True)
+class EvalModel:
+    """What evaluation reads of the model side.
+
+    Args:
+        model: the causal LM evaluated (the policy); in eval mode during a pass, then restored.
+        tokenizer: its tokenizer (pad and EOS ids, decoding).
+        max_new_tokens: the generation budget.
+        constrained: generation restricted to the candidate titles (a prefix trie).
+        length_normalize: ranking by mean instead of summed token log-likelihood.
+        trunk: returns the persisted lower-layer cache that serves the packed pass, or None;
+            called only when a requested protocol can be served by it.
+        score: the reference path's ranking scorer (``one_pass=False``): ``score(batch)`` →
+            :class:`CompletionLogps` of every candidate, ``(B, M)``, shared prefix.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    max_new_tokens: int = 32
+    constrained: bool = False
+    length_normalize: bool = False
+    trunk: Callable[[], TrunkCache | None] | None = None
+    score: Callable[[dict[str, Any]], CompletionLogps] | None = None
+
+    @classmethod
+    def from_module(cls, module: Any) -> EvalModel:
+        """The adapter of a LightningModule (``policy``, ``tokenizer``, ``hparams``, ``score``
+        and an optional ``eval_trunk``), read now: build it where it is used."""
+        h = module.hparams
+
+        def score(batch: dict[str, Any]) -> CompletionLogps:
+            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+            return module.score(batch, ids, mask, mode="shared_prefix")
+
+        return cls(model=module.policy, tokenizer=module.tokenizer,
+                   max_new_tokens=h.max_new_tokens, constrained=h.constrained,
+                   length_normalize=h.length_normalize,
+                   trunk=getattr(module, "eval_trunk", None), score=score)
+
+
+def as_eval_model(model: EvalModel | Any) -> EvalModel:
+    """``model`` itself, or the adapter of a LightningModule (:meth:`EvalModel.from_module`)."""
+    return model if isinstance(model, EvalModel) else EvalModel.from_module(model)
+
+
 @torch.no_grad()
-def generate_answers(module: Any, batch: dict[str, Any]) -> list[str]:
-    """Greedy answers (decoded completion text) for the batch's prompts."""
-    h, tok = module.hparams, module.tokenizer
-    prompt = batch["prompt_input_ids"]
+def generate_answers(model: EvalModel, batch: dict[str, Any]) -> list[str]:
+    """Greedy answers (decoded completion text) of the batch's prompts by ``model.generate``
+    (the reference path)."""
+    ctx = as_eval_model(model)
+    tok, policy = ctx.tokenizer, ctx.model
+    prompt = batch["prompt_input_ids"]  # (B, P)
     kwargs: dict[str, Any] = dict(
         input_ids=prompt,
         attention_mask=batch["prompt_attention_mask"],
-        max_new_tokens=h.max_new_tokens,
+        max_new_tokens=ctx.max_new_tokens,
         do_sample=False,
         num_beams=1,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    if h.constrained:
-        cands = candidate_sequences(batch["candidate_input_ids"], batch["candidate_attention_mask"])
-        kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(cands, prompt.shape[1], tok.eos_token_id)
-    was_training = module.policy.training
-    module.policy.eval()
+    if ctx.constrained:
+        cands = candidate_sequences(batch["candidate_input_ids"],
+                                    batch["candidate_attention_mask"])
+        kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(
+            cands, prompt.shape[1], tok.eos_token_id)
+    was_training = policy.training
+    policy.eval()
     try:
-        out = module.policy.generate(**kwargs)
+        out = policy.generate(**kwargs)  # (B, P + new)
     finally:
-        module.policy.train(was_training)
+        policy.train(was_training)
     return tok.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------- the shared pass
+@dataclasses.dataclass
+class SharedPass:
+    """One batch as every protocol reads it: the trimmed inputs and the packed pass.
+
+    Args:
+        ctx: the model side.
+        batch: the collated batch.
+        p_ids: ``(B, P)`` the prompts, left padding trimmed to the longest.
+        p_mask: ``(B, P)`` their attention mask.
+        c_ids: ``(B, M, C)`` every candidate, right padding trimmed to the longest.
+        c_mask: ``(B, M, C)`` their attention mask.
+        packed: the packed pass of the prompts and all candidates (logits after every candidate
+            prefix, the KV cache when asked for), or None when no protocol needed it.
+    """
+
+    ctx: EvalModel
+    batch: dict[str, Any]
+    p_ids: torch.Tensor
+    p_mask: torch.Tensor
+    c_ids: torch.Tensor
+    c_mask: torch.Tensor
+    packed: PackedForward | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PassProtocol:
+    """One protocol over the shared pass (an entry of :data:`PROTOCOLS`).
+
+    Args:
+        run: ``run(shared)`` → the protocol's output of the batch.
+        packed: how it uses the packed pass: ``required`` (computed for it), ``served`` (read
+            when the persisted trunk serves it, else the protocol works without it) or
+            ``optional`` (read when another protocol has it computed).
+        prompt_cache: reads the packed pass's KV cache of the prompt positions (asked for when
+            the packed pass is computed here, not served).
+    """
+
+    run: Callable[[SharedPass], Any]
+    packed: str = "optional"
+    prompt_cache: bool = False
+
+
+def shared_pass(ctx: EvalModel, batch: dict[str, Any],
+                protocols: Sequence[PassProtocol]) -> SharedPass:
+    """The trimmed inputs and the packed pass the ``protocols`` read (module docstring).
+
+    The persisted trunk (``ctx.trunk``) serves the packed pass when a protocol requires it or
+    can be served by it; otherwise it is computed when a protocol requires it (with the prompt
+    KV cache when one reads it). Call with the model in eval mode and no grad.
+    """
+    ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
+    p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]  # (B, P)
+    check_inputs(p_ids, p_mask, ids, mask)
+    p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
+    required = any(p.packed == "required" for p in protocols)
+    served = required or any(p.packed == "served" for p in protocols)
+    trunk = ctx.trunk() if served and ctx.trunk is not None else None
+    packed = None
+    if trunk is not None:
+        packed = trunk.packed_forward(ctx.model, batch)
+    elif required:
+        cache = any(p.prompt_cache for p in protocols)
+        packed = packed_forward(ctx.model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
+    return SharedPass(ctx, batch, p_ids, p_mask, c_ids, c_mask, packed)
+
+
+# ---------------------------------------------------------------------------- the protocols
+def rank_candidates(shared: SharedPass) -> CompletionLogps:
+    """``ranking``: every candidate's summed log-likelihood ``(B, M)`` from the packed pass,
+    as ``module.score(batch, candidates, mode="shared_prefix")``."""
+    logps = packed_token_logps(shared.packed, shared.c_ids, shared.c_mask).sum(-1)  # (B, M)
+    n_tokens = shared.batch["candidate_attention_mask"].long().sum(-1)  # (B, M)
+    return CompletionLogps(logps, n_tokens)
+
+
+def constrained_generation(shared: SharedPass) -> list[str]:
+    """``constrained_generation``: greedy answers on the candidate trie, as constrained
+    :func:`generate_answers` gives them. A walk over the packed logits when the packed pass is
+    there, else prefill + decoding with one trie mask per step."""
+    ctx, packed = shared.ctx, shared.packed
+    tok, n_new, eos = ctx.tokenizer, ctx.max_new_tokens, ctx.tokenizer.eos_token_id
+    p_ids, p_mask, c_ids, c_mask = shared.p_ids, shared.p_mask, shared.c_ids, shared.c_mask
+    if packed is not None:  # the packed logits hold every trie step
+        tokens = trie_greedy(packed.logits, packed.src, c_ids, c_mask, n_new, eos)
+    else:
+        tries = [CandidateTrie(c) for c in candidate_sequences(c_ids, c_mask)]
+
+        def allowed(out: list[list[int]], vocab: int) -> torch.Tensor:
+            return allowed_token_mask(tries, out, vocab, eos, p_ids.device)  # (B, V)
+
+        first, cache = prefill(ctx.model, p_ids, p_mask)
+        tokens = greedy_decode(ctx.model, first, cache, p_mask, n_new, eos, tok.pad_token_id,
+                               allowed=allowed)
+    return tok.batch_decode(tokens, skip_special_tokens=True)
+
+
+def free_generation(shared: SharedPass) -> list[str]:
+    """``free_generation``: greedy answers cut after the first non-blank line, as
+    :func:`generate_answers` begins them. Rows whose greedy answer stays on the candidate trie
+    are read from the packed pass (when there); the others are decoded, from the packed pass's
+    prompt cache (cropped to the prompt in place) when it has one, else after a prefill."""
+    ctx, packed = shared.ctx, shared.packed
+    tok, n_new, eos = ctx.tokenizer, ctx.max_new_tokens, ctx.tokenizer.eos_token_id
+    p_ids, p_mask, c_ids, c_mask = shared.p_ids, shared.p_mask, shared.c_ids, shared.c_mask
+
+    def decode(t: list[int]) -> str:
+        return tok.decode(t, skip_special_tokens=True)
+
+    tokens: list[list[int] | None] = (
+        [None] * p_ids.shape[0] if packed is None
+        else trie_verify(packed.logits, packed.src, c_ids, c_mask, n_new, eos, decode))
+    todo = [b for b, t in enumerate(tokens) if t is None]  # greedy leaves the trie: decode
+    if todo:
+        rows = torch.tensor(todo, device=p_ids.device)
+        if packed is not None and packed.past_key_values is not None:  # prompt positions
+            first, cache = packed.logits[rows, 0], packed.past_key_values  # (R, V)
+            cache.crop(p_ids.shape[1] - cache.get_seq_length())
+            if len(todo) < len(tokens):
+                cache.batch_select_indices(rows)
+        else:
+            first, cache = prefill(ctx.model, p_ids[rows], p_mask[rows])
+        decoded = greedy_decode(ctx.model, first, cache, p_mask[rows], n_new, eos,
+                                tok.pad_token_id, decode=decode)
+        for b, t in zip(todo, decoded, strict=True):
+            tokens[b] = t
+    return tok.batch_decode(tokens, skip_special_tokens=True)
+
+
+# name → protocol; run in this order over one shared pass (free generation crops the prompt
+# cache in place, so it comes after any protocol reading the cache beyond the prompt)
+PROTOCOLS: dict[str, PassProtocol] = {
+    "ranking": PassProtocol(rank_candidates, packed="required"),
+    "constrained_generation": PassProtocol(constrained_generation, packed="served"),
+    "free_generation": PassProtocol(free_generation, packed="optional", prompt_cache=True),
+}
+
+
+def generation_protocol(constrained: bool) -> str:
+    """The :data:`PROTOCOLS` name of the ``generation`` protocol."""
+    return "constrained_generation" if constrained else "free_generation"
+
+
+@torch.no_grad()
+def run_protocols(model: EvalModel, batch: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The outputs of the named :data:`PROTOCOLS` of one batch, over one shared pass.
+
+    Args:
+        model: the model side.
+        batch: the collated batch.
+        names: protocols to run (keys of :data:`PROTOCOLS`).
+
+    Returns:
+        name → the protocol's output, in the order of :data:`PROTOCOLS`.
+
+    Raises:
+        KeyError: for a name not in :data:`PROTOCOLS`.
+    """
+    unknown = sorted(set(names) - set(PROTOCOLS))
+    if unknown:
+        raise KeyError(f"unknown evaluation protocols {unknown}; registered: {sorted(PROTOCOLS)}")
+    ctx = as_eval_model(model)
+    chosen = {name: p for name, p in PROTOCOLS.items() if name in names}
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        shared = shared_pass(ctx, batch, list(chosen.values()))
+        return {name: p.run(shared) for name, p in chosen.items()}
+    finally:
+        ctx.model.train(was_training)
 
 
 @torch.no_grad()
 def one_pass_outputs(
-    module: Any, batch: dict[str, Any], generation: bool, ranking: bool
+    model: EvalModel, batch: dict[str, Any], generation: bool, ranking: bool
 ) -> tuple[list[str] | None, CompletionLogps | None]:
     """Generated answers and candidate scores of a batch from one shared pass (module docstring).
 
@@ -92,61 +327,11 @@ def one_pass_outputs(
     the first non-blank line, when ``generation``; ``scores`` as ``module.score(batch,
     candidates, mode="shared_prefix")`` when ``ranking``.
     """
-    h, tok, model = module.hparams, module.tokenizer, module.policy
-    ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
-    p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-    check_inputs(p_ids, p_mask, ids, mask)
-    p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
-    constrained = generation and h.constrained
-    was_training = model.training
-    model.eval()
-    try:
-        packed, scores, tokens = None, None, None
-        # the persisted lower layers (module.eval_trunk_dir) serve the packed pass of ranking and
-        # constrained generation, and free generation with ranking reads it where greedy stays on
-        # the candidate trie (trie_verify); free generation alone keeps its prefill + decode, which
-        # costs less than the packed pass over every candidate
-        served = ranking or constrained
-        trunk = module.eval_trunk() if served and hasattr(module, "eval_trunk") else None
-        if trunk is not None:
-            packed = trunk.packed_forward(model, batch)
-        elif ranking:
-            cache = generation and not constrained  # free-form rows off the trie continue from it
-            packed = packed_forward(model, p_ids, p_mask, c_ids, c_mask, use_cache=cache)
-        if ranking:
-            logps = packed_token_logps(packed, c_ids, c_mask).sum(-1)  # (B, M)
-            scores = CompletionLogps(logps, mask.long().sum(-1))
-        if constrained and packed is not None:  # the packed logits hold every trie step
-            tokens = trie_greedy(packed.logits, packed.src, c_ids, c_mask, h.max_new_tokens, tok.eos_token_id)
-        elif constrained:  # prefill, then decode with one trie mask per step
-            tries = [CandidateTrie(c) for c in candidate_sequences(c_ids, c_mask)]
-            allowed = lambda out, v: allowed_token_mask(tries, out, v, tok.eos_token_id, p_ids.device)  # noqa: E731
-            first, cache = prefill(model, p_ids, p_mask)
-            tokens = greedy_decode(model, first, cache, p_mask, h.max_new_tokens, tok.eos_token_id,
-                                   tok.pad_token_id, allowed=allowed)
-        elif generation:
-            decode = lambda t: tok.decode(t, skip_special_tokens=True)  # noqa: E731
-            eos, n_new = tok.eos_token_id, h.max_new_tokens
-            tokens = ([None] * p_ids.shape[0] if packed is None else
-                      trie_verify(packed.logits, packed.src, c_ids, c_mask, n_new, eos, decode))
-            todo = [b for b, t in enumerate(tokens) if t is None]  # greedy leaves the trie: decode
-            if todo:
-                rows = torch.tensor(todo, device=p_ids.device)
-                if packed is not None and packed.past_key_values is not None:  # prompt positions
-                    first, cache = packed.logits[rows, 0], packed.past_key_values
-                    cache.crop(p_ids.shape[1] - cache.get_seq_length())
-                    if len(todo) < len(tokens):
-                        cache.batch_select_indices(rows)
-                else:
-                    first, cache = prefill(model, p_ids[rows], p_mask[rows])
-                decoded = greedy_decode(model, first, cache, p_mask[rows], n_new, eos, tok.pad_token_id,
-                                        decode=decode)
-                for b, t in zip(todo, decoded):
-                    tokens[b] = t
-    finally:
-        model.train(was_training)
-    texts = tok.batch_decode(tokens, skip_special_tokens=True) if tokens is not None else None
-    return texts, scores
+    ctx = as_eval_model(model)
+    gen = generation_protocol(ctx.constrained)
+    names = [n for n, on in (("ranking", ranking), (gen, generation)) if on]
+    out = run_protocols(ctx, batch, names)
+    return out.get(gen), out.get("ranking")
 
 
 class Evaluator(nn.Module):
@@ -169,28 +354,35 @@ class Evaluator(nn.Module):
         self.records: list[dict[str, Any]] = []
 
     @torch.no_grad()
-    def update(self, module: Any, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def update(self, model: EvalModel, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Evaluate one batch; returns its per-example records.
 
         A record without a target (a ``predict`` file's row without ``trueSelection``) gets the
         answers (``generated``, ``parsed``, ``valid``; ``top_item``, ``scores``) but no
         ``correct`` / ``target_rank``, and leaves the metrics alone.
+
+        Args:
+            model: the model side (a LightningModule is adapted by
+                :meth:`EvalModel.from_module`).
+            batch: the collated batch.
         """
+        ctx = as_eval_model(model)
         recs = [
             {"index": int(i), "target": t, "prompt": p}
             for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
         ]
         known = [t is not None for t in batch["target"]]
         generation, ranking = "generation" in self.protocols, "ranking" in self.protocols
-        texts, out = one_pass_outputs(module, batch, generation, ranking) if self.one_pass else (None, None)
+        texts, out = None, None
+        if self.one_pass:
+            texts, out = one_pass_outputs(ctx, batch, generation, ranking)
         if generation:
-            texts = texts if self.one_pass else generate_answers(module, batch)
+            texts = texts if self.one_pass else generate_answers(ctx, batch)
             self._generation(recs, texts, batch, known)
         if ranking:
             if not self.one_pass:
-                ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
-                out = module.score(batch, ids, mask, mode="shared_prefix")
-            self._ranking(recs, out, batch, known, module.hparams.length_normalize)
+                out = ctx.score(batch)  # (B, M)
+            self._ranking(recs, out, batch, known, ctx.length_normalize)
         self.records.extend(recs)
         return recs
 
@@ -238,44 +430,58 @@ class Evaluator(nn.Module):
             out.update({f"{self.split}/rank/{k}": v for k, v in self.ranking.compute().items()})
         return {k: v.float() for k, v in out.items()}
 
-    def gathered_records(self, module: Any) -> list[dict[str, Any]]:
+    def gathered_records(self, processes: Processes = SINGLE_PROCESS) -> list[dict[str, Any]]:
         """Every process's records (deduplicated by index, sorted)."""
         recs = self.records
-        trainer = module.trainer
-        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
-            parts: list[Any] = [None] * trainer.world_size
+        if processes.world_size > 1 and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * processes.world_size
             torch.distributed.all_gather_object(parts, recs)
             recs = [r for p in parts for r in p]
         return sorted({r["index"]: r for r in recs}.values(), key=lambda r: r["index"])
 
-    def write_prediction_file(self, module: Any, out_dir: Path) -> Path | None:
+    def write_prediction_file(self, out_dir: Path,
+                              processes: Processes = SINGLE_PROCESS) -> Path | None:
         """``predict``: write every process's records to ``out_dir/predictions.jsonl`` (no
         summary: records to predict need not have targets). Returns the path (rank 0)."""
-        records = self.gathered_records(module)
-        if module.trainer is not None and not module.trainer.is_global_zero:
+        records = self.gathered_records(processes)
+        if not processes.is_global_zero:
             return None
         path = write_predictions(out_dir, records)
         log.info("wrote %d predictions to %s", len(records), path)
         return path
 
-    def write_reports(self, module: Any, out_dir: Path) -> dict[str, Any] | None:
-        """Write ``predictions.jsonl`` and ``summary.json`` and print the summary table."""
-        records = self.gathered_records(module)
-        if module.trainer is not None and not module.trainer.is_global_zero:
+    def write_reports(self, out_dir: Path, meta: dict[str, Any],
+                      processes: Processes = SINGLE_PROCESS) -> dict[str, Any] | None:
+        """Write ``predictions.jsonl`` and ``summary.json`` and print the summary table.
+
+        Args:
+            out_dir: where the files go.
+            meta: the run's summary metadata (:func:`run_meta`); ``predictions`` is added.
+            processes: the processes (every one's records are gathered; rank 0 writes).
+
+        Returns:
+            The summary (rank 0), else None.
+        """
+        records = self.gathered_records(processes)
+        if not processes.is_global_zero:
             return None
         pred = write_predictions(out_dir, records)  # non-finite scores become null
-        h = module.hparams
-        data_file = getattr(getattr(module.trainer, "datamodule", None), "files", {}).get("test")
-        meta = {
-            "run": h.run_name or Path(module.trainer.default_root_dir).name,
-            "method": h.method or h.objective,
-            "dataset": Path(data_file).parent.name if data_file else "unknown",
-            "data_file": data_file,
-            "model": h.model_name_or_path or "tiny-llama",
-            "predictions": pred.name,
-        }
-        summary = build_summary(records, meta)
+        summary = build_summary(records, {**meta, "predictions": pred.name})
         write_summary(out_dir, summary)
         print(format_summary_table(summary))
         log.info("wrote %s and %s", pred, out_dir / "summary.json")
         return summary
+
+
+def run_meta(module: Any) -> dict[str, Any]:
+    """The summary metadata of a LightningModule's run (the adapter of
+    :meth:`Evaluator.write_reports`): run and method names, data set and file, model."""
+    h, trainer = module.hparams, module.trainer
+    data_file = getattr(getattr(trainer, "datamodule", None), "files", {}).get("test")
+    return {
+        "run": h.run_name or Path(trainer.default_root_dir).name,
+        "method": h.method or h.objective,
+        "dataset": Path(data_file).parent.name if data_file else "unknown",
+        "data_file": data_file,
+        "model": h.model_name_or_path or "tiny-llama",
+    }

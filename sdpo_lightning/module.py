@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import lightning.pytorch as pl
 import torch
 
-from sdpo_lightning.evaluator import Evaluator
+from sdpo_lightning.evaluator import EvalModel, Evaluator, run_meta
 from sdpo_lightning.hybrid import (
     HYBRID_SUBDIR,
     HybridSettings,
@@ -35,6 +35,7 @@ from sdpo_lightning.models import (
     trainable_state_dict,
 )
 from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
+from sdpo_lightning.processes import processes_of
 from sdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, eval_mode
 from sdpo_lightning.scoring import completion_logps
 from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
@@ -391,20 +392,22 @@ class SDPOModule(pl.LightningModule):
         protocols = [name for name, on in (("generation", self.hparams.val_generation),
                                            ("ranking", self.hparams.get("val_ranking", False))) if on]
         if protocols:
-            self._evaluator("val", protocols).update(self, batch)
+            self._evaluator("val", protocols).update(EvalModel.from_module(self), batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluator("test", self.hparams.eval_protocols).update(self, batch)
+        ev = self._evaluator("test", self.hparams.eval_protocols)
+        ev.update(EvalModel.from_module(self), batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self._evaluator("predict", self.hparams.eval_protocols).update(self, batch)
+        ev = self._evaluator("predict", self.hparams.eval_protocols)
+        return ev.update(EvalModel.from_module(self), batch)
 
     def on_predict_epoch_end(self) -> None:
         """Write ``predictions.jsonl`` (the generated / top-ranked answer of every record, see
         :class:`Evaluator`) into ``output_dir`` (default: the run directory)."""
         ev = self.evaluators.pop("predict", None)
         if ev is not None:
-            ev.write_prediction_file(self, self._output_dir())
+            ev.write_prediction_file(self._output_dir(), processes_of(self._trainer))
 
     def eval_trunk(self) -> TrunkCache | None:
         """The persisted lower-layer cache of ``eval_trunk_dir`` (loaded on first use), or None."""
@@ -455,7 +458,7 @@ class SDPOModule(pl.LightningModule):
         if ev is None:
             return
         self.log_dict(ev.compute_metrics(), sync_dist=False)
-        ev.write_reports(self, self._output_dir())
+        ev.write_reports(self._output_dir(), run_meta(self), processes_of(self._trainer))
 
     def _output_dir(self) -> Path:
         if self.hparams.output_dir:
