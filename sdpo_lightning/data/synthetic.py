@@ -81,7 +81,7 @@ def _contains(longer: str, shorter: str) -> bool:
 
 
 def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0,
-                       noun_first: bool = False) -> list[Item]:
+                       noun_first: bool = False, p_article: float = 0.0) -> list[Item]:
     """Build ``n_items`` unique titled items spread round-robin over ``n_categories`` themes.
 
     Args:
@@ -91,6 +91,9 @@ def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0
         noun_first: Put the theme noun first (``Harbor Silent``) instead of last
             (``Silent Harbor``). Greedy decoding then commits to a category with its first
             token, as a recommender that knows the category should.
+        p_article: Probability that a title starts with ``The`` (``The Harbor Silent``), a
+            first word many titles share, as in real catalogues. Greedy decoding must then
+            choose ``The`` by the summed probability of all such candidates.
 
     Raises:
         ValueError: If more categories are asked for than themes exist.
@@ -109,6 +112,8 @@ def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0
             adjs = rng.sample(ADJECTIVES, n_words - 1)
             noun = rng.choice(nouns)
             title = " ".join([noun, *adjs] if noun_first else [*adjs, noun])
+            if p_article > 0 and rng.random() < p_article:
+                title = f"The {title}"
             if not any(_contains(t, title) or _contains(title, t) for t in titles):
                 break
         else:  # pragma: no cover - only for absurd catalogue sizes
@@ -208,6 +213,7 @@ def generate_dataset(
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     noun_first: bool = False,
     p_context_negative: float = 0.0,
+    p_article: float = 0.0,
 ) -> dict[str, list[dict]]:
     """Generate the catalogue and train/valid/test candidate-list splits (split by user).
 
@@ -232,6 +238,7 @@ def generate_dataset(
             would; otherwise it is drawn from all unseen items. The candidate list then tells
             no more about the target's category than the history does, but the choice within
             the category needs the item-level successor rule. 0 keeps uniform draws.
+        p_article: Share of titles that start with ``The`` (see :func:`generate_catalogue`).
 
     Returns:
         ``{"train": [...], "valid": [...], "test": [...], "items": [Item dicts]}``.
@@ -244,7 +251,7 @@ def generate_dataset(
     if n_items - seq_len[1] < n_candidates - 1:
         raise ValueError(f"n_items={n_items} leaves too few unseen items for "
                          f"{n_candidates - 1} negatives with sequences up to {seq_len[1]}")
-    items = generate_catalogue(n_items, n_categories, seed, noun_first)
+    items = generate_catalogue(n_items, n_categories, seed, noun_first, p_article)
     rng = random.Random(f"users:{seed}")
     users = list(range(n_users))
     rng.shuffle(users)
@@ -328,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, nargs=2, metavar=("MIN", "MAX"), help="user sequence length range")
     parser.add_argument("--p-successor", type=float)
     parser.add_argument("--p-same-category", type=float)
+    parser.add_argument("--p-article", type=float, help="share of titles that start with 'The'")
     parser.add_argument("--p-context-negative", type=float,
                         help="probability that a negative comes from the last item's category")
     parser.add_argument("--noun-first", action="store_true", default=None,
@@ -341,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config: {err}")
     for key in ("seed", "n_items", "n_categories", "n_users", "history_len", "n_candidates",
                 "min_history", "seq_len", "p_successor", "p_same_category", "noun_first",
-                "p_context_negative"):
+                "p_context_negative", "p_article"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if "seq_len" in settings:

@@ -222,3 +222,15 @@ def test_context_negatives_come_from_the_last_items_category() -> None:
     assert share(uniform["train"]) < 0.2  # 10 categories, the current one partly seen
     with pytest.raises(ValueError, match="p_context_negative"):
         generate_dataset(**kwargs, p_context_negative=1.5)
+
+
+def test_article_prefix_shares_a_first_word_and_keeps_titles_distinct() -> None:
+    """``p_article`` starts about that share of titles with ``The``; titles stay unique and no
+    title is a whole-word part of another; 0 keeps today's catalogue."""
+    assert generate_catalogue(200, 10, seed=1) == generate_catalogue(200, 10, seed=1, p_article=0.0)
+    items = generate_catalogue(200, 10, seed=1, noun_first=True, p_article=0.5)
+    titles = [it.title for it in items]
+    share = sum(t.startswith("The ") for t in titles) / len(titles)
+    assert 0.4 < share < 0.6
+    assert len(set(titles)) == len(titles)
+    assert not any(a != b and f" {a} " in f" {b} " for a in titles for b in titles)
