@@ -25,14 +25,15 @@ def dm(synthetic_dir, tokenizer, tmp_path) -> RecDataModule:
         rows = json.loads((synthetic_dir / name).read_text())[:n]
         (tmp_path / name).write_text(json.dumps(rows))
     dm = RecDataModule(train_file=str(tmp_path / "train.json"),
-                       val_file=str(tmp_path / "valid.json"), batch_size=2, eval_batch_size=3, max_length=256, prompt_templates="music")
+                       val_file=str(tmp_path / "valid.json"), batch_size=2, eval_batch_size=3,
+                       max_length=256, prompt_templates="music")
     dm.tokenizer = tokenizer
     dm.setup("fit")
     return dm
 
 
 def _expected(index: torch.Tensor, m: int) -> torch.Tensor:
-    """What :func:`_score` gives the rows ``index`` → (B, m)."""
+    """What a :class:`Scorer` gives the rows ``index`` → (B, m)."""
     return -(index[:, None].float() * 100 + torch.arange(m).float())
 
 
