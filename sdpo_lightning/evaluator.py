@@ -381,6 +381,8 @@ class Evaluator(nn.Module):
             self._generation(recs, texts, batch, known)
         if ranking:
             if not self.one_pass:
+                if ctx.score is None:
+                    raise ValueError("one_pass=False ranks with EvalModel.score; none was given")
                 out = ctx.score(batch)  # (B, M)
             self._ranking(recs, out, batch, known, ctx.length_normalize)
         self.records.extend(recs)

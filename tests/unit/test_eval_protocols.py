@@ -127,3 +127,9 @@ def test_evaluator_takes_plain_callables_and_writes_its_reports(setup, tmp_path)
     assert [json.loads(x)["index"] for x in lines] == batch["index"].tolist()
     path = ref.write_prediction_file(tmp_path / "predict")
     assert path is not None and path.is_file()
+
+
+def test_the_reference_path_needs_a_ranking_scorer(setup):
+    ctx, batch = setup
+    with pytest.raises(ValueError, match="EvalModel.score"):
+        Evaluator("test", ["ranking"], one_pass=False).update(ctx, batch)
