@@ -1,4 +1,5 @@
-"""Every shell command in README.md's ```bash blocks is runnable as written.
+"""Every shell command in README.md's ```bash blocks is runnable as written (and in those of the
+study pages it links to, docs/results/*.md, checked after the README's).
 
 The README is read as a user reads it: blocks in order, ``NAME=value`` lines expanding later
 ``$NAME`` words, ``\\``-continued lines joined, comments dropped, ``{a,b}`` brace lists
@@ -41,6 +42,9 @@ import yaml
 from tests.conftest import REPO
 
 README = REPO / "README.md"
+#: the study pages the README links to: their commands are checked too, after the README's
+STUDY_PAGES = tuple(REPO / "docs" / "results" / f"{name}.md"
+                    for name in ("lastfm", "movielens", "baselines"))
 SHARED_PREFIX = "../shared/"
 #: git-ignored output folders: what the README reads there must come from its own commands,
 #: not from whatever a developer's checkout holds
@@ -62,11 +66,13 @@ class Command:
     line: int
     text: str
     words: tuple[str, ...]
+    source: str = "README.md"
 
     @property
     def id(self) -> str:
-        """A short test id: ``L<line>:<first words>``."""
-        return f"L{self.line}:{' '.join(self.words[:4])}"[:80]
+        """A short test id: ``L<line>:<first words>`` (``<page>:L<line>:...`` off the README)."""
+        page = "" if self.source == "README.md" else f"{Path(self.source).name}:"
+        return f"{page}L{self.line}:{' '.join(self.words[:4])}"[:80]
 
 
 def _brace_expand(word: str) -> list[str]:
@@ -129,11 +135,11 @@ def readme_commands(path: Path = README) -> list[Command]:
                 env[assignment.group(1)] = assignment.group(2)
                 continue
             expanded = tuple(itertools.chain.from_iterable(_brace_expand(w) for w in words))
-            commands.append(Command(number, text, expanded))
+            commands.append(Command(number, text, expanded, str(path.relative_to(REPO))))
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = readme_commands() + [c for page in STUDY_PAGES for c in readme_commands(page)]
 
 
 def console_scripts() -> dict[str, str]:
@@ -371,7 +377,8 @@ def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
         return []
     if program == "python" and cmd.words[1:3] == ("-m", "sdpo_lightning"):
         assert importlib.util.find_spec("sdpo_lightning.__main__") is not None
-        return check_sdpo(Command(cmd.line, cmd.text, ("sdpo", *cmd.words[3:])), layout, capsys)
+        return check_sdpo(Command(cmd.line, cmd.text, ("sdpo", *cmd.words[3:]), cmd.source), layout,
+                          capsys)
     _installed(program)
     if program == "sdpo":
         return check_sdpo(cmd, layout, capsys)
@@ -386,7 +393,7 @@ def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
 
 def test_readme_has_commands() -> None:
     """The parser finds the blocks (a README reshuffle must not silently empty this test)."""
-    programs = {c.words[0] for c in COMMANDS}
+    programs = {c.words[0] for c in COMMANDS if c.source == "README.md"}
     assert {"make", "sdpo", "sdpo-report", "sdpo-baseline", "sdpo-prepare"} <= programs
     assert len(COMMANDS) >= 15
 
@@ -435,8 +442,8 @@ def test_readme_command_runs_as_written(index: int, checked: Checked,
     checked.layout.notes.clear()
     outcome, cmd = checked.outcomes[index], COMMANDS[index]
     if isinstance(outcome, BaseException):
-        raise AssertionError(f"README line {cmd.line}: {cmd.text}") from outcome
+        raise AssertionError(f"{cmd.source} line {cmd.line}: {cmd.text}") from outcome
     if outcome:
-        reason = f"README line {cmd.line} needs what is absent here: " + "; ".join(outcome)
+        reason = f"{cmd.source} line {cmd.line} needs what is absent here: " + "; ".join(outcome)
         print(f"SKIP: {reason}")
         pytest.skip(reason)
