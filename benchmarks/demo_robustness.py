@@ -6,6 +6,11 @@ not rerun; ``--jobs`` runs at a time, one thread each), then prints per run the 
 S-DPO HR@1 on both protocols and the paired-bootstrap S-DPO − SFT differences, and whether
 both intervals lie above 0.
 
+With ``--control`` each run also trains the equal-compute control, *SFT continued*: the
+S-DPO stage's config (same LoRA, learning rate, epochs and rows) with ``objective: sft``,
+and prints S-DPO − SFT continued beside S-DPO − SFT: what the objective adds beyond the
+extra training.
+
 Kernel settings (``--settings``):
 
 * ``pinned``: the demo's default, every kernel path pinned (``sdpo_lightning.kernels``);
@@ -25,6 +30,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("pinned", "default", "avx2", "avx512")
 _PAIRED = re.compile(r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", re.M)
@@ -38,25 +45,53 @@ def cpu_has(setting: str) -> bool:
     return need is None or need in flags
 
 
-def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path = REPO / "configs") -> Path:
-    """Run (or reuse) one demo; returns its ``results.txt``."""
-    work = out / f"{setting}_seed{seed}"
-    result = work / "runs" / "quickstart" / "results.txt"
-    if result.is_file():
-        return result
-    work.mkdir(parents=True, exist_ok=True)
+def _env(setting: str) -> dict[str, str]:
+    from sdpo_lightning.kernels import PINNED
+
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "sdpo_lightning.demo", "--configs", str(configs),
-           "--seed", str(seed), *extra]
-    if setting != "pinned":
-        env.update(ATEN_CPU_CAPABILITY=setting, OMP_NUM_THREADS="1")
-        cmd += ["--kernels", "native"]
-    with open(work / "demo.log", "w") as log:
+    env.update(PINNED if setting == "pinned" else {"ATEN_CPU_CAPABILITY": setting, "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def _call(cmd: list[str], work: Path, env: dict[str, str], log_name: str) -> None:
+    with open(work / log_name, "w") as log:
         proc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not result.is_file():
-        raise RuntimeError(f"demo failed ({setting}, seed {seed}): see {work / 'demo.log'}")
-    return result
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed: see {work / log_name}")
+
+
+def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path = REPO / "configs",
+            control: bool = False) -> Path:
+    """Run (or reuse) one demo, and with ``control`` its SFT-continued run; returns the
+    demo's ``runs/quickstart`` directory."""
+    work = out / f"{setting}_seed{seed}"
+    root = work / "runs" / "quickstart"
+    env = _env(setting)
+    if not (root / "results.txt").is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "sdpo_lightning.demo", "--configs", str(configs),
+               "--seed", str(seed), *(["--kernels", "native"] if setting != "pinned" else []), *extra]
+        _call(cmd, work, env, "demo.log")
+    if control and not (root / "sft_cont" / "summary.json").is_file():
+        cfg, run = str(configs / "quickstart_sdpo.yaml"), "runs/quickstart/sft_cont"
+        common = ["-c", cfg, f"--seed_everything={seed}", f"--trainer.default_root_dir={run}", *extra]
+        _call([sys.executable, "-m", "sdpo_lightning", "fit", *common, "--model.objective=sft"],
+              work, env, "sft_cont_fit.log")
+        _call([sys.executable, "-m", "sdpo_lightning", "test", *common, "--model.objective=sft",
+               f"--model.init_adapter={run}/export", "--model.method=SFT continued"],
+              work, env, "sft_cont_test.log")
+    return root
+
+
+def control_deltas(root: Path) -> dict[str, tuple[float, float, float]]:
+    """S-DPO − SFT continued on the same rows: (delta, low, high) per protocol."""
+    from sdpo_lightning.demo import N_BOOT_PAIRED, hits
+    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+
+    sdpo, cont = hits(root / "sdpo"), hits(root / "sft_cont")
+    return {name: paired_bootstrap_ci(np.asarray(sdpo[i]), np.asarray(cont[i]), n_boot=N_BOOT_PAIRED, seed=0)
+            for i, name in enumerate(("generation", "ranking"))}
 
 
 def parse(block: str) -> dict[str, tuple[float, ...]]:
@@ -66,20 +101,31 @@ def parse(block: str) -> dict[str, tuple[float, ...]]:
     return {**rows, **paired}
 
 
+def _ci(t: tuple[float, ...]) -> str:
+    return f"{t[0]:+.4f} [{t[1]:+.4f}, {t[2]:+.4f}]"
+
+
 def table(results: dict[tuple[str, int], dict]) -> str:
     """Markdown table, one row per (setting, seed), then the count of robust rows."""
-    lines = ["| kernels | seed | SFT gen / rank HR@1 | S-DPO gen / rank HR@1 | Δ gen HR@1 [95% CI] "
-             "| Δ rank HR@1 [95% CI] | both > 0 |", "|:--|--:|--:|--:|--:|--:|:--:|"]
-    ok = 0
+    has_control = any("control" in r for r in results.values())
+    head = ("| kernels | seed | SFT gen / rank HR@1 | S-DPO gen / rank HR@1 | Δ gen HR@1 [95% CI] "
+            "| Δ rank HR@1 [95% CI] | both > 0 |")
+    rule = "|:--|--:|--:|--:|--:|--:|:--:|"
+    if has_control:
+        head += " S-DPO − SFT continued: Δ gen | Δ rank |"
+        rule += "--:|--:|"
+    lines, ok = [head, rule], 0
     for (setting, seed), r in results.items():
         g, k = r["generation"], r["ranking"]
         both = g[1] > 0 and k[1] > 0
         ok += both
-        lines.append(f"| {setting} | {seed} | {r['SFT'][0]:.4f} / {r['SFT'][1]:.4f} "
-                     f"| {r['S-DPO'][0]:.4f} / {r['S-DPO'][1]:.4f} "
-                     f"| {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] | {k[0]:+.4f} [{k[1]:+.4f}, {k[2]:+.4f}] "
-                     f"| {'yes' if both else 'no'} |")
-    lines.append(f"\n{ok} of {len(results)} runs have both paired intervals above 0.")
+        line = (f"| {setting} | {seed} | {r['SFT'][0]:.4f} / {r['SFT'][1]:.4f} "
+                f"| {r['S-DPO'][0]:.4f} / {r['S-DPO'][1]:.4f} | {_ci(g)} | {_ci(k)} | {'yes' if both else 'no'} |")
+        if has_control:
+            c = r.get("control")
+            line += f" {_ci(c['generation'])} | {_ci(c['ranking'])} |" if c else " — | — |"
+        lines.append(line)
+    lines.append(f"\n{ok} of {len(results)} runs have both paired S-DPO − SFT intervals above 0.")
     return "\n".join(lines)
 
 
@@ -89,14 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("runs/demo_robustness"))
     parser.add_argument("--jobs", type=int, default=2, help="demos run at a time (one thread each)")
+    parser.add_argument("--control", action="store_true",
+                        help="also train and test SFT continued (the equal-compute control)")
     parser.add_argument("--configs", type=Path, default=REPO / "configs",
                         help="directory of the quickstart YAML files (a variant of the demo's design)")
     args, extra = parser.parse_known_args(argv)
     todo = [(s, seed) for s in args.settings if cpu_has(s) for seed in args.seeds]
     skipped = [s for s in args.settings if not cpu_has(s)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        files = dict(zip(todo, pool.map(lambda t: run_one(args.out, *t, extra, args.configs), todo)))
-    results = {key: parse(path.read_text()) for key, path in files.items()}
+        roots = dict(zip(todo, pool.map(lambda t: run_one(args.out, *t, extra, args.configs, args.control), todo)))
+    results = {key: parse((root / "results.txt").read_text()) for key, root in roots.items()}
+    for key, root in roots.items():
+        if (root / "sft_cont" / "predictions.jsonl").is_file():
+            results[key]["control"] = control_deltas(root)
     print(table(results))
     if skipped:
         print(f"Skipped (this CPU lacks them): {', '.join(skipped)}")

@@ -90,10 +90,10 @@ def _baselines(root: Path) -> tuple[dict[str, Path], int]:
     return runs, len(test[0].candidates)
 
 
-def _hits(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def hits(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-example generation and ranking hits, ordered by example index."""
-    hits = hits_by_index(run_dir / "predictions.jsonl")
-    gen, rank = zip(*(hits[i] for i in sorted(hits)))
+    by_index = hits_by_index(run_dir / "predictions.jsonl")
+    gen, rank = zip(*(by_index[i] for i in sorted(by_index)))
     return np.array(gen), np.array(rank)
 
 
@@ -112,7 +112,7 @@ def results_table(runs: dict[str, Path], n_candidates: int) -> str:
         g, r = s["protocols"]["generation"], s["protocols"]["ranking"]
         lines.append(f"{name:15} {cell(g['hr@1']):>24} {g['valid_ratio']['value']:>10.4f} "
                      f"{cell(r['hr@1']):>24} {r['mrr']['value']:>7.4f}")
-    sft, sdpo = _hits(runs["SFT"]), _hits(runs["S-DPO"])
+    sft, sdpo = hits(runs["SFT"]), hits(runs["S-DPO"])
     lines.append(f"S-DPO - SFT on the same rows, paired bootstrap 95% ({N_BOOT_PAIRED} resamples, seed 0):")
     for label, i in (("generation HR@1", 0), ("ranking HR@1", 1)):
         d, lo, hi = paired_bootstrap_ci(sdpo[i], sft[i], n_boot=N_BOOT_PAIRED, seed=0)

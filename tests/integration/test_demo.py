@@ -2,19 +2,23 @@
 
 Runs the real demo (``python -m sdpo_lightning.demo``: synthetic data, SFT, test, S-DPO,
 test, baselines) in a temporary directory with the repository's configs — about 3-4 min on
-2 cores — and checks that
+2 cores — and checks
 
-* the results block equals the README's block between the ``demo-output`` markers
-  (the numbers are deterministic: seeded data, seeded training, CPU kernels);
-* SFT's ranking HR@1 is at least 0.5 with 5 candidates (chance 0.2) and its ValidRatio at
-  least 0.95;
-* S-DPO beats SFT on the same rows: both paired-bootstrap intervals lie above 0.
+* on any machine, what holds over seeds and kernel paths (docs/reproducibility.md): SFT learns
+  the task (HR@1 above the random and most-popular baselines on both protocols, ranking HR@1
+  at least 0.5 with 5 candidates, ValidRatio at least 0.95) and S-DPO ranks the candidates
+  better than SFT on the same rows (paired difference above 0);
+* on x86-64, where the demo pins every CPU kernel path (``sdpo_lightning.kernels``), that the
+  results block equals the README's block between the ``demo-output`` markers, and with it
+  its paired intervals (both above 0 for this seed). Elsewhere (e.g. ARM) the kernels differ,
+  and the numbers may too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -40,13 +44,26 @@ def test_demo_learns_and_readme_shows_its_output(tmp_path: Path) -> None:
     block = (tmp_path / "runs" / "quickstart" / "results.txt").read_text().strip()
     assert block in proc.stdout
 
+    assert "CPU kernels: pinned" in proc.stdout, proc.stdout[:500]
+
     root = tmp_path / "runs" / "quickstart"
-    sft = json.loads((root / "sft" / "summary.json").read_text())["protocols"]
+
+    def protocols(run: str) -> dict:
+        return json.loads((root / run / "summary.json").read_text())["protocols"]
+
+    sft = protocols("sft")
     assert sft["ranking"]["hr@1"]["value"] >= 0.5
     assert sft["generation"]["valid_ratio"]["value"] >= 0.95
+    for baseline in ("baselines/random", "baselines/most_popular"):
+        for protocol in ("generation", "ranking"):
+            assert sft[protocol]["hr@1"]["value"] > protocols(baseline)[protocol]["hr@1"]["value"], baseline
     paired = re.findall(r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", block, re.M)
     assert [p[0] for p in paired] == ["generation", "ranking"]
-    for _, delta, lo, _hi in paired:
-        assert float(delta) > 0 and float(lo) > 0, block
+    assert float(paired[1][1]) > 0, block  # S-DPO ranks better than SFT
 
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        print(f"SKIP exact README block: kernels are pinned for x86-64, this is {platform.machine()}")
+        return
     assert block == readme_block(), "README's demo block differs from what `make demo` prints:\n" + block
+    for _, _delta, low, _high in paired:  # the pinned block's claim: both intervals above 0
+        assert float(low) > 0, block
