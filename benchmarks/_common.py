@@ -53,14 +53,17 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     from sdpo_lightning.data.collate import make_collate, negative_indices, select_completions
     from sdpo_lightning.data.datamodule import RecDataModule
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
 
     k = max(1, cfg["k"])
     torch.manual_seed(cfg["seed"])
+    naive = cfg["path"] == "naive"
     module = SDPOModule(
-        model_name_or_path=cfg["model_dir"], lora=LORA,
-        objective="sft" if cfg["kind"] == "sft" else "sdpo",
-        num_negatives=k, scoring="naive" if cfg["path"] == "naive" else "shared_prefix",
-        reference="live" if cfg["path"] == "naive" else "cached", beta=1.0,
+        source=ModelArgs(model_name_or_path=cfg["model_dir"]), lora=LORA,
+        objective=ObjectiveArgs(name="sft" if cfg["kind"] == "sft" else "sdpo", num_negatives=k,
+                                beta=1.0),
+        scoring=ScoringArgs(mode="naive" if naive else "shared_prefix",
+                            reference="live" if naive else "cached"),
     )
     module.configure_model()
     g = torch.Generator().manual_seed(cfg["seed"] + 1)

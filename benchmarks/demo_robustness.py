@@ -76,10 +76,10 @@ def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path 
     if control and not (root / "sft_cont" / "summary.json").is_file():
         cfg, run = str(configs / "quickstart_sdpo.yaml"), "runs/quickstart/sft_cont"
         common = ["-c", cfg, f"--seed_everything={seed}", f"--trainer.default_root_dir={run}", *extra]
-        _call([sys.executable, "-m", "sdpo_lightning", "fit", *common, "--model.objective=sft"],
+        _call([sys.executable, "-m", "sdpo_lightning", "fit", *common, "--model.objective.name=sft"],
               work, env, "sft_cont_fit.log")
-        _call([sys.executable, "-m", "sdpo_lightning", "test", *common, "--model.objective=sft",
-               f"--model.init_adapter={run}/export", "--model.method=SFT continued"],
+        _call([sys.executable, "-m", "sdpo_lightning", "test", *common, "--model.objective.name=sft",
+               f"--model.source.init_adapter={run}/export", "--model.output.method=SFT continued"],
               work, env, "sft_cont_test.log")
     return root
 

@@ -63,12 +63,15 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from sdpo_lightning.data.prompts import PromptBuilder
     from sdpo_lightning.data.readers import load_examples
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
     from sdpo_lightning.objectives import preference_loss
     from sdpo_lightning.reference_cache import ReferenceCache, score_dataset
 
     out: dict[str, Any] = {}
-    module = SDPOModule(tokenizer_path=cfg["tokenizer"], tiny_config=TINY, lora=LORA, reference="cached",
-                        num_negatives=cfg["k"])
+    module = SDPOModule(source=ModelArgs(tokenizer_path=cfg["tokenizer"], tiny_config=TINY),
+                        lora=LORA,
+                        scoring=ScoringArgs(reference="cached"),
+                        objective=ObjectiveArgs(num_negatives=cfg["k"]))
     module.configure_model()
     tok = module.tokenizer
     bs, k = cfg["batch_size"], cfg["k"]

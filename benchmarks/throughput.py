@@ -60,11 +60,14 @@ def rows_file(src: Path, n: int, seed: int, work: Path) -> Path:
 
 def build_module(model_dir: Path, objective: str, layers: list[int] | None, seed: int, trunk: bool = False) -> Any:
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import EvalArgs, ModelArgs, ObjectiveArgs, ScoringArgs
 
     torch.manual_seed(seed)
-    module = SDPOModule(model_name_or_path=str(model_dir), lora={**LORA, "layers_to_transform": layers},
-                        objective=objective, num_negatives=K, reference="cached", max_new_tokens=32,
-                        trunk_cache=trunk)
+    module = SDPOModule(source=ModelArgs(model_name_or_path=str(model_dir)),
+                        lora={**LORA, "layers_to_transform": layers},
+                        objective=ObjectiveArgs(name=objective, num_negatives=K),
+                        scoring=ScoringArgs(reference="cached", trunk_cache=trunk),
+                        eval=EvalArgs(max_new_tokens=32))
     module.configure_model()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -215,9 +218,11 @@ def eval_module(args: argparse.Namespace, model_dir: Path) -> Any:
     if args.eval_adapter is None:
         return build_module(model_dir, "sft", None, args.seed)
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import EvalArgs, ModelArgs, ObjectiveArgs
 
-    module = SDPOModule(model_name_or_path=str(model_dir), init_adapter=str(args.eval_adapter), objective="sft",
-                        max_new_tokens=args.max_new_tokens)
+    source = ModelArgs(model_name_or_path=str(model_dir), init_adapter=str(args.eval_adapter))
+    module = SDPOModule(source=source, objective=ObjectiveArgs(name="sft"),
+                        eval=EvalArgs(max_new_tokens=args.max_new_tokens))
     module.configure_model()
     return module
 
@@ -225,7 +230,7 @@ def eval_module(args: argparse.Namespace, model_dir: Path) -> Any:
 def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[str]:
     module = eval_module(args, model_dir)
     module.policy.eval()
-    module.hparams.max_new_tokens = args.max_new_tokens
+    module.hparams.eval.max_new_tokens = args.max_new_tokens
     bs = batches(module, data, "test", args.eval_batch, args.seed)
     n = sum(len(b["index"]) for b in bs)
     both = ["generation", "ranking"]
@@ -240,7 +245,7 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
 
     top_only = frozen_layer_count(module.policy) > 0  # adapters on the top layers: the trunk applies
     for name, protocols, constrained in cases:
-        module.hparams.constrained = constrained
+        module.hparams.eval.constrained = constrained
         wb, _, before = timed(lambda: eval_pass(module, bs, protocols, False, False), args.repeats)
         wa, _, after = timed(lambda: eval_pass(module, bs, protocols, True, False), args.repeats)
         wh, _, half = timed(lambda: eval_pass(module, bs, protocols, True, True), args.repeats)
@@ -251,7 +256,7 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
         if top_only and ("ranking" in protocols or constrained):  # what the served pass serves
             persisted.append(trunk_row(args, module, bs, name, protocols, n / wb, after))
     if persisted:
-        lines += ["", "Persisted lower layers (`model.eval_trunk_dir`, fp32): the first test of the rows computes and "
+        lines += ["", "Persisted lower layers (`model.scoring.eval_trunk_dir`, fp32): the first test of the rows computes and "
                   "writes them, every later test (another adapter on the same base) reads them and runs the top layers only.",
                   "", "| protocol | before rows/s | first test rows/s (× before) | later test rows/s (× before) | "
                   "once per later test: read + digest (s) | later agrees with after |", "|---|---:|---:|---:|---:|---|",
@@ -267,7 +272,7 @@ def trunk_row(args: argparse.Namespace, module: Any, bs: list[dict[str, Any]], n
 
     n = sum(len(b["index"]) for b in bs)
     directory = args.work_dir / "eval_trunk"
-    module.hparams.eval_trunk_dir = str(directory)
+    module.hparams.scoring.eval_trunk_dir = str(directory)
 
     def nothing_on_disk() -> None:
         shutil.rmtree(directory, ignore_errors=True)
@@ -284,7 +289,7 @@ def trunk_row(args: argparse.Namespace, module: Any, bs: list[dict[str, Any]], n
     module.eval_trunk()
     load = time.perf_counter() - t0
     wl, _, later = timed(lambda: eval_pass(module, bs, protocols, True, False), args.repeats)
-    module.hparams.eval_trunk_dir = None
+    module.hparams.scoring.eval_trunk_dir = None
     module._eval_trunk = None
     print(f"  eval {name}, persisted trunk: first {n / wf:.2f}, later {n / wl:.2f} rows/s", file=sys.stderr, flush=True)
     return (f"| {name} | {before:.2f} | {n / wf:.2f} ({n / wf / before:.2f}×) | {n / wl:.2f} ({n / wl / before:.2f}×) | "

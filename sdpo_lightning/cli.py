@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -17,6 +18,15 @@ from sdpo_lightning import checkpoint_io
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.errors import ConfigError, UserError, report, strip_debug_flag
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import (
+    FLAT_KEYS,
+    GROUPS,
+    check_flat_keys,
+    grouped_kwargs,
+    is_flat,
+    is_flat_value,
+    moved_message,
+)
 from sdpo_lightning.run_lock import RunLock, is_secondary_rank
 
 PROG = "sdpo"
@@ -27,7 +37,11 @@ log = logging.getLogger(__name__)
 class SDPOCLI(LightningCLI):
     """LightningCLI with the project's defaults.
 
-    * ``model.num_negatives`` is passed on to ``data.num_negatives``;
+    * ``model.objective.num_negatives`` is passed on to ``data.num_negatives``;
+    * a key of the flat ``model:`` layout of earlier versions (``model.beta``), in a config
+      file or on the command line, raises :class:`ConfigError` naming its new place
+      (``model.objective.beta``); the flat hyperparameters of an old ``--ckpt_path`` are
+      regrouped;
     * unless a logger is configured, runs log to CSV (``<root>/csv``) and TensorBoard
       (``<root>/tb``), where ``<root>`` is ``trainer.default_root_dir``;
     * a rich progress bar and a checkpoint callback keeping ``<root>/checkpoints/last.ckpt``
@@ -50,6 +64,7 @@ class SDPOCLI(LightningCLI):
 
         for p in (parser, *getattr(self, "_subcommand_parsers", {}).values()):
             p.exit_on_error = False  # raise ArgumentError instead of printing the whole usage
+        _refuse_flat_model_keys(sys.argv[1:] if args is None else args)
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
@@ -60,13 +75,13 @@ class SDPOCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyperparameters of ``--ckpt_path`` while parsing and applies
         them over the config: name the file when it cannot be read, and warn, naming every
-        setting, when they replace the config's model arguments (otherwise e.g. ``--model.objective
-        sdpo`` would silently train the checkpoint's ``sft``)."""
+        setting, when they replace the config's model arguments (otherwise e.g.
+        ``--model.objective.name sdpo`` would silently train the checkpoint's ``sft``)."""
         from jsonargparse import ArgumentError
 
         before = self._model_settings()
         try:
-            super()._parse_ckpt_path()
+            self._apply_ckpt_hparams()
         except UserError:
             raise
         except ArgumentError as err:
@@ -83,14 +98,38 @@ class SDPOCLI(LightningCLI):
                 "config's: %s. To resume its weights and optimizer under the config's model settings, "
                 "save a copy of the checkpoint without its 'hyper_parameters' entry "
                 "(benchmarks/quality/lastfm_study.py: resume_state); for the weights alone, "
-                "--model.init_adapter <its export>.", ckpt, "; ".join(changed))
+                "--model.source.init_adapter <its export>.", ckpt, "; ".join(changed))
+
+    def _apply_ckpt_hparams(self) -> None:
+        """LightningCLI's reading of ``--ckpt_path``'s hyperparameters over the config, with the
+        flat hyperparameters of checkpoints from earlier versions regrouped
+        (:func:`~sdpo_lightning.module_args.grouped_kwargs`)."""
+        import torch
+
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        if not hparams:
+            return
+        if is_flat(hparams):
+            log.info("--ckpt_path %s: hyperparameters of the flat layout regrouped", ckpt_path)
+            hparams = grouped_kwargs(hparams)
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}},
+                                               self.config)
 
     def _model_settings(self) -> dict[str, Any]:
-        """The parsed config's model arguments (plain values), or {} before a subcommand."""
+        """The parsed config's model arguments (plain values, dotted keys below the groups), or
+        {} before a subcommand."""
         if not self.config.get("subcommand"):
             return {}
         model = self.config[self.config.subcommand].get("model") or {}
-        return model.as_dict() if hasattr(model, "as_dict") else dict(model)
+        return _flatten(model.as_dict() if hasattr(model, "as_dict") else dict(model))
 
     @staticmethod
     def _subcommand_in(args: Any) -> str:
@@ -98,14 +137,14 @@ class SDPOCLI(LightningCLI):
         return next((a for a in argv if a in ("fit", "validate", "test", "predict")), "") if isinstance(argv, list) else ""
 
     def before_instantiate_classes(self) -> None:
-        model = self._get(self.config, "model", default={}) or {}
-        if model.get("objective") != "sft" and model.get("beta") is not None:
+        objective = self._get(self.config, "model", default={}).get("objective") or {}
+        if objective.get("name") != "sft" and objective.get("beta") is not None:
             from sdpo_lightning.objectives import check_beta
 
             try:
-                check_beta(model["beta"])
+                check_beta(objective["beta"])
             except ValueError as err:
-                raise ConfigError(f"model.beta: {err}") from None
+                raise ConfigError(f"model.objective.beta: {err}") from None
         if self.subcommand is not None and not is_secondary_rank():
             root = self._get(self.config, "trainer", default={}).get("default_root_dir") or os.getcwd()
             self._held.enter_context(RunLock(root))
@@ -119,7 +158,7 @@ class SDPOCLI(LightningCLI):
             raise ConfigError(f"invalid configuration: {err}") from err
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.link_arguments("model.num_negatives", "data.num_negatives")
+        parser.link_arguments("model.objective.num_negatives", "data.num_negatives")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self._get(self.config_init, "trainer", default={})
@@ -142,6 +181,58 @@ class SDPOCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         checkpoint_io.install(trainer.strategy)
         return trainer
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"objective": {"beta": 1}}`` → ``{"objective.beta": 1}`` (``lora``, ``hybrid`` too)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _refuse_flat_model_keys(argv: Any) -> None:
+    """Refuse a ``model`` key of the flat layout of earlier versions, on the command line
+    (``--model.beta 2``) or in a ``-c`` config file (``model: {beta: 2}``).
+
+    Raises:
+        ConfigError: e.g. ``model.beta moved to model.objective.beta``.
+    """
+    import yaml
+
+    if not isinstance(argv, list):
+        return
+    args = [str(a) for a in argv]
+    for i, arg in enumerate(args):
+        if not arg.startswith("--model."):
+            continue
+        key, eq, value = arg[len("--model."):].partition("=")
+        if key.startswith("init_args."):
+            key = key[len("init_args."):]
+        if key not in FLAT_KEYS:
+            continue
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        try:
+            parsed = yaml.safe_load(value) if key in GROUPS else value
+        except yaml.YAMLError:
+            parsed = value
+        if is_flat_value(key, parsed):
+            raise ConfigError(moved_message(key))
+    for path in _config_files(args):
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # jsonargparse reports it
+        if not isinstance(config, dict):
+            continue
+        sections = [config, *(v for v in config.values() if isinstance(v, dict))]  # subcommand
+        for section in sections:
+            check_flat_keys(section.get("model"))
 
 
 def _config_files(argv: Any) -> list[str]:

@@ -7,9 +7,9 @@ catalogue, and the model is a tiny LLaMA built from a config. Stages run through
 
 1. ``python -m sdpo_lightning.data.synthetic --out runs/quickstart/data --config configs/quickstart_data.yaml``
 2. ``sdpo fit  -c configs/quickstart_sft.yaml``   (full fine-tuning; exports the model)
-3. ``sdpo test -c configs/quickstart_sft.yaml --model.model_name_or_path runs/quickstart/sft/export``
+3. ``sdpo test -c configs/quickstart_sft.yaml --model.source.model_name_or_path runs/quickstart/sft/export``
 4. ``sdpo fit  -c configs/quickstart_sdpo.yaml``  (LoRA on the SFT model; reference = SFT)
-5. ``sdpo test -c configs/quickstart_sdpo.yaml --model.init_adapter runs/quickstart/sdpo/export``
+5. ``sdpo test -c configs/quickstart_sdpo.yaml --model.source.init_adapter runs/quickstart/sdpo/export``
 
 then scores the same test rows with three non-neural baselines (random, most popular, and
 the generator's own rule, which knows the hidden successor cycles) and prints one table
@@ -147,12 +147,12 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
                         *([] if seed is None else ["--seed", str(seed)])])
     times["sft fit"] = _stage("SFT", ["fit", "-c", sft_cfg, *extra])
     times["sft test"] = _stage(
-        "test SFT", ["test", "-c", sft_cfg, "--model.model_name_or_path", f"{root}/sft/export",
-                     "--model.method", "SFT", "--trainer.default_root_dir", f"{root}/sft", *extra])
+        "test SFT", ["test", "-c", sft_cfg, "--model.source.model_name_or_path", f"{root}/sft/export",
+                     "--model.output.method", "SFT", "--trainer.default_root_dir", f"{root}/sft", *extra])
     times["sdpo fit"] = _stage("S-DPO", ["fit", "-c", sdpo_cfg, *extra])
     times["sdpo test"] = _stage(
-        "test S-DPO", ["test", "-c", sdpo_cfg, "--model.init_adapter", f"{root}/sdpo/export",
-                       "--model.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo", *extra])
+        "test S-DPO", ["test", "-c", sdpo_cfg, "--model.source.init_adapter", f"{root}/sdpo/export",
+                       "--model.output.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo", *extra])
     start = time.perf_counter()
     runs, n_candidates = _baselines(rootp)
     runs.update({"SFT": rootp / "sft", "S-DPO": rootp / "sdpo"})

@@ -16,7 +16,7 @@ from which constrained generation is a walk over the candidate trie with no deco
 generation reads its answer from the same logits for every row whose greedy answer is a
 candidate title (:func:`trie_verify`) and decodes only the other rows, from the packed pass's
 prompt cache. Generation alone prefills the prompts once (KV cache); constrained, it masks each
-step with one tensor built from the tries. With ``model.eval_trunk_dir`` the packed pass is
+step with one tensor built from the tries. With ``model.scoring.eval_trunk_dir`` the packed pass is
 served from the file (ranking, constrained generation, and free generation with ranking).
 Generation stops as soon as every row has emitted EOS or finished its first non-blank line (all
 the parser reads), so the recorded ``generated`` text ends there. ``one_pass=False`` keeps the
@@ -98,15 +98,15 @@ class EvalModel:
     def from_module(cls, module: Any) -> EvalModel:
         """The adapter of a LightningModule (``policy``, ``tokenizer``, ``hparams``, ``score``
         and an optional ``eval_trunk``), read now: build it where it is used."""
-        h = module.hparams
+        settings = module.hparams.eval
 
         def score(batch: dict[str, Any]) -> CompletionLogps:
             ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
             return module.score(batch, ids, mask, mode="shared_prefix")
 
         return cls(model=module.policy, tokenizer=module.tokenizer,
-                   max_new_tokens=h.max_new_tokens, constrained=h.constrained,
-                   length_normalize=h.length_normalize,
+                   max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
+                   length_normalize=settings.length_normalize,
                    trunk=getattr(module, "eval_trunk", None), score=score)
 
 
@@ -481,9 +481,9 @@ def run_meta(module: Any) -> dict[str, Any]:
     h, trainer = module.hparams, module.trainer
     data_file = getattr(getattr(trainer, "datamodule", None), "files", {}).get("test")
     return {
-        "run": h.run_name or Path(trainer.default_root_dir).name,
-        "method": h.method or h.objective,
+        "run": h.output.run_name or Path(trainer.default_root_dir).name,
+        "method": h.output.method or h.objective.name,
         "dataset": Path(data_file).parent.name if data_file else "unknown",
         "data_file": data_file,
-        "model": h.model_name_or_path or "tiny-llama",
+        "model": h.source.model_name_or_path or "tiny-llama",
     }

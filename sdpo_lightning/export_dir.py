@@ -4,7 +4,7 @@
 block ends without error it writes :data:`~sdpo_lightning.models.EXPORT_MARKER` (every file
 and its size, written last), fsyncs the files and the directory, and renames it to its final
 name. A process killed while writing leaves only the hidden partial directory, which holds
-:data:`~sdpo_lightning.models.EXPORT_IN_PROGRESS` so ``--model.init_adapter`` refuses it (and
+:data:`~sdpo_lightning.models.EXPORT_IN_PROGRESS` so ``--model.source.init_adapter`` refuses it (and
 which the next export of the same path removes).
 A previous export at the final path is replaced; any other directory found there is kept,
 renamed to ``<name>.replaced-<time>``.

@@ -41,14 +41,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class LoraSettings:
-    """LoRA hyperparameters (passed to ``peft.LoraConfig``)."""
+    """LoRA hyperparameters (passed to ``peft.LoraConfig``).
+
+    Attributes:
+        r: rank of the adapter matrices.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter's input.
+        target_modules: names of the linear layers that get adapters.
+        layers_to_transform: decoder-layer indices that get adapters (``None``: all).
+            Adapters on the top layers only make training cheaper: autograd does not
+            backpropagate through frozen lower layers.
+    """
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    #: Decoder-layer indices that get adapters (``None``: all). Adapters on the top layers
-    #: only make training cheaper: autograd does not backpropagate through frozen lower layers.
     layers_to_transform: list[int] | None = None
 
 

@@ -34,7 +34,17 @@ from sdpo_lightning.models import (
     reference_mode,
     trainable_state_dict,
 )
-from sdpo_lightning.objectives import OBJECTIVES, preference_loss, reward_metrics, sft_loss
+from sdpo_lightning.module_args import (
+    EvalArgs,
+    ModelArgs,
+    ObjectiveArgs,
+    OptimArgs,
+    OutputArgs,
+    ScoringArgs,
+    as_group,
+    plain_hparams,
+)
+from sdpo_lightning.objectives import preference_loss, reward_metrics, sft_loss
 from sdpo_lightning.processes import processes_of
 from sdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, eval_mode
 from sdpo_lightning.scoring import completion_logps
@@ -42,140 +52,71 @@ from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_lay
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE_NAMES = ("sft", *OBJECTIVES)
 
 
 class SDPOModule(pl.LightningModule):
     """A causal LM trained as a sequential recommender.
 
+    Configured by argument groups (:mod:`sdpo_lightning.module_args`; in YAML and on the
+    command line ``model.<group>.<field>``, e.g. ``--model.objective.beta 2``); each may be
+    given as its dataclass or as a mapping of its fields. ``docs/configuration.md`` lists
+    every field.
+
     Args:
-        model_name_or_path: HF directory or hub id, or a ``.gguf`` path; ``None`` builds a
-            tiny LLaMA from ``tiny_config`` (needs ``tokenizer_path``).
-        gguf_file: GGUF file name inside ``model_name_or_path``.
-        tokenizer_path: tokenizer directory (default: the model's).
-        tiny_config: ``LlamaConfig`` overrides of the in-code tiny model.
-        init_seed: weight-init seed of the tiny model.
-        dtype: weights dtype (``float32``, ``bfloat16``, ``float16``).
-        trust_remote_code: allow custom modelling code.
-        attn_implementation: ``sdpa`` / ``eager`` / ... (default: transformers' choice).
-        lora: LoRA settings; ``None`` is full fine-tuning (unless ``init_adapter`` is given).
-        init_adapter: a peft adapter directory (the SFT stage's export) to continue from; its
-            frozen copy is the reference.
-        gradient_checkpointing: trade compute for activation memory.
-        objective: ``sft`` | ``dpo`` | ``dpo_k`` | ``sdpo``.
-        beta: β of the implicit reward.
-        sft_weight: λ ≥ 0 of the chosen completion's token-mean negative log-likelihood added
-            to a preference loss (``loss = preference + λ·NLL(chosen)``, the "DPO + NLL" of
-            RPO); 0, the default, is the paper's objective. Ignored by ``sft``.
-        num_negatives: K, negatives per example (``dpo`` needs 1); linked to the data module.
-        scoring: ``shared_prefix`` (prompt once, completions branch off) | ``naive``.
-        reference: ``live`` (reference forward every step) | ``cached`` (scored once, on disk).
-        reference_cache_dir: where the cache lives (default ``<root>/reference_cache``).
-        reference_cache_build: ``lazy`` (score a row when a batch first needs it, fill the file
-            incrementally) | ``full`` (score every row before the first step) | ``auto`` (lazy,
-            except full fine-tuning without a frozen copy, which needs ``full``).
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps, then cosine decay to ``min_lr_ratio``.
-        min_lr_ratio: final learning rate as a fraction of the peak.
-        max_new_tokens: generation budget of the paper protocol.
-        eval_protocols: subset of ``generation``, ``ranking`` run by ``test``.
-        val_generation: also run greedy generation in validation (``val/hr@1``).
-        trunk_cache: serve the frozen lower decoder layers (below the lowest LoRA layer, see
-            ``lora.layers_to_transform``) from activations computed once per example
-            (:mod:`sdpo_lightning.trunk_cache`); exact, shared-prefix scoring only.
-        val_ranking: also rank the candidates in validation (``val/rank/hr@1``, ...): a cheap
-            learning curve of the ranking protocol.
-        eval_trunk_dir: ``test``: keep the frozen lower decoder layers' activations of the test
-            rows in this directory (one file per embedding + lower layers' weights, named by
-            their digest): the first test computes and writes them, every later test of an
-            adapter on the same lower layers and rows reads them and runs only the adapted
-            upper layers (see ``lora.layers_to_transform``). Serves ranking, constrained
-            generation and free generation with ranking (rows whose free greedy answer leaves
-            the candidate titles are decoded by every layer; free generation alone is not
-            served); equal to the plain evaluation up to float rounding. Single process.
-        length_normalize: ranking by mean instead of summed token log-likelihood.
-        constrained: restrict generation to candidate titles (a prefix trie).
-        export_dir: where ``fit`` exports the adapter / model (default ``<root>/export``).
-        output_dir: where ``test`` writes predictions and summary (default: the trainer's
-            ``default_root_dir``).
-        run_name: name used in ``summary.json`` (default: the root directory's name).
-        method: method label in ``summary.json`` (default: the objective), e.g. ``Vanilla``.
+        source: where the model and tokenizer come from (:class:`ModelArgs`).
+        lora: LoRA settings; ``None`` is full fine-tuning (unless ``source.init_adapter`` is
+            given).
         hybrid: LLaRA hybrid item prompts (:mod:`sdpo_lightning.hybrid`): every title in the
             prompt followed by an item token embedded by a projection of a recommender's item
-            embedding. Found on its own in an ``init_adapter`` exported from a hybrid run.
+            embedding. Found on its own in a ``source.init_adapter`` exported from a hybrid run.
+        objective: the training objective (:class:`ObjectiveArgs`).
+        scoring: completion scoring, reference scores and caches (:class:`ScoringArgs`).
+        optim: AdamW and its schedule (:class:`OptimArgs`).
+        eval: evaluation protocols and generation (:class:`EvalArgs`).
+        output: export and report folders, run labels (:class:`OutputArgs`).
+
+    Raises:
+        ValueError: for a value a group refuses, or a hybrid curriculum in a preference stage.
+        ConfigError: for a group given as a mapping with a key the group does not have.
     """
 
     def __init__(
         self,
-        model_name_or_path: str | None = None,
-        gguf_file: str | None = None,
-        tokenizer_path: str | None = None,
-        tiny_config: dict[str, Any] | None = None,
-        init_seed: int = 0,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        attn_implementation: str | None = None,
+        source: ModelArgs = ModelArgs(),
         lora: LoraSettings | None = None,
-        init_adapter: str | None = None,
-        gradient_checkpointing: bool = False,
-        objective: str = "sdpo",
-        beta: float = 1.0,
-        sft_weight: float = 0.0,
-        num_negatives: int = 3,
-        scoring: str = "shared_prefix",
-        reference: str = "live",
-        reference_cache_dir: str | None = None,
-        reference_cache_build: str = "auto",
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.1,
-        max_new_tokens: int = 32,
-        eval_protocols: list[str] | None = None,
-        val_generation: bool = False,
-        val_ranking: bool = False,
-        trunk_cache: bool = False,
-        eval_trunk_dir: str | None = None,
-        length_normalize: bool = False,
-        constrained: bool = False,
-        export_dir: str | None = None,
-        output_dir: str | None = None,
-        run_name: str | None = None,
-        method: str | None = None,
         hybrid: HybridSettings | None = None,
+        objective: ObjectiveArgs = ObjectiveArgs(),
+        scoring: ScoringArgs = ScoringArgs(),
+        optim: OptimArgs = OptimArgs(),
+        eval: EvalArgs = EvalArgs(),
+        output: OutputArgs = OutputArgs(),
     ) -> None:
         super().__init__()
-        if objective not in OBJECTIVE_NAMES:
-            raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {objective!r}")
-        if objective == "dpo" and num_negatives != 1:
-            raise ValueError(f"objective 'dpo' is pairwise: num_negatives must be 1, got {num_negatives} (use dpo_k or sdpo)")
-        if not sft_weight >= 0.0:  # also rejects NaN
-            raise ValueError(f"sft_weight must be >= 0, got {sft_weight!r}")
-        _check_schedule(learning_rate, weight_decay, warmup_steps, min_lr_ratio, max_new_tokens)
-        if scoring not in ("shared_prefix", "naive"):
-            raise ValueError(f"scoring must be 'shared_prefix' or 'naive', got {scoring!r}")
-        if reference not in ("live", "cached"):
-            raise ValueError(f"reference must be 'live' or 'cached', got {reference!r}")
-        if reference_cache_build not in ("auto", "lazy", "full"):
-            raise ValueError(f"reference_cache_build must be auto, lazy or full, got {reference_cache_build!r}")
-        protocols = list(eval_protocols or ["generation"])
-        bad = set(protocols) - {"generation", "ranking"}
-        if bad:
-            raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, ranking")
-        if isinstance(lora, LoraSettings):
-            lora = dataclasses.asdict(lora)  # plain data in hparams and checkpoints
-        hybrid = _hybrid_settings(hybrid, init_adapter)
-        if hybrid is not None and objective != "sft" and (hybrid.curriculum_start, hybrid.curriculum_end) != (1.0, 1.0):
-            raise ValueError("hybrid curriculum (text-only prompts for some steps) is an SFT schedule; the preference "
-                             "objectives compare policy and reference on the same hybrid prompts: set "
-                             "hybrid.curriculum_start and curriculum_end to 1")
-        self.save_hyperparameters()
-        self.hparams.hybrid = dataclasses.asdict(hybrid) if hybrid is not None else None
+        groups: dict[str, Any] = {
+            "source": as_group(ModelArgs, source),
+            "objective": as_group(ObjectiveArgs, objective),
+            "scoring": as_group(ScoringArgs, scoring),
+            "optim": as_group(OptimArgs, optim),
+            "eval": as_group(EvalArgs, eval),
+            "output": as_group(OutputArgs, output),
+        }
+        groups = {k: dataclasses.replace(v) for k, v in groups.items()}  # never a shared default
+        lora = as_group(LoraSettings, lora) if lora is not None else None
+        hybrid = _hybrid_settings(hybrid, groups["source"].init_adapter)
+        curriculum = (hybrid.curriculum_start, hybrid.curriculum_end) if hybrid else (1.0, 1.0)
+        if groups["objective"].is_preference and curriculum != (1.0, 1.0):
+            raise ValueError(
+                "hybrid curriculum (text-only prompts for some steps) is an SFT schedule; the "
+                "preference objectives compare policy and reference on the same hybrid prompts: "
+                "set hybrid.curriculum_start and curriculum_end to 1")
+        # plain data in hparams.yaml and checkpoints; the groups themselves at run time
+        self.save_hyperparameters(plain_hparams({**groups, "lora": lora, "hybrid": hybrid}))
+        self._hparams_name = "kwargs"
+        self.hparams.update(groups, lora=lora, hybrid=hybrid)
         self.item_table = ItemTable.load(hybrid.item_table) if hybrid is not None else None
-        self.hparams.eval_protocols = protocols
-        self.hparams.lora = lora
-        self.tokenizer = load_tokenizer(model_name_or_path, gguf_file, tokenizer_path, trust_remote_code)
+        src = groups["source"]
+        self.tokenizer = load_tokenizer(src.model_name_or_path, src.gguf_file, src.tokenizer_path,
+                                        src.trust_remote_code)
         self.policy: torch.nn.Module | None = None
         self.reference_model: torch.nn.Module | None = None
         self.ref_cache: ReferenceCache | None = None
@@ -186,10 +127,10 @@ class SDPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ model
     def _build(self) -> torch.nn.Module:
-        h = self.hparams
+        src: ModelArgs = self.hparams.source
         return build_policy(
-            h.model_name_or_path, self.tokenizer, h.gguf_file, h.tiny_config, h.init_seed,
-            h.dtype, h.trust_remote_code, h.attn_implementation,
+            src.model_name_or_path, self.tokenizer, src.gguf_file, src.tiny_config, src.init_seed,
+            src.dtype, src.trust_remote_code, src.attn_implementation,
         )
 
     def configure_model(self) -> None:
@@ -208,24 +149,23 @@ class SDPOModule(pl.LightningModule):
         ds_config = strategies.zero3_config(self._trainer)
         if ds_config is not None:  # transformers holds it by weak reference: keep it alive
             self._hf_ds_config = strategies.zero3_hf_config(ds_config)
-        lora = LoraSettings(**h.lora) if h.lora is not None else None
         base = self._build_base()
         self._install_hybrid(base)
         with strategies.outside_zero_init():
-            policy = apply_lora(base, lora, h.init_adapter)
-        emb = hybrid_embedding(policy) if h.get("hybrid") else None
+            policy = apply_lora(base, h.lora, h.source.init_adapter)
+        emb = hybrid_embedding(policy) if h.hybrid is not None else None
         if emb is not None:  # peft froze every base weight: the projector trains by the setting
-            train = h.hybrid["train_projector"]
-            train = h.objective == "sft" if train is None else train
+            train = h.hybrid.train_projector
+            train = not h.objective.is_preference if train is None else train
             fn = getattr(getattr(self._trainer, "state", None), "fn", None)
             if fn is not None and fn != "fit":  # validate / test / predict: frozen, so the trunk caches apply
                 train = False
             for p in (*emb.projector.parameters(), emb.unknown):
                 p.requires_grad_(train)
-        if h.gradient_checkpointing:
+        if h.source.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy.train()  # from_pretrained returns eval mode
-        if h.objective != "sft" and not is_peft(policy) and h.reference == "live":
+        if h.objective.is_preference and not is_peft(policy) and h.scoring.reference == "live":
             ref = self._build_base().eval()
             ref.requires_grad_(False)
             self.reference_model = ref
@@ -234,10 +174,11 @@ class SDPOModule(pl.LightningModule):
         """Hybrid prompts: put the item-token embedding into ``base`` (the projector read from
         ``init_adapter``'s hybrid folder when it has one, else initialised from ``init_seed``)."""
         h = self.hparams
-        if not h.get("hybrid"):
+        if h.hybrid is None:
             return
-        saved = Path(h.init_adapter) / HYBRID_SUBDIR if h.init_adapter else None
-        install_hybrid(base, self.item_table, h.hybrid["projector_hidden"], seed=h.init_seed,
+        adapter = h.source.init_adapter
+        saved = Path(adapter) / HYBRID_SUBDIR if adapter else None
+        install_hybrid(base, self.item_table, h.hybrid.projector_hidden, seed=h.source.init_seed,
                        projector_dir=saved if saved is not None and saved.is_dir() else None)
 
     def _build_base(self) -> torch.nn.Module:
@@ -246,29 +187,33 @@ class SDPOModule(pl.LightningModule):
         cannot fill ZeRO-3 shards) are built whole and partitioned when the engine starts."""
         from sdpo_lightning import strategies
 
-        h = self.hparams
-        if h.model_name_or_path is None or h.gguf_file or str(h.model_name_or_path).endswith(".gguf"):
+        src: ModelArgs = self.hparams.source
+        path = src.model_name_or_path
+        if path is None or src.gguf_file or str(path).endswith(".gguf"):
             with strategies.unsharded():
                 return self._build()
         if strategies.zero3_config(self._trainer) is not None:  # see import_model_class
-            strategies.import_model_class(h.model_name_or_path, h.trust_remote_code)
+            strategies.import_model_class(path, src.trust_remote_code)
         return self._build()
 
     @property
     def is_preference(self) -> bool:
-        return self.hparams.objective != "sft"
+        """Whether the objective compares the policy with a reference (every one but sft)."""
+        return self.hparams.objective.is_preference
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, model=None, mode=None):
         """Summed completion log-probs (B, N) and token counts of ``ids`` after the prompts."""
         model = model if model is not None else self.policy
-        if (self.hparams.get("trunk_cache") and model is self.policy and "candidate_input_ids" in batch
-                and (mode or self.hparams.scoring) == "shared_prefix"):
+        scoring: ScoringArgs = self.hparams.scoring
+        if (scoring.trunk_cache and model is self.policy and "candidate_input_ids" in batch
+                and (mode or scoring.mode) == "shared_prefix"):
             if self.trunk is None:
                 n_lower = frozen_layer_count(self.policy)
                 if n_lower == 0 and hybrid_embedding(self.policy) is not None:
                     raise ValueError("trunk_cache: the hybrid projector trains in this stage and feeds the lowest "
-                                     "layer, so no layer is frozen; set model.trunk_cache false for hybrid SFT (the "
+                                     "layer, so no layer is frozen; set model.scoring.trunk_cache false "
+                                     "for hybrid SFT (the "
                                      "preference stages freeze the projector and can use it)")
                 if n_lower == 0:
                     raise ValueError("trunk_cache: the lowest decoder layer is trainable; put LoRA on the "
@@ -278,7 +223,7 @@ class SDPOModule(pl.LightningModule):
         return completion_logps(
             model,
             batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask,
-            mode=mode or self.hparams.scoring,
+            mode=mode or scoring.mode,
         )
 
     @torch.no_grad()
@@ -327,7 +272,7 @@ class SDPOModule(pl.LightningModule):
         return "fit" if self.trainer.training else "validate"
 
     def _reference_for(self, batch: dict[str, Any]) -> torch.Tensor:
-        if self.hparams.reference == "cached":
+        if self.hparams.scoring.reference == "cached":
             split = self._split()
             if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
                 self.ref_cache = ReferenceCache.for_module(self)
@@ -342,18 +287,20 @@ class SDPOModule(pl.LightningModule):
     def _curriculum(self, batch: dict[str, Any]) -> dict[str, Any]:
         """LLaRA's curriculum: some training prompts lose their item tokens (text form), with a
         probability falling from ``1 - curriculum_start`` to ``1 - curriculum_end`` over the run."""
-        hyb = self.hparams.get("hybrid")
-        if not hyb or (hyb["curriculum_start"], hyb["curriculum_end"]) == (1.0, 1.0):
+        hyb: HybridSettings | None = self.hparams.hybrid
+        if hyb is None or (hyb.curriculum_start, hyb.curriculum_end) == (1.0, 1.0):
             return batch
         step, total = self.global_step, int(self.trainer.estimated_stepping_batches)
-        p = curriculum_probability(step, total, hyb["curriculum_start"], hyb["curriculum_end"])
+        p = curriculum_probability(step, total, hyb.curriculum_start, hyb.curriculum_end)
         self.log("train/hybrid_probability", p, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
-        return strip_item_tokens(batch, text_form_rows(batch["index"].tolist(), self.hparams.init_seed, step, p))
+        rows = text_form_rows(batch["index"].tolist(), self.hparams.source.init_seed, step, p)
+        return strip_item_tokens(batch, rows)
 
     def _step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         if split == "train":
             batch = self._curriculum(batch)
         ids, mask = batch["completion_input_ids"], batch["completion_attention_mask"]  # (B, N, C)
+        obj: ObjectiveArgs = self.hparams.objective
         if not self.is_preference:
             out = self.score(batch, ids[:, :1], mask[:, :1])
             loss = sft_loss(out.logps[:, 0], out.n_tokens[:, 0]).mean()
@@ -363,13 +310,13 @@ class SDPOModule(pl.LightningModule):
             pol = scored.logps  # (B, 1 + K)
             ref = self._reference_for(batch)  # (B, 1 + K)
             out = preference_loss(
-                self.hparams.objective, pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], self.hparams.beta
+                obj.name, pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], obj.beta
             )
             loss = out.losses.mean()
             metrics = {"loss": loss, **reward_metrics(out, pol[:, 0], pol[:, 1:])}
-            if self.hparams.sft_weight > 0:
+            if obj.sft_weight > 0:
                 nll = sft_loss(pol[:, 0], scored.n_tokens[:, 0]).mean()
-                loss = loss + self.hparams.sft_weight * nll
+                loss = loss + obj.sft_weight * nll
                 metrics.update(loss=loss, **{"loss/preference": out.losses.mean().detach(), "loss/sft": nll.detach()})
         bs = ids.shape[0]
         on_step = split == "train"
@@ -389,17 +336,18 @@ class SDPOModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")
-        protocols = [name for name, on in (("generation", self.hparams.val_generation),
-                                           ("ranking", self.hparams.get("val_ranking", False))) if on]
+        settings: EvalArgs = self.hparams.eval
+        protocols = [name for name, on in (("generation", settings.val_generation),
+                                           ("ranking", settings.val_ranking)) if on]
         if protocols:
             self._evaluator("val", protocols).update(EvalModel.from_module(self), batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        ev = self._evaluator("test", self.hparams.eval_protocols)
+        ev = self._evaluator("test", self.hparams.eval.eval_protocols)
         ev.update(EvalModel.from_module(self), batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        ev = self._evaluator("predict", self.hparams.eval_protocols)
+        ev = self._evaluator("predict", self.hparams.eval.eval_protocols)
         return ev.update(EvalModel.from_module(self), batch)
 
     def on_predict_epoch_end(self) -> None:
@@ -411,7 +359,8 @@ class SDPOModule(pl.LightningModule):
 
     def eval_trunk(self) -> TrunkCache | None:
         """The persisted lower-layer cache of ``eval_trunk_dir`` (loaded on first use), or None."""
-        if not self.hparams.get("eval_trunk_dir"):
+        directory = self.hparams.scoring.eval_trunk_dir
+        if not directory:
             return None
         if self._eval_trunk is None:
             n_lower = frozen_layer_count(self.policy)
@@ -419,7 +368,7 @@ class SDPOModule(pl.LightningModule):
                 raise ValueError("eval_trunk_dir: the lowest decoder layer has an adapter or is trainable; it "
                                  "needs LoRA on the top layers only (lora.layers_to_transform)")
             identity = lower_layers_identity(self.policy, n_lower)
-            path = Path(self.hparams.eval_trunk_dir) / f"trunk-{n_lower}-{identity[:20]}.pt"
+            path = Path(directory) / f"trunk-{n_lower}-{identity[:20]}.pt"
             cache = TrunkCache.load(path, identity, n_lower, self.device)
             log.info("eval trunk cache %s: %d rows on disk", path, len(cache))
             self._eval_trunk = (cache, path, identity)
@@ -461,8 +410,8 @@ class SDPOModule(pl.LightningModule):
         ev.write_reports(self._output_dir(), run_meta(self), processes_of(self._trainer))
 
     def _output_dir(self) -> Path:
-        if self.hparams.output_dir:
-            return Path(self.hparams.output_dir)
+        if self.hparams.output.output_dir:
+            return Path(self.hparams.output.output_dir)
         return Path(self.trainer.default_root_dir)
 
     # ------------------------------------------------------------------ fit hooks
@@ -473,12 +422,13 @@ class SDPOModule(pl.LightningModule):
         fresh build from the source), so a resumed run gets the same table."""
         dm = self.trainer.datamodule
         mining = dm is not None and dm.hparams.get("negative_sampling") in ("hard", "tempered")
-        if (self.is_preference and self.hparams.reference == "cached") or mining:
+        if (self.is_preference and self.hparams.scoring.reference == "cached") or mining:
             self.ref_cache = ReferenceCache.for_module(self)
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.export(self.hparams.export_dir or os.path.join(self.trainer.default_root_dir, "export"))
+            root = self.trainer.default_root_dir
+            self.export(self.hparams.output.export_dir or os.path.join(root, "export"))
 
     def export(self, directory: str | os.PathLike) -> Path:
         """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer.
@@ -530,7 +480,11 @@ class SDPOModule(pl.LightningModule):
             self._export_weights = self._gather_export_weights()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable weights, and the hyperparameters as plain data (each group
+        a dict of its fields, as in YAML)."""
         checkpoint["state_dict"] = trainable_state_dict(self.policy, prefix="policy.")
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_hparams(checkpoint["hyper_parameters"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints hold only trainable weights; all of them must be there.
@@ -558,10 +512,11 @@ class SDPOModule(pl.LightningModule):
         # fused: one ATen kernel whose sqrt is exact; the foreach path's sqrt goes through
         # MKL's vector math, whose last bit differs between CPUs (docs/reproducibility.md)
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        opt = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay,
+        optim: OptimArgs = self.hparams.optim
+        opt = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay,
                                 fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        warm, floor = optim.warmup_steps, optim.min_lr_ratio
 
         def schedule(step: int) -> float:
             if step < warm:
@@ -571,25 +526,6 @@ class SDPOModule(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _check_schedule(learning_rate: float, weight_decay: float, warmup_steps: int,
-                    min_lr_ratio: float, max_new_tokens: int) -> None:
-    """Refuse optimizer and generation settings AdamW or the schedule cannot use.
-
-    Raises:
-        ValueError: naming the setting and its value.
-    """
-    if not (math.isfinite(learning_rate) and learning_rate >= 0):
-        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
 
 
 def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:

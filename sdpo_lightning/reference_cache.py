@@ -20,7 +20,7 @@ The cache key is a SHA-256 over
 
 Any change gives a new key (a new file); the old file stays (it is valid for its key).
 
-Two ways to fill the table (``model.reference_cache_build``):
+Two ways to fill the table (``model.scoring.reference_cache_build``):
 
 * ``lazy`` (the default where the reference is at hand every step: LoRA, or a frozen copy):
   a row is scored — all its candidates, one shared-prefix pass — the first time a batch
@@ -49,7 +49,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,19 @@ def _file_stamp(path: Path) -> list[Any]:
     return [[str(f.relative_to(base)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def reference_identity(hparams: Any) -> dict[str, Any]:
-    """What defines the reference model (hashed into the cache key)."""
+def reference_identity(source: Any) -> dict[str, Any]:
+    """What defines the reference model (hashed into the cache key).
+
+    Args:
+        source: the module's :class:`~sdpo_lightning.module_args.ModelArgs` (``hparams.source``)
+            or a mapping of its fields (missing ones count as ``None``).
+    """
     keys = ("model_name_or_path", "gguf_file", "tiny_config", "init_seed", "dtype", "init_adapter",
             "attn_implementation")
-    ident: dict[str, Any] = {k: hparams.get(k) for k in keys}
+    if isinstance(source, Mapping):
+        ident: dict[str, Any] = {k: source.get(k) for k in keys}
+    else:
+        ident = {k: getattr(source, k) for k in keys}
     if ident["model_name_or_path"] is None:
         from sdpo_lightning.models import TINY_DEFAULTS
 
@@ -198,7 +206,7 @@ class ReferenceSource:
             with module.reference_scorer() as (model, scorer), eval_mode(module.policy, model):
                 yield lambda batch: scorer(batch, model)
 
-        return cls(scoring, lambda: reference_identity(module.hparams), module.device,
+        return cls(scoring, lambda: reference_identity(module.hparams.source), module.device,
                    processes_of(getattr(module, "_trainer", None)))
 
 
@@ -330,10 +338,12 @@ class ReferenceCache:
     @classmethod
     def for_module(cls, module: Any) -> "ReferenceCache":
         """Open (``lazy``) or load-or-build (``full``) the tables of an attached module's data
-        module, in ``model.reference_cache_dir`` (default ``<default_root_dir>/reference_cache``):
+        module, in ``model.scoring.reference_cache_dir`` (default
+        ``<default_root_dir>/reference_cache``):
         the LightningModule entry point, which hands the narrow :class:`ReferenceSource` on."""
         trainer = module.trainer
-        root = module.hparams.get("reference_cache_dir") or os.path.join(trainer.default_root_dir, "reference_cache")
+        root = (module.hparams.scoring.reference_cache_dir
+                or os.path.join(trainer.default_root_dir, "reference_cache"))
         source = ReferenceSource.from_module(module)
         if build_mode(module) == "full":
             return cls.build(source, trainer.datamodule, root)
@@ -434,19 +444,20 @@ class ReferenceCache:
 
 
 def build_mode(module: Any) -> str:
-    """``lazy`` or ``full`` for ``model.reference_cache_build`` (``auto``: lazy when the reference
-    is at hand every step — LoRA with the adapter off, or a frozen copy —, else full)."""
+    """``lazy`` or ``full`` for ``model.scoring.reference_cache_build`` (``auto``: lazy when the
+    reference is at hand every step — LoRA with the adapter off, or a frozen copy —, else full)."""
     from sdpo_lightning.models import is_peft
 
-    mode = module.hparams.get("reference_cache_build") or "auto"
+    mode = module.hparams.scoring.reference_cache_build
     at_hand = module.reference_model is not None or is_peft(module.policy)
     if mode == "auto":
         return "lazy" if at_hand else "full"
     if mode == "lazy" and not at_hand:
         raise ValueError(
-            "model.reference_cache_build: lazy needs the reference at every step, but full fine-tuning with "
+            "model.scoring.reference_cache_build: lazy needs the reference at every step, but full "
+            "fine-tuning with "
             "`reference: cached` keeps no frozen copy (its initial weights are gone after step one); "
-            "use reference_cache_build: full (or auto), or model.reference: live"
+            "use reference_cache_build: full (or auto), or model.scoring.reference: live"
         )
     return mode
 

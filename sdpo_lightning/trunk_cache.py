@@ -21,7 +21,7 @@ layers either way. The saving is the forward of the lower layers on every step a
 example's first, and the whole backward below the adapters is skipped in both.
 Single-process and DDP / ZeRO-2 only (ZeRO-3 partitions the layers' weights).
 
-The same store serves evaluation across processes (``model.eval_trunk_dir``): the one-pass
+The same store serves evaluation across processes (``model.scoring.eval_trunk_dir``): the one-pass
 evaluator's packed row of all candidates (:meth:`TrunkCache.packed_forward`) is assembled from
 it, and :meth:`TrunkCache.save` / :meth:`TrunkCache.load` keep it in a file tagged with a digest
 of the embedding and lower layers' weights (:func:`lower_layers_identity`), so every later test

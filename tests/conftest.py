@@ -85,7 +85,11 @@ def record(history=("A", "B"), items=("A2", "B2", "C2", "D2"), target="B2", **ex
 
 
 def tiny_config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
-    """Write a tiny-LLaMA LoRA run config on the synthetic data; ``model`` overrides."""
+    """Write a tiny-LLaMA LoRA run config on the synthetic data; ``model`` overrides (by field
+    name, e.g. ``objective="sft", beta=2``: regrouped by ``grouped_kwargs`` into
+    ``model.objective.name`` and ``model.objective.beta``)."""
+    from sdpo_lightning.module_args import grouped_kwargs
+
     cfg = {
         "seed_everything": 0,
         "trainer": {
@@ -93,13 +97,13 @@ def tiny_config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
             "max_steps": 4, "limit_val_batches": 1, "val_check_interval": 2, "limit_test_batches": 2, "log_every_n_steps": 1,
             "enable_progress_bar": False, "num_sanity_val_steps": 0, "enable_model_summary": False,
         },
-        "model": {
+        "model": grouped_kwargs({
             "model_name_or_path": None, "tokenizer_path": str(synthetic_dir / "tokenizer"),
             "tiny_config": TINY, "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
                                           "target_modules": ["q_proj", "v_proj"]},
             "learning_rate": 1e-2, "max_new_tokens": 6, "num_negatives": 3,
             "eval_protocols": ["generation", "ranking"], **model,
-        },
+        }),
         "data": {
             "train_file": str(synthetic_dir / "train.json"), "val_file": str(synthetic_dir / "valid.json"),
             "test_file": str(synthetic_dir / "test.json"), "batch_size": 2, "eval_batch_size": 4,

@@ -75,9 +75,9 @@ ALIGN: list[tuple[str, str, str, int, float, float, list[str]]] = [
     ("sdpo_k19_e2", "S-DPO (K=19, 2 epochs)", "sdpo", 19, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
     ("sft_cont_e2_lr2e-4", "SFT (continued, 2 epochs, lr 2e-4)", "sft", 3, 1.0, 2e-4, ["--trainer.max_epochs", "2"]),
     ("sft_cont_e2", "SFT (continued, 2 epochs)", "sft", 3, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
-    # S-DPO plus λ = 1 times the chosen title's NLL (model.sft_weight), the same two epochs
+    # S-DPO plus λ = 1 times the chosen title's NLL (model.objective.sft_weight), the same two epochs
     ("sdpo_k19_e2_nll", "S-DPO (K=19, 2 epochs, + NLL)", "sdpo", 19, 1.0, 1e-4,
-     ["--trainer.max_epochs", "2", "--model.sft_weight", "1.0"]),
+     ["--trainer.max_epochs", "2", "--model.objective.sft_weight", "1.0"]),
 ]
 
 #: each alignment run's "SFT continued" control: the same rows, epochs and learning rate
@@ -97,10 +97,10 @@ CONTROL: dict[str, str] = {
 SWITCH_EPOCH = 3
 SWITCH: list[tuple[str, str, str, int, float, list[str]]] = [
     ("sdpo_k3_ep4", "S-DPO (K=3) for SFT epochs 4–6", "sdpo", 3, 1.0, []),
-    ("sdpo_k3_nll_ep4", "S-DPO (K=3) + NLL for SFT epochs 4–6", "sdpo", 3, 1.0, ["--model.sft_weight", "1.0"]),
+    ("sdpo_k3_nll_ep4", "S-DPO (K=3) + NLL for SFT epochs 4–6", "sdpo", 3, 1.0, ["--model.objective.sft_weight", "1.0"]),
     # the listwise form: every other candidate a negative (the ranking protocol's softmax)
     ("sdpo_k19_ep4", "S-DPO (K=19) for SFT epochs 4–6", "sdpo", 19, 1.0, []),
-    ("sdpo_k19_nll_ep4", "S-DPO (K=19) + NLL for SFT epochs 4–6", "sdpo", 19, 1.0, ["--model.sft_weight", "1.0"]),
+    ("sdpo_k19_nll_ep4", "S-DPO (K=19) + NLL for SFT epochs 4–6", "sdpo", 19, 1.0, ["--model.objective.sft_weight", "1.0"]),
 ]
 CONTROL.update({name: "sft_e6" for name, *_ in SWITCH})
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         "fit_<base> is marked done")
     p.add_argument("--eval-trunk", action="store_true",
                    help="test stages keep the test rows' frozen lower layers in <out>/eval_trunk "
-                        "(model.eval_trunk_dir): every test after the first runs the top layers only")
+                        "(model.scoring.eval_trunk_dir): every test after the first runs the top layers only")
     p.add_argument("--table", action="store_true", help="only render the table from the results")
     p.add_argument("--last", help="with --table: the run compared with every other row (Rel.Ipv, paired p)")
     p.add_argument("--dry-run", action="store_true")
@@ -256,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     data = ["--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
             *shlex.split(a.stage_args)]
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
-    trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
+    trunk = ["--model.scoring.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def test(name: str, cfg: str, method: str, adapter: Path) -> None:
         run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
-                                   "--model.init_adapter", str(adapter), "--model.method", method,
-                                   "--model.run_name", name, *trunk])
+                                   "--model.source.init_adapter", str(adapter), "--model.output.method", method,
+                                   "--model.output.run_name", name, *trunk])
         if not a.dry_run and (out / "done" / f"test_{name}").exists():
             collect(runs / name, name)
 
@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         cache = out / "reference_cache" / (name if a.private_cache else base)
         run.stage(f"fit_{name}", [
             "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files[a.align_data]),
-            "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(sft_adapter),
-            "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
-            "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(cache), *extra])
+            "--trainer.default_root_dir", str(runs / name), "--model.source.init_adapter", str(sft_adapter),
+            "--model.objective.name", objective, "--model.objective.num_negatives", str(k), "--model.objective.beta", str(beta),
+            "--model.optim.learning_rate", str(lr), "--model.scoring.reference_cache_dir", str(cache), *extra])
         test(name, ALIGN_CFG, method, runs / name / "export")
     if not a.dry_run:
         save_timings(run)
@@ -319,16 +319,17 @@ def switch(a: argparse.Namespace, run: Runner, runs: Path, fit_data: list[str], 
                                "--trainer.max_epochs", str(SWITCH_EPOCH), *resume])
     if wanted(start):
         test(start, SFT_CFG, f"SFT (epoch {SWITCH_EPOCH} of 6)", runs / start / "export")
-    sft = yaml.safe_load((REPO / SFT_CFG).read_text())["model"]
-    schedule = [f"--model.{k}={sft[k]}" for k in ("learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay")]
+    sft = yaml.safe_load((REPO / SFT_CFG).read_text())["model"]["optim"]
+    schedule = [f"--model.optim.{k}={sft[k]}"
+                for k in ("learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay")]
     for (short, method, objective, k, beta, extra), name in zip(SWITCH, names):
         if not wanted(name) or (not a.dry_run and not (run.out / "done" / f"fit_{start}").exists()):
             continue
         run.stage(f"fit_{name}", [
             "fit", "-c", ALIGN_CFG, *fit_data, "--trainer.default_root_dir", str(runs / name),
-            "--model.init_adapter", str(runs / start / "export"), "--model.objective", objective,
-            "--model.num_negatives", str(k), "--model.beta", str(beta), *schedule,
-            *SFT_RUNS["sft_e6"], "--model.reference_cache_dir", str(run.out / "reference_cache" / name),
+            "--model.source.init_adapter", str(runs / start / "export"), "--model.objective.name", objective,
+            "--model.objective.num_negatives", str(k), "--model.objective.beta", str(beta), *schedule,
+            *SFT_RUNS["sft_e6"], "--model.scoring.reference_cache_dir", str(run.out / "reference_cache" / name),
             *resume, *extra])
         test(name, ALIGN_CFG, method, runs / name / "export")
 

@@ -36,7 +36,7 @@ from run import GGUF, LASTFM, REPO, Runner, split_data  # noqa: E402
 
 SASREC_CFG = "configs/baselines/sasrec_lastfm.yaml"
 #: the text SFT's budget (``sft_e6``) plus hybrid prompts and LLaRA's curriculum
-LLARA_SFT_ARGS = ["--trainer.max_epochs", "6", "--model.trunk_cache", "false",
+LLARA_SFT_ARGS = ["--trainer.max_epochs", "6", "--model.scoring.trunk_cache", "false",
                   "--model.hybrid.curriculum_start", "0.0", "--model.hybrid.curriculum_end", "1.0"]
 #: (run name, method label, objective, K, beta, lr, extra arguments): the committed S-DPO
 #: row's setting (``sft_e6.sdpo_k19_e2_sel``: every other candidate a negative, two epochs on
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--align-rows", type=int, default=480)
     p.add_argument("--only", nargs="*", help="run names to do (llara_sasrec, llara, llara.<run>); default: all")
     p.add_argument("--stage-args", default="", help="extra arguments for the sdpo stages")
-    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.eval_trunk_dir)")
+    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.scoring.eval_trunk_dir)")
     p.add_argument("--table", action="store_true", help="only print the LLaRA rows and their paired differences")
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args(argv)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
     data = ["--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]), *shlex.split(a.stage_args)]
-    trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
+    trunk = ["--model.scoring.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
     items = out / "items"
 
     if wanted("llara_sasrec"):
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def test(name: str, cfg: str, method: str) -> None:
         run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
-                                   "--model.init_adapter", str(runs / name / "export"), "--model.method", method,
-                                   "--model.run_name", name, *trunk])
+                                   "--model.source.init_adapter", str(runs / name / "export"), "--model.output.method", method,
+                                   "--model.output.run_name", name, *trunk])
         if not a.dry_run and done(f"test_{name}"):
             collect(runs / name, name)
 
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         train = files["select"] if short.endswith("_sel") else files["align"]
         run.stage(f"fit_{name}", [
             "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(train),
-            "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(runs / "llara" / "export"),
-            "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(beta),
-            "--model.learning_rate", str(lr), "--model.reference_cache_dir", str(out / "reference_cache" / name),
+            "--trainer.default_root_dir", str(runs / name), "--model.source.init_adapter", str(runs / "llara" / "export"),
+            "--model.objective.name", objective, "--model.objective.num_negatives", str(k), "--model.objective.beta", str(beta),
+            "--model.optim.learning_rate", str(lr), "--model.scoring.reference_cache_dir", str(out / "reference_cache" / name),
             *extra])
         if done(f"fit_{name}"):
             test(name, ALIGN_CFG, method)

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-rows", type=int, default=650, help="seeded sample of valid.json (LastFM's test size)")
     p.add_argument("--only", nargs="*", help="stages' run names (baselines, sft, sft_cont, sdpo_k3, ...)")
     p.add_argument("--stage-args", default="", help="extra arguments for every sdpo stage")
-    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.eval_trunk_dir)")
+    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.scoring.eval_trunk_dir)")
     p.add_argument("--fits-only", action="store_true",
                    help="run the fit stages only (a second runner's share while the first test persists the eval trunk)")
     p.add_argument("--confirm", type=int, choices=(1, 2),
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
     data = ["--data.val_file", str(files["val"]), *shlex.split(a.stage_args)]  # + the stage's --data.test_file
-    trunk = ["--model.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
+    trunk = ["--model.scoring.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def baselines(part: str = "test") -> None:
         """The baselines on a test file (``test`` or a confirmation half), each fitted twice."""
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             stage, root, lower = f"test_{name}", runs / name, trunk
         else:
             stage, root = f"test_{name}@{part}", runs / part / name
-            lower = ["--model.eval_trunk_dir", str(out / f"eval_trunk_{part}")]
+            lower = ["--model.scoring.eval_trunk_dir", str(out / f"eval_trunk_{part}")]
         run.stage(stage, ["test", "-c", cfg, *data, "--data.test_file", str(files[part]),
-                          "--trainer.default_root_dir", str(root), "--model.init_adapter", str(runs / name / "export"),
-                          "--model.method", method, "--model.run_name", name, *lower])
+                          "--trainer.default_root_dir", str(root), "--model.source.init_adapter", str(runs / name / "export"),
+                          "--model.output.method", method, "--model.output.run_name", name, *lower])
         if not a.dry_run and done(stage):
             collect(root, f"{_part_dir(part)}/{name}")
 
@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run.stage(f"fit_{name}", [
             "fit", "-c", ALIGN_CFG, *data, "--data.test_file", str(files["test"]), "--data.train_file", str(files["align"]),
-            "--trainer.default_root_dir", str(runs / name), "--model.init_adapter", str(runs / "sft" / "export"),
-            "--model.objective", objective, "--model.num_negatives", str(k),
-            "--model.reference_cache_dir", str(out / "reference_cache" / name)])
+            "--trainer.default_root_dir", str(runs / name), "--model.source.init_adapter", str(runs / "sft" / "export"),
+            "--model.objective.name", objective, "--model.objective.num_negatives", str(k),
+            "--model.scoring.reference_cache_dir", str(out / "reference_cache" / name)])
         if done(f"fit_{name}") and not a.fits_only:
             test(name, ALIGN_CFG, method)
     if not a.dry_run:

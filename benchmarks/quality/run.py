@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     lora = f"{{r: {a.lora_r}, alpha: {2 * a.lora_r}, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}"
     common = [
         "--seed_everything", str(a.seed),
-        "--model.model_name_or_path", str(GGUF), "--model.dtype", "float32",
-        "--model.gradient_checkpointing", "false", "--model.max_new_tokens", str(a.max_new_tokens),
-        "--model.eval_protocols", "[generation, ranking]",
+        "--model.source.model_name_or_path", str(GGUF), "--model.source.dtype", "float32",
+        "--model.source.gradient_checkpointing", "false", "--model.eval.max_new_tokens", str(a.max_new_tokens),
+        "--model.eval.eval_protocols", "[generation, ranking]",
         "--trainer.precision", "32", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.accumulate_grad_batches", "1",
         "--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
@@ -223,27 +223,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[wait] test_{name} (its fit runs in another runner)")
             return
         run.stage(f"test_{name}", ["test", "-c", cfg, *common, "--trainer.default_root_dir", str(runs / name),
-                                   "--model.method", method, "--model.run_name", name, *extra])
+                                   "--model.output.method", method, "--model.output.run_name", name, *extra])
 
     test("vanilla", sft_cfg, "Vanilla", ["--model.lora", "null"])
     run.stage("fit_sft", [
         "fit", "-c", sft_cfg, *common, "--trainer.default_root_dir", str(runs / "sft"),
         "--data.train_file", str(files["fit"]), "--model.lora", lora,
-        "--model.learning_rate", str(a.sft_lr), "--model.warmup_steps", "10",
+        "--model.optim.learning_rate", str(a.sft_lr), "--model.optim.warmup_steps", "10",
         "--trainer.max_steps", str(a.sft_steps), "--trainer.val_check_interval", str(a.sft_steps // 2),
         "--trainer.max_epochs", "-1"])
     sft_adapter = runs / "sft" / "export"
-    test("sft", sft_cfg, "SFT", ["--model.init_adapter", str(sft_adapter)])
+    test("sft", sft_cfg, "SFT", ["--model.source.init_adapter", str(sft_adapter)])
     for name, method, objective, k in (ALIGN[::-1] if a.reverse else ALIGN):
         run.stage(f"fit_{name}", [
             "fit", "-c", sdpo_cfg, *common, "--trainer.default_root_dir", str(runs / name),
-            "--data.train_file", str(files["align"]), "--model.init_adapter", str(sft_adapter),
-            "--model.objective", objective, "--model.num_negatives", str(k), "--model.beta", str(a.beta),
-            "--model.reference", "cached", "--model.reference_cache_dir", str(out / "reference_cache"),
-            "--model.learning_rate", str(a.align_lr), "--model.warmup_steps", "8",
+            "--data.train_file", str(files["align"]), "--model.source.init_adapter", str(sft_adapter),
+            "--model.objective.name", objective, "--model.objective.num_negatives", str(k), "--model.objective.beta", str(a.beta),
+            "--model.scoring.reference", "cached", "--model.scoring.reference_cache_dir", str(out / "reference_cache"),
+            "--model.optim.learning_rate", str(a.align_lr), "--model.optim.warmup_steps", "8",
             "--trainer.max_steps", str(a.align_steps), "--trainer.val_check_interval", str(a.align_steps // 2),
             "--trainer.max_epochs", "-1"])
-        test(name, sdpo_cfg, method, ["--model.init_adapter", str(runs / name / "export")])
+        test(name, sdpo_cfg, method, ["--model.source.init_adapter", str(runs / name / "export")])
     if a.dry_run:
         return 0
     if not all((out / "done" / f"test_{n}").exists() for n in ["vanilla", "sft"] + [n for n, *_ in ALIGN]):

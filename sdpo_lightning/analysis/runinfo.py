@@ -46,6 +46,8 @@ def _find(config: Mapping[str, Any], keys: Sequence[str]) -> Any:
     then anywhere in the config."""
     for section in (config.get("model"), config.get("data"), config):
         for key, value in _walk(section):
+            if key == "objective" and key in keys and isinstance(value, Mapping):
+                value = value.get("name")  # the grouped layout: model.objective.name
             if key in keys and value is not None and not isinstance(value, (Mapping, list)):
                 return value
     return None
@@ -63,8 +65,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """Reads ``objective``, ``num_negatives``, ``beta`` and ``method`` (a display label)
     from a run's saved config.
 
-    Both LightningCLI layouts are understood (``model.init_args.num_negatives`` and
-    ``model.num_negatives``); the data section is searched too, since negative sampling
+    Both LightningCLI layouts are understood (``model.init_args.objective.num_negatives`` and
+    ``model.objective.num_negatives``), and so is the flat one of earlier versions
+    (``model.num_negatives``); the data section is searched too, since negative sampling
     may be configured there. Missing values are ``None``.
     """
     import yaml

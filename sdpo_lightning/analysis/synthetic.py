@@ -83,7 +83,7 @@ def write_synthetic_run(run_dir: str | Path, *, objective: str = "sdpo",
     if unknown or not loggers:
         raise ValueError(f"loggers must be a non-empty subset of {sorted(made)}")
     active = [made[name]() for name in loggers]
-    hparams = {"objective": objective, "num_negatives": num_negatives, "beta": beta}
+    hparams = {"objective": {"name": objective, "num_negatives": num_negatives, "beta": beta}}
     hr1 = default_hr1(objective, num_negatives) if hr1 is None else hr1
     rng = np.random.default_rng(seed)
     for step in range(steps):

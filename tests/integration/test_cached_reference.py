@@ -92,7 +92,7 @@ def test_lora_cached_reference_gives_the_live_losses_and_is_reused(tmp_path, sma
     # another run with other training settings reuses the files: no reference forward, no rewrite
     stamps = [p.stat().st_mtime_ns for p in files]
     again = _fit(tmp_path, small_dir, "again", lora=lora, reference="cached", reference_cache_dir=cache_dir,
-                 extra=["--model.learning_rate", "0.001", "--trainer.max_steps", "1"])
+                 extra=["--model.optim.learning_rate", "0.001", "--trainer.max_steps", "1"])
     assert count_builds == [] and [p.stat().st_mtime_ns for p in files] == stamps
     assert _series(again, "train/loss")[0] == _series(cached, "train/loss")[0]  # step 0: the same reference
     # the old full pre-build is still there

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from sdpo_lightning.cli import cli_main
+from sdpo_lightning.module_args import GROUPS
 from tests.conftest import REPO, tiny_config as _config
 
 
@@ -61,7 +62,8 @@ def test_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
     ckpt = torch.load(tmp_path / "sdpo" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and all("lora_" in k and ".default." in k for k in ckpt["state_dict"])
 
-    cli_main(["test", "-c", str(sdpo), "--model.init_adapter", str(tmp_path / "sdpo" / "export")])
+    cli_main(["test", "-c", str(sdpo),
+              "--model.source.init_adapter", str(tmp_path / "sdpo" / "export")])
     summary = json.loads((tmp_path / "sdpo" / "summary.json").read_text())
     preds = [json.loads(line) for line in (tmp_path / "sdpo" / "predictions.jsonl").open()]
     assert len(preds) == 8 == summary["n_examples"]
@@ -110,13 +112,27 @@ def test_ckpt_hparams_replacing_the_config_are_named(tmp_path, synthetic_dir, ca
     sdpo = _config(tmp_path, synthetic_dir, "sdpo", objective="sdpo", init_adapter=str(tmp_path / "sft" / "export"))
     with caplog.at_level(logging.WARNING, logger="sdpo_lightning.cli"):
         cli_main(["fit", "-c", str(sdpo), "--ckpt_path", str(ckpt), "--trainer.max_steps", "2"])
-    assert str(ckpt) in caplog.text and "model.objective: 'sdpo' -> 'sft'" in caplog.text
-    assert f"model.init_adapter: '{tmp_path / 'sft' / 'export'}' -> None" in caplog.text
+    assert str(ckpt) in caplog.text and "model.objective.name: 'sdpo' -> 'sft'" in caplog.text
+    assert f"model.source.init_adapter: '{tmp_path / 'sft' / 'export'}' -> None" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sdpo_lightning.cli"):  # same settings: silent
         cli_main(["fit", "-c", str(sft), "--ckpt_path", str(ckpt), "--trainer.max_steps", "3"])
     assert "replace this config" not in caplog.text
+
+    # checkpoints of earlier versions hold the arguments flat (model.beta): they are regrouped
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
+    grouped = state["hyper_parameters"]
+    assert grouped["objective"]["name"] == "sft" and isinstance(grouped["lora"], dict)
+    old_name = {("objective", "name"): "objective", ("scoring", "mode"): "scoring"}
+    flat = {old_name.get((g, k), k): v for g in GROUPS for k, v in grouped[g].items()}
+    state["hyper_parameters"] = {**flat, "lora": grouped["lora"], "hybrid": None}
+    torch.save(state, tmp_path / "flat.ckpt")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdpo_lightning.cli"):
+        cli_main(["test", "-c", str(sft), "--ckpt_path", str(tmp_path / "flat.ckpt")])
+    assert "replace this config" not in caplog.text  # the same settings, regrouped
+    assert (tmp_path / "sft" / "summary.json").is_file()
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     state.pop("hyper_parameters")
@@ -157,9 +173,9 @@ def test_shipped_config_parses(path, capsys):
         cli_main(["fit", "-c", str(path), "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["objective"] in ("sft", "dpo", "dpo_k", "sdpo")
-    assert printed["model"]["num_negatives"] >= 1
-    assert "num_negatives" not in printed["data"]  # linked from model.num_negatives
+    assert printed["model"]["objective"]["name"] in ("sft", "dpo", "dpo_k", "sdpo")
+    assert printed["model"]["objective"]["num_negatives"] >= 1
+    assert "num_negatives" not in printed["data"]  # linked from model.objective.num_negatives
 
 
 @pytest.mark.parametrize("path", BASELINE_CONFIGS, ids=[p.name for p in BASELINE_CONFIGS])

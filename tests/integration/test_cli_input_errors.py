@@ -50,7 +50,7 @@ def test_predict_without_a_predict_file(capsys, cfg):
      "invalid configuration: max_length must be a positive integer, got -5"),
     (("--data.batch_size", "0"),
      "invalid configuration: batch_size must be a positive integer, got 0"),
-    (("--model.learning_rate", "-1"),
+    (("--model.optim.learning_rate", "-1"),
      "invalid configuration: learning_rate must be a finite number >= 0, got -1.0"),
 ])
 def test_bad_settings(capsys, cfg, args, message):
@@ -69,7 +69,7 @@ def test_a_directory_given_as_a_data_file(capsys, cfg, tmp_path):
 
 
 def test_a_missing_model_directory(capsys, cfg, tmp_path):
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.model_name_or_path",
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.model_name_or_path",
                        str(tmp_path / "none"))
     assert line == f"sdpo: error: model path '{tmp_path / 'none'}' does not exist"
 

@@ -27,6 +27,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from sdpo_lightning.module_args import grouped_kwargs
 from tests.conftest import REPO, TINY
 
 STRATEGY = "sdpo_lightning.strategies.CPUDeepSpeedStrategy"
@@ -116,10 +117,10 @@ def _config(inputs: Path, root: Path, stage: int | None, devices: int, lora: dic
             ],
             **trainer,
         },
-        "model": {
+        "model": grouped_kwargs({  # model: overrides by field name
             "model_name_or_path": str(inputs / "base"), "lora": lora, "objective": "sdpo", "beta": 1.0,
             "num_negatives": 3, "learning_rate": 1e-2, "reference": "live", **(model or {}),
-        },
+        }),
         "data": {
             "train_file": str(inputs / "train.json"), "val_file": str(inputs / "valid.json"),
             "batch_size": GLOBAL_BATCH // devices, "eval_batch_size": 2, "max_length": 256, "seed": 0,
@@ -218,21 +219,21 @@ def test_strategy_config_prints_a_valid_deepspeed_config(path, capsys):
     assert path.stem in EXPECTED
     printed = _print_config(capsys, REPO / "configs" / "lastfm" / "sdpo.yaml", path)
     assert printed["trainer"]["strategy"]["class_path"] == "sdpo_lightning.strategies.SDPODeepSpeedStrategy"
-    assert printed["trainer"]["precision"] == "bf16-mixed" and printed["model"]["gradient_checkpointing"] is True
+    assert printed["trainer"]["precision"] == "bf16-mixed" and printed["model"]["source"]["gradient_checkpointing"] is True
     config = _deepspeed_config(printed)
     stage, offload_opt, offload_param = EXPECTED[path.stem]
     zero = config["zero_optimization"]
     assert zero["stage"] == stage and config["bf16"] == {"enabled": True}
     assert ("offload_optimizer" in zero) == offload_opt and ("offload_param" in zero) == offload_param
-    assert printed["model"]["objective"] == "sdpo"  # the experiment config is kept
+    assert printed["model"]["objective"]["name"] == "sdpo"  # the experiment config is kept
 
 
 @pytest.mark.parametrize("path", SCALE_CONFIGS, ids=[p.stem for p in SCALE_CONFIGS])
 def test_7b_config_prints_a_valid_deepspeed_config(path, capsys):
     printed = _print_config(capsys, path)
-    assert printed["model"]["model_name_or_path"] == "meta-llama/Llama-2-7b-hf"
-    assert printed["model"]["gradient_checkpointing"] is True
-    assert printed["model"]["lora"] or printed["model"]["init_adapter"]
+    assert printed["model"]["source"]["model_name_or_path"] == "meta-llama/Llama-2-7b-hf"
+    assert printed["model"]["source"]["gradient_checkpointing"] is True
+    assert printed["model"]["lora"] or printed["model"]["source"]["init_adapter"]
     assert _deepspeed_config(printed)["zero_optimization"]["stage"] == 3
 
 
@@ -295,8 +296,10 @@ def _validate(inputs: Path, lora: dict | None, load_policy) -> float:
 
     from sdpo_lightning.data.datamodule import RecDataModule
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
 
-    module = SDPOModule(model_name_or_path=str(inputs / "base"), lora=lora, objective="sdpo", num_negatives=3)
+    module = SDPOModule(source=ModelArgs(model_name_or_path=str(inputs / "base")), lora=lora,
+                        objective=ObjectiveArgs(name="sdpo", num_negatives=3))
     module.configure_model()
     load_policy(module.policy)
     dm = RecDataModule(val_file=str(inputs / "valid.json"), num_negatives=3, eval_batch_size=2, max_length=256)

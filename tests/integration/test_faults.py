@@ -1,5 +1,5 @@
 """Faults as a user meets them: a fit killed with SIGKILL mid-epoch resumes to the same
-adapter; a fit killed during export leaves nothing ``--model.init_adapter`` accepts; two runs
+adapter; a fit killed during export leaves nothing ``--model.source.init_adapter`` accepts; two runs
 on one ``default_root_dir`` are refused, and a killed run's lock does not block the next."""
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def test_sigkill_during_export_leaves_no_adapter_that_loads(tmp_path, synthetic_
     assert (partial / "adapter_model.safetensors").is_file() and (partial / "tokenizer.json").is_file()
 
     stage2 = tiny_config(tmp_path, synthetic_dir, "stage2", objective="sdpo")
-    line = _user_error(capsys, "fit", "-c", str(stage2), "--model.init_adapter", str(export))
+    line = _user_error(capsys, "fit", "-c", str(stage2), "--model.source.init_adapter", str(export))
     assert line == f"sdpo: error: init_adapter {str(export)!r}: no such directory"
-    line = _user_error(capsys, "fit", "-c", str(stage2), "--model.init_adapter", str(partial))
+    line = _user_error(capsys, "fit", "-c", str(stage2), "--model.source.init_adapter", str(partial))
     assert "incomplete export" in line and str(partial) in line
 
     # the next export of the same path completes it and clears the leftover

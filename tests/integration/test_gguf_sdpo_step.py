@@ -12,6 +12,7 @@ from sdpo_lightning.data.collate import negative_indices, select_completions
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.models import LoraSettings
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
 from sdpo_lightning.objectives import preference_loss
 from tests.conftest import GGUF, LASTFM, require_shared
 
@@ -22,8 +23,9 @@ def test_smollm2_sdpo_loss_and_one_step(tmp_path):
     rows = json.loads((LASTFM / "train.json").read_text())[:4]
     (tmp_path / "train.json").write_text(json.dumps(rows))
 
-    module = SDPOModule(model_name_or_path=str(GGUF), lora=LoraSettings(r=4, alpha=8, dropout=0.0),
-                        objective="sdpo", beta=1.0, num_negatives=3)
+    module = SDPOModule(source=ModelArgs(model_name_or_path=str(GGUF)),
+                        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                        objective=ObjectiveArgs(name="sdpo", beta=1.0, num_negatives=3))
     module.configure_model()
     dm = RecDataModule(train_file=str(tmp_path / "train.json"), prompt_templates="music", num_negatives=3,
                        batch_size=2, max_length=512)

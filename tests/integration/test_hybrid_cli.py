@@ -53,8 +53,8 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
     assert any("embed_tokens.projector" in k for k in ckpt["state_dict"])  # the projector trained
     # testing the SFT adapter: nothing trains, so the trunk cache and the persisted test trunk apply
     for run in ("a", "b"):
-        cli_main(["test", "-c", str(sft), "--model.init_adapter", str(adapter), "--model.trunk_cache", "true",
-                  "--model.eval_trunk_dir", str(tmp_path / "eval_trunk"), "--model.output_dir", str(tmp_path / run)])
+        cli_main(["test", "-c", str(sft), "--model.source.init_adapter", str(adapter), "--model.scoring.trunk_cache", "true",
+                  "--model.scoring.eval_trunk_dir", str(tmp_path / "eval_trunk"), "--model.output.output_dir", str(tmp_path / run)])
     assert len(list((tmp_path / "eval_trunk").glob("trunk-1-*.pt"))) == 1
     a, b = (json.loads((tmp_path / r / "summary.json").read_text())["protocols"]["ranking"] for r in "ab")
     assert a["hr@1"]["value"] == b["hr@1"]["value"] and a["mrr"]["value"] == pytest.approx(b["mrr"]["value"])
@@ -67,10 +67,10 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
     after = load_file(str(tmp_path / "sdpo" / "export" / "hybrid" / "projector.safetensors"))
     assert all(torch.equal(saved[k], after[k]) for k in saved)  # frozen in the preference stage
 
-    for name, extra in (("free", []), ("constrained", ["--model.constrained", "true"])):
+    for name, extra in (("free", []), ("constrained", ["--model.eval.constrained", "true"])):
         out = tmp_path / f"test_{name}"
-        cli_main(["test", "-c", str(sdpo), "--model.init_adapter", str(tmp_path / "sdpo" / "export"),
-                  "--model.trunk_cache", "false", "--model.output_dir", str(out), *extra])
+        cli_main(["test", "-c", str(sdpo), "--model.source.init_adapter", str(tmp_path / "sdpo" / "export"),
+                  "--model.scoring.trunk_cache", "false", "--model.output.output_dir", str(out), *extra])
         summary = json.loads((out / "summary.json").read_text())
         preds = [json.loads(line) for line in (out / "predictions.jsonl").open()]
         assert summary["n_examples"] == len(preds) == 8
@@ -80,11 +80,13 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
 
     # a hybrid adapter brings its own item table, whatever the config names
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import ModelArgs
 
     export = tmp_path / "sdpo" / "export"
-    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export),
+    source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export))
+    module = SDPOModule(source=source,
                         hybrid={"item_table": str(tmp_path / "elsewhere"), "projector_hidden": 16})
-    assert module.hparams.hybrid["item_table"] == str(export / "hybrid")
+    assert module.hparams.hybrid.item_table == str(export / "hybrid")
     assert module.item_table.titles == ItemTable.load(table).titles
-    auto = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export))
-    assert auto.hparams.hybrid["projector_hidden"] == 16  # read from the saved projector
+    auto = SDPOModule(source=source)
+    assert auto.hparams.hybrid.projector_hidden == 16  # read from the saved projector

@@ -249,12 +249,12 @@ def check_sdpo(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture) -> l
     _check_configs(words)
     config = _print_config(cli_main, list(words), capsys)
     reasons = []
-    for key in ("model.model_name_or_path", "model.init_adapter", "model.hybrid.item_table",
+    for key in ("model.source.model_name_or_path", "model.source.init_adapter", "model.hybrid.item_table",
                 *(f"data.{name}" for name in READS[words[0]])):
         value = _dig(config, key)
         if not isinstance(value, str) or not value:
             continue
-        if key == "model.model_name_or_path" and not value.startswith((".", "/", "runs/")):
+        if key == "model.source.model_name_or_path" and not value.startswith((".", "/", "runs/")):
             layout.notes.append(f"{cmd.id}: {value} comes from the Hugging Face hub (gated "
                                 "7B, GPU): parsed with --print_config only")
             continue

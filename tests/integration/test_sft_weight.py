@@ -1,4 +1,4 @@
-"""``model.sft_weight`` (λ): the preference loss plus λ times the chosen completion's token-mean
+"""``model.objective.sft_weight`` (λ): the preference loss plus λ times the chosen completion's token-mean
 NLL, logged as ``train/loss/preference`` and ``train/loss/sft``; λ = 0 is the plain objective."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch
 
 from sdpo_lightning.cli import cli_main
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
 from tests.conftest import tiny_config
 from tests.integration.test_cli import _metrics
 
@@ -36,4 +37,5 @@ def test_sft_weight_adds_the_chosen_nll_to_the_preference_loss(tmp_path, synthet
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_sft_weight_must_be_non_negative(bad):
     with pytest.raises(ValueError, match="sft_weight must be >= 0"):
-        SDPOModule(tiny_config={}, tokenizer_path="unused", sft_weight=bad)
+        SDPOModule(source=ModelArgs(tiny_config={}, tokenizer_path="unused"),
+                   objective=ObjectiveArgs(sft_weight=bad))

@@ -54,7 +54,7 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
         pytest.fail(f"benchmarks/quality/adapters/{adapter} is not committed")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     cmd = [sys.executable, "-m", "sdpo_lightning", "test", "-c", cfg,
-           "--model.init_adapter", str(ADAPTERS / adapter), "--model.method", method,
+           "--model.source.init_adapter", str(ADAPTERS / adapter), "--model.output.method", method,
            "--data.test_file", str(SHARED / "data" / "lastfm" / "valid.json"),
            "--trainer.default_root_dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)

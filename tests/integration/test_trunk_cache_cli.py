@@ -1,4 +1,4 @@
-"""``model.trunk_cache: true`` end to end: with LoRA on the top layer of the 2-layer tiny LLaMA,
+"""``model.scoring.trunk_cache: true`` end to end: with LoRA on the top layer of the 2-layer tiny LLaMA,
 ``sdpo fit`` gives the same per-step losses (SFT and S-DPO with a live reference) and
 ``sdpo test`` the same ranking scores as without the cache."""
 
@@ -38,24 +38,24 @@ def test_ranking_scores_equal_in_test(tmp_path, small_dir):  # noqa: F811
     _fit(tmp_path, small_dir, "fit", objective="sft", lora=TOP_LORA)
     out = {}
     for flag in (False, True):
-        cli_main(["test", "-c", str(tmp_path / "fit.yaml"), "--model.init_adapter", str(root / "export"),
-                  "--model.trunk_cache", str(flag).lower(), "--model.eval_protocols", "[ranking]",
-                  "--model.output_dir", str(tmp_path / f"test_{flag}")])
+        cli_main(["test", "-c", str(tmp_path / "fit.yaml"), "--model.source.init_adapter", str(root / "export"),
+                  "--model.scoring.trunk_cache", str(flag).lower(), "--model.eval.eval_protocols", "[ranking]",
+                  "--model.output.output_dir", str(tmp_path / f"test_{flag}")])
         rows = [json.loads(line) for line in (tmp_path / f"test_{flag}" / "predictions.jsonl").open()]
         out[flag] = torch.tensor([r["scores"] for r in rows])
     torch.testing.assert_close(out[True], out[False], rtol=0, atol=2e-4)  # scores are rounded to 1e-4
 
 
 def test_eval_trunk_dir_gives_the_same_test_and_is_read_by_a_later_test(tmp_path, small_dir):  # noqa: F811
-    """``sdpo test --model.eval_trunk_dir``: the first test writes the file, the second reads it;
+    """``sdpo test --model.scoring.eval_trunk_dir``: the first test writes the file, the second reads it;
     both give the plain test's answers and ranks (constrained generation + ranking)."""
     root = tmp_path / "fit"
     _fit(tmp_path, small_dir, "fit", objective="sft", lora=TOP_LORA)
     runs = {}
-    for name, extra in (("plain", []), ("first", ["--model.eval_trunk_dir", str(tmp_path / "trunk")]),
-                        ("later", ["--model.eval_trunk_dir", str(tmp_path / "trunk")])):
-        cli_main(["test", "-c", str(tmp_path / "fit.yaml"), "--model.init_adapter", str(root / "export"),
-                  "--model.constrained", "true", "--model.output_dir", str(tmp_path / name), *extra])
+    for name, extra in (("plain", []), ("first", ["--model.scoring.eval_trunk_dir", str(tmp_path / "trunk")]),
+                        ("later", ["--model.scoring.eval_trunk_dir", str(tmp_path / "trunk")])):
+        cli_main(["test", "-c", str(tmp_path / "fit.yaml"), "--model.source.init_adapter", str(root / "export"),
+                  "--model.eval.constrained", "true", "--model.output.output_dir", str(tmp_path / name), *extra])
         runs[name] = [json.loads(line) for line in (tmp_path / name / "predictions.jsonl").open()]
         if name == "first":
             (path,) = (tmp_path / "trunk").glob("trunk-*.pt")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sdpo_lightning.cli import cli_main
 from tests.conftest import REPO, record, tiny_config
@@ -84,29 +85,65 @@ def test_missing_data_file(capsys, cfg, tmp_path):
 
 
 def test_more_negatives_than_candidates(capsys, cfg, synthetic_dir):
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.num_negatives", "30")
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.objective.num_negatives", "30")
     assert line == (f"sdpo: error: {synthetic_dir / 'train.json'}, record 0: 20 candidates, fewer than the 31 "
                     "needed (K+1 for K=30 negatives)")
 
 
 # ---------------------------------------------------------------------- bad options
 def test_beta_nan_on_the_command_line(capsys, cfg):
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.beta", "nan")
-    assert 'model.beta' in line and "nan" in line and "sdpo fit --help" in line
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.objective.beta", "nan")
+    assert 'model.objective.beta' in line and "nan" in line and "sdpo fit --help" in line
 
 
 @pytest.mark.parametrize("value", [".nan", "-1", ".inf"])
 def test_beta_not_finite_positive_in_a_config(capsys, cfg, tmp_path, value):
     extra = tmp_path / "beta.yaml"
-    extra.write_text(f"model:\n  beta: {value}\n")
+    extra.write_text(f"model:\n  objective:\n    beta: {value}\n")
     line = _error_line(capsys, "fit", "-c", str(cfg), "-c", str(extra))
-    assert line.startswith("sdpo: error: model.beta: beta must be a finite positive number, got ")
+    assert line.startswith("sdpo: error: model.objective.beta: beta must be a finite positive number, got ")
 
 
 def test_unknown_objective(capsys, cfg):
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.objective", "sdpoo")
-    assert line == ("sdpo: error: invalid configuration: objective must be one of "
-                    "('sft', 'sdpo', 'dpo', 'dpo_k'), got 'sdpoo'")
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.objective.name", "sdpoo")
+    assert line == ("sdpo: error: Parser key \"model.objective.name\": Expected a "
+                    "typing.Literal['sft', 'sdpo', 'dpo', 'dpo_k']. Got value: sdpoo "
+                    "(see `sdpo fit --help`)")
+
+
+@pytest.mark.parametrize("args, moved", [
+    (("--model.beta", "2"), "model.beta moved to model.objective.beta"),
+    (("--model.objective", "sft"), "model.objective moved to model.objective.name"),
+    (("--model.scoring=naive",), "model.scoring moved to model.scoring.mode"),
+    (("--model.init_adapter", "x"), "model.init_adapter moved to model.source.init_adapter"),
+    (("--model.learning_rate", "0.1"), "model.learning_rate moved to model.optim.learning_rate"),
+])
+def test_flat_key_on_the_command_line_names_its_new_place(capsys, cfg, args, moved):
+    line = _error_line(capsys, "fit", "-c", str(cfg), *args)
+    assert line == f"sdpo: error: {moved}"
+
+
+@pytest.mark.parametrize("text, moved", [
+    ("model:\n  beta: 2\n", "model.beta moved to model.objective.beta"),
+    ("model:\n  objective: sdpo\n", "model.objective moved to model.objective.name"),
+    ("model:\n  eval_protocols: [ranking]\n", "model.eval_protocols moved to model.eval.eval_protocols"),
+])
+def test_flat_key_in_a_config_file_names_its_new_place(capsys, cfg, tmp_path, text, moved):
+    extra = tmp_path / "old.yaml"
+    extra.write_text(text)
+    line = _error_line(capsys, "fit", "-c", str(cfg), "-c", str(extra))
+    assert line == f"sdpo: error: {moved}"
+
+
+def test_grouped_objective_given_whole_on_the_command_line_is_accepted(capsys, cfg):
+    """``--model.objective '{name: sft}'`` is the group as a mapping, not the flat key."""
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fit", "-c", str(cfg), "--model.objective", "{name: sft, beta: 2}",
+                  "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["objective"]["name"] == "sft"
+    assert printed["model"]["objective"]["beta"] == 2
 
 
 def test_typo_key_on_the_command_line(capsys, cfg):
@@ -129,18 +166,18 @@ def test_missing_config_file(capsys, tmp_path):
 # ---------------------------------------------------------------------- models, adapters, checkpoints
 def test_model_directory_without_a_model(capsys, cfg, tmp_path):
     (tmp_path / "empty_model").mkdir()
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.model_name_or_path", str(tmp_path / "empty_model"))
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.model_name_or_path", str(tmp_path / "empty_model"))
     assert line.startswith(f"sdpo: error: cannot load the model from '{tmp_path / 'empty_model'}': ")
 
 
 def test_adapter_directory_missing(capsys, cfg, tmp_path):
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.init_adapter", str(tmp_path / "nowhere"))
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.init_adapter", str(tmp_path / "nowhere"))
     assert line == f"sdpo: error: init_adapter '{tmp_path / 'nowhere'}': no such directory"
 
 
 def test_adapter_directory_without_config(capsys, cfg, tmp_path):
     (tmp_path / "adapter").mkdir()
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.init_adapter", str(tmp_path / "adapter"))
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.init_adapter", str(tmp_path / "adapter"))
     assert line == (f"sdpo: error: init_adapter '{tmp_path / 'adapter'}' is not a peft adapter directory "
                     "(no adapter_config.json)")
 
@@ -151,7 +188,7 @@ def test_export_with_a_truncated_file_is_refused(capsys, cfg, tmp_path, trained)
     weights = adapter / "adapter_model.safetensors"
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[: size // 2])
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.init_adapter", str(adapter))
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.init_adapter", str(adapter))
     assert line == (f"sdpo: error: init_adapter '{adapter}': incomplete export: adapter_model.safetensors has "
                     f"{size // 2} bytes, the export wrote {size}")
 
@@ -162,7 +199,7 @@ def test_peft_adapter_without_marker_truncated_is_refused(capsys, cfg, tmp_path,
     (adapter / "export_complete.json").unlink()
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.init_adapter", str(adapter))
+    line = _error_line(capsys, "fit", "-c", str(cfg), "--model.source.init_adapter", str(adapter))
     assert line.startswith(f"sdpo: error: init_adapter '{adapter}': adapter_model.safetensors is unreadable or truncated")
 
 

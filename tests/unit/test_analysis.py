@@ -171,7 +171,9 @@ def test_directories_holding_several_runs_are_expanded(tmp_path):
     {"model": {"class_path": "m.M", "init_args": {"objective": "dpo_k", "num_negatives": 5,
                                                   "beta": 0.1, "method": "DPO-5"}}},
     {"model": {"objective": "dpo_k", "beta": 0.1, "method": "DPO-5"},
-     "data": {"num_negatives": 5}}])
+     "data": {"num_negatives": 5}},
+    {"model": {"objective": {"name": "dpo_k", "beta": 0.1, "num_negatives": 5},
+               "output": {"method": "DPO-5"}}}])
 def test_read_run_config_understands_lightningcli_layouts(tmp_path, config):
     import yaml
 

@@ -1,4 +1,4 @@
-"""``model.eval_trunk_dir``: the test rows' lower-layer activations persisted for later tests.
+"""``model.scoring.eval_trunk_dir``: the test rows' lower-layer activations persisted for later tests.
 
 A 3-layer tiny LLaMA with LoRA (seeded non-zero B) on its top layer only: the one-pass
 evaluator served from the persisted trunk gives the plain evaluator's ranking scores (fp32,
@@ -17,6 +17,7 @@ from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.evaluator import one_pass_outputs
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import EvalArgs, ModelArgs, ScoringArgs
 
 TINY3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
 
@@ -25,8 +26,10 @@ def _module(synthetic_dir, trunk_dir, seed: int, layers=(2,), init_seed: int = 0
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
             "layers_to_transform": list(layers)}
     torch.manual_seed(seed)  # LoRA A
-    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY3, init_seed=init_seed,
-                        lora=lora, max_new_tokens=10, eval_trunk_dir=str(trunk_dir) if trunk_dir else None)
+    source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY3,
+                       init_seed=init_seed)
+    module = SDPOModule(source=source, lora=lora, eval=EvalArgs(max_new_tokens=10),
+                        scoring=ScoringArgs(eval_trunk_dir=str(trunk_dir) if trunk_dir else None))
     module.configure_model()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -50,7 +53,7 @@ def batch(synthetic_dir, tmp_path_factory):
 
 def test_constrained_generation_alone_is_served_too(synthetic_dir, tmp_path, batch):
     plain, served = _module(synthetic_dir, None, 1), _module(synthetic_dir, tmp_path, 1)
-    plain.hparams.constrained = served.hparams.constrained = True
+    plain.hparams.eval.constrained = served.hparams.eval.constrained = True
     want_texts, _ = one_pass_outputs(plain, batch, True, False)
     got_texts, scores = one_pass_outputs(served, batch, True, False)
     assert scores is None and got_texts == want_texts
@@ -61,9 +64,9 @@ def test_constrained_generation_alone_is_served_too(synthetic_dir, tmp_path, bat
 def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir, tmp_path, batch, generation):
     for seed in (1, 2):  # two adapters on the same base: the second reads the first's file
         plain = _module(synthetic_dir, None, seed)
-        plain.hparams.constrained = True
+        plain.hparams.eval.constrained = True
         served = _module(synthetic_dir, tmp_path, seed)
-        served.hparams.constrained = True
+        served.hparams.eval.constrained = True
         want_texts, want = one_pass_outputs(plain, batch, generation, True)
         got_texts, got = one_pass_outputs(served, batch, generation, True)
         torch.testing.assert_close(got.logps, want.logps, atol=1e-5, rtol=0)
@@ -83,7 +86,7 @@ def test_free_generation_with_ranking_is_served(synthetic_dir, tmp_path, batch, 
     (all of them for this random adapter) are decoded by the whole model; alone, it keeps its
     prefill + decode (cheaper than the packed pass). The plain answers either way."""
     served = _module(synthetic_dir, tmp_path, 1)
-    served.hparams.constrained = False
+    served.hparams.eval.constrained = False
     plain = _module(synthetic_dir, None, 1)
     want = one_pass_outputs(plain, batch, True, ranking)[0]
     assert one_pass_outputs(served, batch, True, ranking)[0] == want

@@ -168,10 +168,12 @@ def test_data_module_refuses_non_positive_counts(setting):
                                      dict(warmup_steps=-1), dict(max_new_tokens=0)])
 def test_module_refuses_unusable_optimizer_settings(synthetic_dir, setting):
     from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.module_args import grouped_kwargs
 
     name = next(iter(setting))
     with pytest.raises(ValueError, match=rf"^{name} must be "):
-        SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), **setting)
+        flat = {"tokenizer_path": str(synthetic_dir / "tokenizer"), **setting}
+        SDPOModule(**grouped_kwargs(flat))
 
 
 # ------------------------------------------------------------ model sources

@@ -19,6 +19,7 @@ from sdpo_lightning.decoding import first_line_complete, greedy_decode, prefill,
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluator import Evaluator, generate_answers, one_pass_outputs
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import EvalArgs, ModelArgs
 from sdpo_lightning.scoring import packed_forward, trim_padding
 from tests.conftest import TINY
 
@@ -31,8 +32,8 @@ def setup(synthetic_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onepass")
     (out / "test.json").write_text(json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6]))
     torch.manual_seed(0)
-    module = SDPOModule(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY, lora=LORA,
-                        max_new_tokens=10)
+    source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY)
+    module = SDPOModule(source=source, lora=LORA, eval=EvalArgs(max_new_tokens=10))
     module.configure_model()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -51,7 +52,7 @@ def setup(synthetic_dir, tmp_path_factory):
 
 
 def _reference_tokens(module, batch, constrained: bool) -> list[list[int]]:
-    module.hparams.constrained = constrained
+    module.hparams.eval.constrained = constrained
     texts = generate_answers(module, batch)
     return [module.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], texts
 
@@ -59,7 +60,7 @@ def _reference_tokens(module, batch, constrained: bool) -> list[list[int]]:
 @pytest.mark.parametrize("protocols", [["ranking"], ["generation", "ranking"]])
 def test_ranking_scores_equal_module_score(setup, protocols):
     module, batch = setup
-    module.hparams.constrained = False
+    module.hparams.eval.constrained = False
     _, out = one_pass_outputs(module, batch, "generation" in protocols, True)
     ref = module.score(batch, batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="shared_prefix")
     torch.testing.assert_close(out.logps, ref.logps, atol=1e-5, rtol=0)
@@ -70,7 +71,7 @@ def test_greedy_decode_equals_generate_tokens(setup):
     """Without the first-line stop: the same tokens as ``generate``, from either cache."""
     module, batch = setup
     tok, model = module.tokenizer, module.policy
-    module.hparams.constrained = False
+    module.hparams.eval.constrained = False
     p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     with torch.no_grad():
         ref = model.generate(input_ids=p_ids, attention_mask=p_mask, max_new_tokens=10, do_sample=False,
@@ -136,7 +137,7 @@ def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
         ids[b, 0], mask[b, 0] = pad, 0
         ids[b, 0, : len(own)], mask[b, 0, : len(own)] = torch.tensor(own), 1
     rigged = {**batch, "candidate_input_ids": ids, "candidate_attention_mask": mask}
-    module.hparams.constrained = False
+    module.hparams.eval.constrained = False
     with torch.no_grad():
         packed = packed_forward(module.policy, p_ids, p_mask, ids, mask)
     assert all(t is not None for t in trie_verify(packed.logits, packed.src, ids, mask, 10, eos))
@@ -149,7 +150,7 @@ def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
 def test_constrained_trie_walk_equals_constrained_generate(setup):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
-    module.hparams.constrained = True
+    module.hparams.eval.constrained = True
     texts, scores = one_pass_outputs(module, batch, True, True)  # with ranking: the trie walk
     assert scores is not None and texts == ref_texts
     assert all(parse_answer(t, c).valid for t, c in zip(texts, batch["candidates"]) if t.strip())
@@ -158,7 +159,7 @@ def test_constrained_trie_walk_equals_constrained_generate(setup):
 @pytest.mark.parametrize("constrained", [False, True])
 def test_evaluator_records_match_the_reference_path(setup, constrained):
     module, batch = setup
-    module.hparams.constrained = constrained
+    module.hparams.eval.constrained = constrained
     new = Evaluator("test", ["generation", "ranking"]).update(module, batch)
     old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(module, batch)
     for a, b in zip(new, old):
@@ -180,7 +181,7 @@ def test_constrained_kv_decode_equals_constrained_generate(setup):
     """Generation alone, constrained: prefill + one trie mask tensor per step."""
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
-    module.hparams.constrained = True
+    module.hparams.eval.constrained = True
     texts, scores = one_pass_outputs(module, batch, True, False)
     assert scores is None
     assert texts == ref_texts

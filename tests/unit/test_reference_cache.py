@@ -14,6 +14,7 @@ import torch
 
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.module_args import grouped_kwargs
 from sdpo_lightning.reference_cache import (
     ReferenceCache,
     cache_key,
@@ -45,7 +46,7 @@ def small_dir(synthetic_dir, tmp_path_factory) -> Path:
 def make(synthetic_dir: Path, data_dir: Path, model: dict | None = None, data: dict | None = None,
          tokenizer=None) -> tuple[SDPOModule, RecDataModule]:
     kw = dict(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY, lora=LORA, reference="cached")
-    module = SDPOModule(**{**kw, **(model or {})})
+    module = SDPOModule(**grouped_kwargs({**kw, **(model or {})}))  # model: flat names, regrouped
     module.configure_model()
     dkw = dict(train_file=str(data_dir / "train.json"), val_file=str(data_dir / "valid.json"),
                batch_size=2, eval_batch_size=3, max_length=256, prompt_templates="music")
@@ -58,7 +59,7 @@ def make(synthetic_dir: Path, data_dir: Path, model: dict | None = None, data: d
 
 
 def key_of(module: SDPOModule, dm: RecDataModule, split: str = "fit") -> str:
-    return cache_key(reference_identity(module.hparams), data_identity(dm, split), dm.datasets[split])
+    return cache_key(reference_identity(module.hparams.source), data_identity(dm, split), dm.datasets[split])
 
 
 # ---------------------------------------------------------------------------- the key

@@ -59,7 +59,7 @@ def test_a_row_whose_token_ids_changed_is_rescored(synthetic_dir, small_dir, tmp
 def test_full_fine_tuning_without_a_frozen_copy_builds_in_full(synthetic_dir, small_dir):
     module, _ = make(synthetic_dir, small_dir, model={"lora": None})
     assert build_mode(module) == "full"
-    module.hparams.reference_cache_build = "lazy"
+    module.hparams.scoring.reference_cache_build = "lazy"
     with pytest.raises(ValueError, match="lazy needs the reference at every step"):
         build_mode(module)
 
