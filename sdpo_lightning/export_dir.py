@@ -28,6 +28,23 @@ log = logging.getLogger(__name__)
 EXPORT_FILES = (EXPORT_MARKER, "adapter_config.json", "config.json")
 
 
+def sort_adapter_modules(directory: Path) -> None:
+    """Sort ``target_modules`` in ``directory/adapter_config.json`` (if it is a list).
+
+    peft writes them from a set, so their order follows Python's per-process string hashing:
+    two exports of the same run would differ, and so would the reference-cache keys that hash
+    the file. Sorted, the same run gives the same bytes.
+    """
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    modules = config.get("target_modules")
+    if isinstance(modules, list) and modules != sorted(modules):
+        config["target_modules"] = sorted(modules)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -448,12 +448,13 @@ class SDPOModule(pl.LightningModule):
             weights = self._gather_export_weights()
         if self._trainer is not None and not self.trainer.is_global_zero:
             return out
-        from sdpo_lightning.export_dir import atomic_directory
+        from sdpo_lightning.export_dir import atomic_directory, sort_adapter_modules
 
         kwargs = {"state_dict": weights} if weights else {}
         with atomic_directory(out) as tmp:
             if is_peft(self.policy):
                 self.policy.save_pretrained(str(tmp), selected_adapters=["default"], **kwargs)
+                sort_adapter_modules(tmp)
             else:
                 self.policy.save_pretrained(str(tmp), **kwargs)
             self.tokenizer.save_pretrained(str(tmp))
