@@ -23,19 +23,15 @@ Kernel settings (``--settings``):
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("pinned", "default", "avx2", "avx512")
-_PAIRED = re.compile(r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", re.M)
-_ROW = re.compile(r"^(SFT|S-DPO)\s+([\d.]+) \[[^]]*\]\s+[\d.]+\s+([\d.]+) \[", re.M)
 
 
 def cpu_has(setting: str) -> bool:
@@ -84,21 +80,19 @@ def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path 
     return root
 
 
-def control_deltas(root: Path) -> dict[str, tuple[float, float, float]]:
-    """S-DPO − SFT continued on the same rows: (delta, low, high) per protocol."""
-    from sdpo_lightning.demo import N_BOOT_PAIRED, hits
-    from sdpo_lightning.evaluation.bootstrap import paired_bootstrap_ci
+def results(root: Path) -> dict:
+    """SFT and S-DPO HR@1 (gen, rank) from their summaries, the paired S-DPO − SFT deltas per
+    protocol, and, where SFT continued was run, S-DPO − SFT continued (``control``)."""
+    from sdpo_lightning.demo import PROTOCOLS, paired_deltas
 
-    sdpo, cont = hits(root / "sdpo"), hits(root / "sft_cont")
-    return {name: paired_bootstrap_ci(np.asarray(sdpo[i]), np.asarray(cont[i]), n_boot=N_BOOT_PAIRED, seed=0)
-            for i, name in enumerate(("generation", "ranking"))}
+    def hr1(run: str) -> tuple[float, ...]:
+        protocols = json.loads((root / run / "summary.json").read_text())["protocols"]
+        return tuple(protocols[p]["hr@1"]["value"] for p in PROTOCOLS)
 
-
-def parse(block: str) -> dict[str, tuple[float, ...]]:
-    """The SFT / S-DPO rows (gen, rank HR@1) and the paired lines (delta, low, high)."""
-    rows = {name: (float(g), float(r)) for name, g, r in _ROW.findall(block)}
-    paired = {name: (float(d), float(lo), float(hi)) for name, d, lo, hi in _PAIRED.findall(block)}
-    return {**rows, **paired}
+    out = {"SFT": hr1("sft"), "S-DPO": hr1("sdpo"), **paired_deltas(root / "sdpo", root / "sft")}
+    if (root / "sft_cont" / "predictions.jsonl").is_file():
+        out["control"] = paired_deltas(root / "sdpo", root / "sft_cont")
+    return out
 
 
 def _ci(t: tuple[float, ...]) -> str:
@@ -144,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [s for s in args.settings if not cpu_has(s)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         roots = dict(zip(todo, pool.map(lambda t: run_one(args.out, *t, extra, args.configs, args.control), todo)))
-    results = {key: parse((root / "results.txt").read_text()) for key, root in roots.items()}
-    for key, root in roots.items():
-        if (root / "sft_cont" / "predictions.jsonl").is_file():
-            results[key]["control"] = control_deltas(root)
-    print(table(results))
+    print(table({key: results(root) for key, root in roots.items()}))
     if skipped:
         print(f"Skipped (this CPU lacks them): {', '.join(skipped)}")
     return 0

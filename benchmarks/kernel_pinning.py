@@ -20,7 +20,6 @@ once (natively; they involve no float kernels) and shared by all settings.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = [("native", None), ("pinned", None), *((f"pinned+{c}", c) for c in args.qemu)]
         rows = [(name, *run_setting(name, work, args.steps, cpu)) for name, cpu in settings]
     digests = {digest for name, _, digest, _, _ in rows if name.startswith("pinned")}
-    print(f"| setting | ATen capability | weights SHA-256 (16) | last train/loss | seconds |")
+    print("| setting | ATen capability | weights SHA-256 (16) | last train/loss | seconds |")
     print("|:--|:--|:--|--:|--:|")
     for name, cap, digest, loss, secs in rows:
         print(f"| {name} | {cap} | `{digest}` | {loss} | {secs:.0f} |")
