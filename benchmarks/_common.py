@@ -52,8 +52,8 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
 
     from sdpo_lightning.data.collate import make_collate, negative_indices, select_completions
     from sdpo_lightning.data.datamodule import RecDataModule
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
 
     k = max(1, cfg["k"])
     torch.manual_seed(cfg["seed"])

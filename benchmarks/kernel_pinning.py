@@ -38,7 +38,7 @@ _CHILD = """
 import hashlib, sys, torch
 from sdpo_lightning.cli import SDPOCLI
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.module import SDPOModule
+from sdpo_lightning.training.module import SDPOModule
 cli = SDPOCLI(SDPOModule, RecDataModule, seed_everything_default=0, args=sys.argv[1:])
 h = hashlib.sha256()
 for name, p in sorted(cli.model.policy.state_dict().items()):

@@ -39,7 +39,7 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 def _tokenizer_dir(work: Path) -> Path:
     out = work / "tokenizer"
     if not (out / "tokenizer.json").is_file():
-        from sdpo_lightning.models import load_tokenizer
+        from sdpo_lightning.modeling.models import load_tokenizer
 
         load_tokenizer(str(GGUF)).save_pretrained(str(out))
     return out
@@ -62,10 +62,10 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from sdpo_lightning.data.datamodule import RecDataModule
     from sdpo_lightning.data.prompts import PromptBuilder
     from sdpo_lightning.data.readers import load_examples
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
-    from sdpo_lightning.objectives import preference_loss
-    from sdpo_lightning.reference_cache import ReferenceCache, score_dataset
+    from sdpo_lightning.scoring.reference_cache import ReferenceCache, score_dataset
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs, ScoringArgs
+    from sdpo_lightning.training.objectives import preference_loss
 
     out: dict[str, Any] = {}
     module = SDPOModule(source=ModelArgs(tokenizer_path=cfg["tokenizer"], tiny_config=TINY),

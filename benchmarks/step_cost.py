@@ -78,8 +78,8 @@ def prepare_rows(data: Path, batch_size: int, seed: int, work_dir: Path) -> Path
 # ---------------------------------------------------------------------------- worker side
 def our_step(module: Any, batch: dict[str, Any], kind: str, cached: bool) -> float:
     """One training step as ``SDPOModule._step`` does it (without logging); returns the loss."""
-    from sdpo_lightning.objectives import preference_loss, sft_loss
-    from sdpo_lightning.reference_cache import eval_mode
+    from sdpo_lightning.scoring.reference_cache import eval_mode
+    from sdpo_lightning.training.objectives import preference_loss, sft_loss
 
     ids, mask = batch["completion_input_ids"], batch["completion_attention_mask"]  # (B, N, C)
     if kind == "sft":
@@ -107,7 +107,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         from trl_dpo import trl_worker
 
         return trl_worker(cfg)
-    from sdpo_lightning.reference_cache import ReferenceCache
+    from sdpo_lightning.scoring.reference_cache import ReferenceCache
 
     module, dm, batch = build(cfg)
     cached = cfg["path"] == "shared" and cfg["kind"] != "sft"

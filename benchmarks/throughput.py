@@ -59,8 +59,8 @@ def rows_file(src: Path, n: int, seed: int, work: Path) -> Path:
 
 
 def build_module(model_dir: Path, objective: str, layers: list[int] | None, seed: int, trunk: bool = False) -> Any:
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import EvalArgs, ModelArgs, ObjectiveArgs, ScoringArgs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import EvalArgs, ModelArgs, ObjectiveArgs, ScoringArgs
 
     torch.manual_seed(seed)
     module = SDPOModule(source=ModelArgs(model_name_or_path=str(model_dir)),
@@ -100,7 +100,7 @@ def autocast(bf16: bool):
 
 def train_pass(module: Any, bs: list[dict[str, Any]], kind: str, bf16: bool) -> list[float]:
     """One forward + backward per batch, as ``SDPOModule._step`` computes the loss."""
-    from sdpo_lightning.objectives import preference_loss, sft_loss
+    from sdpo_lightning.training.objectives import preference_loss, sft_loss
 
     losses = []
     for b in bs:
@@ -178,7 +178,7 @@ def train_table(args: argparse.Namespace, model_dir: Path, data: Path, n_layers:
 
 
 def eval_pass(module: Any, bs: list[dict[str, Any]], protocols: list[str], one_pass: bool, bf16: bool):
-    from sdpo_lightning.evaluator import Evaluator
+    from sdpo_lightning.evaluation.evaluator import Evaluator
 
     ev = Evaluator("test", protocols, one_pass=one_pass)
     with autocast(bf16):
@@ -217,8 +217,8 @@ def eval_module(args: argparse.Namespace, model_dir: Path) -> Any:
     the one-pass evaluator runs the packed forward itself, each test row is seen once)."""
     if args.eval_adapter is None:
         return build_module(model_dir, "sft", None, args.seed)
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import EvalArgs, ModelArgs, ObjectiveArgs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import EvalArgs, ModelArgs, ObjectiveArgs
 
     source = ModelArgs(model_name_or_path=str(model_dir), init_adapter=str(args.eval_adapter))
     module = SDPOModule(source=source, objective=ObjectiveArgs(name="sft"),
@@ -241,7 +241,7 @@ def eval_table(args: argparse.Namespace, model_dir: Path, data: Path) -> list[st
              "after agrees with before | HR@1 before / after | bf16 option rows/s (× before) | bf16 agrees with fp32 |",
              "|---|---:|---:|---:|---:|---|---|---:|---|"]
     persisted: list[str] = []
-    from sdpo_lightning.trunk_cache import frozen_layer_count
+    from sdpo_lightning.scoring.trunk_cache import frozen_layer_count
 
     top_only = frozen_layer_count(module.policy) > 0  # adapters on the top layers: the trunk applies
     for name, protocols, constrained in cases:

@@ -14,11 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from sdpo_lightning import checkpoint_io
 from sdpo_lightning.data.datamodule import RecDataModule
 from sdpo_lightning.errors import ConfigError, UserError, report, strip_debug_flag
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import (
+from sdpo_lightning.runtime import checkpoint_io
+from sdpo_lightning.runtime.run_lock import RunLock, is_secondary_rank
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import (
     FLAT_KEYS,
     GROUPS,
     check_flat_keys,
@@ -27,7 +28,6 @@ from sdpo_lightning.module_args import (
     is_flat_value,
     moved_message,
 )
-from sdpo_lightning.run_lock import RunLock, is_secondary_rank
 
 PROG = "sdpo"
 
@@ -50,8 +50,8 @@ class SDPOCLI(LightningCLI):
       message instead of printing the whole usage; so does a ``ValueError`` / ``OSError`` raised
       while the model, data module or trainer is built from the config;
     * ``<root>/.sdpo.lock`` is held from before the model is built to the end of the command
-      (global rank 0), so a second run on the same root is refused (:mod:`run_lock`);
-    * an unreadable ``--ckpt_path`` raises :class:`CheckpointError` (:mod:`checkpoint_io`).
+      (global rank 0), so a second run on the same root is refused (:mod:`~sdpo_lightning.runtime.run_lock`);
+    * an unreadable ``--ckpt_path`` raises :class:`CheckpointError` (:mod:`~sdpo_lightning.runtime.checkpoint_io`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,7 +103,7 @@ class SDPOCLI(LightningCLI):
     def _apply_ckpt_hparams(self) -> None:
         """LightningCLI's reading of ``--ckpt_path``'s hyperparameters over the config, with the
         flat hyperparameters of checkpoints from earlier versions regrouped
-        (:func:`~sdpo_lightning.module_args.grouped_kwargs`)."""
+        (:func:`~sdpo_lightning.training.module_args.grouped_kwargs`)."""
         import torch
 
         if not self.config.get("subcommand"):
@@ -139,7 +139,7 @@ class SDPOCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         objective = self._get(self.config, "model", default={}).get("objective") or {}
         if objective.get("name") != "sft" and objective.get("beta") is not None:
-            from sdpo_lightning.objectives import check_beta
+            from sdpo_lightning.training.objectives import check_beta
 
             try:
                 check_beta(objective["beta"])

@@ -1,7 +1,7 @@
 """The configuration reference of ``sdpo``'s model, generated from the argument groups.
 
 ``python -m sdpo_lightning.config_reference > docs/configuration.md`` writes it: every group of
-:class:`~sdpo_lightning.module.SDPOModule` (``model.<group>`` in YAML, ``--model.<group>.<field>``
+:class:`~sdpo_lightning.training.module.SDPOModule` (``model.<group>`` in YAML, ``--model.<group>.<field>``
 on the command line), and for each field its type, default and description, read from the
 dataclasses' signatures and the ``Attributes:`` sections of their docstrings.
 """
@@ -31,7 +31,7 @@ described by `sdpo fit --help`.
 
 def _groups() -> list[tuple[str, type, bool]]:
     """``(argument name, dataclass, nullable)`` of every group, in signature order."""
-    from sdpo_lightning.module import SDPOModule
+    from sdpo_lightning.training.module import SDPOModule
 
     hints = typing.get_type_hints(SDPOModule.__init__)
     out = []

@@ -42,7 +42,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(synthetic_dir):
-    from sdpo_lightning.models import load_tokenizer
+    from sdpo_lightning.modeling.models import load_tokenizer
 
     return load_tokenizer(None, tokenizer_path=str(synthetic_dir / "tokenizer"))
 
@@ -50,7 +50,7 @@ def tokenizer(synthetic_dir):
 @pytest.fixture()
 def count_builds(monkeypatch):
     """Counts the reference passes (``score_dataset`` calls) made by ``ReferenceCache.build``."""
-    import sdpo_lightning.reference_cache as rc
+    import sdpo_lightning.scoring.reference_cache as rc
 
     calls: list[int] = []
     real = rc.score_dataset
@@ -88,7 +88,7 @@ def tiny_config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
     """Write a tiny-LLaMA LoRA run config on the synthetic data; ``model`` overrides (by field
     name, e.g. ``objective="sft", beta=2``: regrouped by ``grouped_kwargs`` into
     ``model.objective.name`` and ``model.objective.beta``)."""
-    from sdpo_lightning.module_args import grouped_kwargs
+    from sdpo_lightning.training.module_args import grouped_kwargs
 
     cfg = {
         "seed_everything": 0,

@@ -108,7 +108,7 @@ def write_synthetic_run(run_dir: str | Path, *, objective: str = "sdpo",
         logger.finalize("success")
     config = {
         "trainer": {"default_root_dir": str(root), "max_steps": steps},
-        "model": {"class_path": "sdpo_lightning.module.SDPOModule", "init_args": hparams},
+        "model": {"class_path": "sdpo_lightning.training.module.SDPOModule", "init_args": hparams},
     }
     import yaml
 

@@ -34,7 +34,7 @@ class SeqRecModule(pl.LightningModule):
         report_dir: where ``test`` writes its report (default ``trainer.default_root_dir``).
         method: the report's method name (default: the class's).
         item_table_dir: ``test`` also writes the item table of hybrid prompts here (the fitted
-            titles and this model's item embeddings, :class:`sdpo_lightning.hybrid.ItemTable`).
+            titles and this model's item embeddings, :class:`sdpo_lightning.modeling.hybrid.ItemTable`).
     """
 
     method_name = "SeqRec"
@@ -107,8 +107,8 @@ class SeqRecModule(pl.LightningModule):
 
     def write_item_table(self, directory: str | os.PathLike) -> Path:
         """Write the fitted titles (vocabulary order) and their rows of ``self.embed`` as an
-        :class:`~sdpo_lightning.hybrid.ItemTable` (padding and unknown rows left out)."""
-        from sdpo_lightning.hybrid import ItemTable
+        :class:`~sdpo_lightning.modeling.hybrid.ItemTable` (padding and unknown rows left out)."""
+        from sdpo_lightning.modeling.hybrid import ItemTable
 
         vocab = self.trainer.datamodule.vocab
         titles = sorted(vocab.ids, key=vocab.ids.get)  # ids 2, 3, ...

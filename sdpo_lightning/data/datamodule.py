@@ -51,7 +51,7 @@ class RecDataModule(pl.LightningDataModule):
 
     The tokenizer is the LightningModule's (``trainer.lightning_module.tokenizer``) unless
     set on this object before ``setup``; so is the item table of hybrid prompts
-    (``lightning_module.item_table``, see :mod:`sdpo_lightning.hybrid`).
+    (``lightning_module.item_table``, see :mod:`sdpo_lightning.modeling.hybrid`).
 
     Args:
         train_file: training candidate-list file (``.json`` or ``.jsonl``).

@@ -179,7 +179,7 @@ class PromptBuilder:
             max_length: budget for prompt + the longest candidate completion.
             title_ids: cache of completion ids per title (filled as a side effect).
             source: file name for error messages.
-            items: an :class:`~sdpo_lightning.hybrid.ItemTable` for hybrid prompts (each
+            items: an :class:`~sdpo_lightning.modeling.hybrid.ItemTable` for hybrid prompts (each
                 title followed by its item token); ``None``: text prompts.
 
         Raises:

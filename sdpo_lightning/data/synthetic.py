@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = heuristic_hit_rate(data["valid"], data["items"], use_successor=flag)
         print(f"heuristic HR@1 on valid ({'category+successor' if flag else 'category'}): {rate:.3f}")
     if not args.no_tokenizer:
-        from sdpo_lightning.tokenizer import train_tokenizer
+        from sdpo_lightning.modeling.tokenizer import train_tokenizer
 
         tok = train_tokenizer(tokenizer_texts(data["items"]), vocab_size=args.vocab_size,
                               save_dir=Path(args.out) / "tokenizer")

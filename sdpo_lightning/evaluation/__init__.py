@@ -1,5 +1,9 @@
 """Evaluation: answer parsing, HR@1 / ValidRatio and ranking metrics, bootstrap CIs,
-run summaries and the ``sdpo-report`` comparison table (definitions: README.md, "Metrics")."""
+run summaries and the ``sdpo-report`` comparison table (definitions: README.md, "Metrics").
+
+The model-side evaluation of ``validate`` / ``test`` / ``predict`` (:mod:`.evaluator`: the
+protocols over one shared pass, with :mod:`.decoding` and :mod:`.constrained`) needs torch and
+a model; it is not imported here, so the report tools stay light."""
 
 from .bootstrap import bootstrap_ci, paired_bootstrap_pvalue
 from .metrics import GenerationMetrics, RankingMetrics, rank_of_target, tie_broken_scores

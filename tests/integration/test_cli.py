@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from sdpo_lightning.cli import cli_main
-from sdpo_lightning.module_args import GROUPS
+from sdpo_lightning.training.module_args import GROUPS
 from tests.conftest import REPO, tiny_config as _config
 
 

@@ -27,10 +27,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from sdpo_lightning.module_args import grouped_kwargs
+from sdpo_lightning.training.module_args import grouped_kwargs
 from tests.conftest import REPO, TINY
 
-STRATEGY = "sdpo_lightning.strategies.CPUDeepSpeedStrategy"
+STRATEGY = "sdpo_lightning.training.strategies.CPUDeepSpeedStrategy"
 PROBE = "tests.integration.test_deepspeed_cpu.LossProbe"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 N_TRAIN, N_VAL, GLOBAL_BATCH = 8, 4, 4  # 2 steps per epoch
@@ -87,7 +87,7 @@ class LossProbe(Callback):
 def ds_inputs(synthetic_dir, tmp_path_factory) -> Path:
     """A tiny LLaMA saved as a HF directory (the ZeRO-3 code path loads it shard by shard, as it
     would a 7B model) and short train / validation files."""
-    from sdpo_lightning.models import build_policy, load_tokenizer
+    from sdpo_lightning.modeling.models import build_policy, load_tokenizer
 
     root = tmp_path_factory.mktemp("ds_inputs")
     tok = load_tokenizer(None, tokenizer_path=str(synthetic_dir / "tokenizer"))
@@ -218,7 +218,7 @@ def _print_config(capsys, *configs: Path) -> dict:
 def test_strategy_config_prints_a_valid_deepspeed_config(path, capsys):
     assert path.stem in EXPECTED
     printed = _print_config(capsys, REPO / "configs" / "lastfm" / "sdpo.yaml", path)
-    assert printed["trainer"]["strategy"]["class_path"] == "sdpo_lightning.strategies.SDPODeepSpeedStrategy"
+    assert printed["trainer"]["strategy"]["class_path"] == "sdpo_lightning.training.strategies.SDPODeepSpeedStrategy"
     assert printed["trainer"]["precision"] == "bf16-mixed" and printed["model"]["source"]["gradient_checkpointing"] is True
     config = _deepspeed_config(printed)
     stage, offload_opt, offload_param = EXPECTED[path.stem]
@@ -295,8 +295,8 @@ def _validate(inputs: Path, lora: dict | None, load_policy) -> float:
     from lightning.pytorch import Trainer
 
     from sdpo_lightning.data.datamodule import RecDataModule
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs
 
     module = SDPOModule(source=ModelArgs(model_name_or_path=str(inputs / "base")), lora=lora,
                         objective=ObjectiveArgs(name="sdpo", num_negatives=3))

@@ -10,10 +10,10 @@ import torch
 
 from sdpo_lightning.data.collate import negative_indices, select_completions
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.models import LoraSettings
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
-from sdpo_lightning.objectives import preference_loss
+from sdpo_lightning.modeling.models import LoraSettings
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs
+from sdpo_lightning.training.objectives import preference_loss
 from tests.conftest import GGUF, LASTFM, require_shared
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from sdpo_lightning.cli import cli_main
 from sdpo_lightning.data.readers import load_examples
-from sdpo_lightning.hybrid import ItemTable
+from sdpo_lightning.modeling.hybrid import ItemTable
 from tests.conftest import tiny_config
 
 
@@ -79,8 +79,8 @@ def test_hybrid_sft_then_sdpo_then_test(tmp_path, synthetic_dir):
         assert all("<item>" in p["prompt"] for p in preds)
 
     # a hybrid adapter brings its own item table, whatever the config names
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import ModelArgs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import ModelArgs
 
     export = tmp_path / "sdpo" / "export"
     source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), init_adapter=str(export))

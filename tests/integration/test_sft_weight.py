@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sdpo_lightning.cli import cli_main
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import ModelArgs, ObjectiveArgs
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs
 from tests.conftest import tiny_config
 from tests.integration.test_cli import _metrics
 

@@ -3,7 +3,7 @@
 transformers >= 5.25 wraps attention ``__init__`` (``@use_kernelized_func``, which sets
 ``_kernel_funcs``); a class defined inside ``zero.Init`` loses that wrapper once DeepSpeed
 unpatches, so models built afterwards fail in ``forward`` (see
-``sdpo_lightning.strategies.import_model_class``). This runs in a fresh interpreter: the
+``sdpo_lightning.training.strategies.import_model_class``). This runs in a fresh interpreter: the
 modelling module must not be imported yet when ``zero.Init`` starts.
 """
 
@@ -28,7 +28,7 @@ import torch, torch._dynamo, deepspeed
 from transformers import LlamaConfig
 
 deepspeed.init_distributed("gloo")
-from sdpo_lightning.strategies import import_model_class, outside_zero_init
+from sdpo_lightning.training.strategies import import_model_class, outside_zero_init
 
 src, out = sys.argv[1], sys.argv[2]
 config = LlamaConfig.from_pretrained(src)

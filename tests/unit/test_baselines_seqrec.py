@@ -101,7 +101,7 @@ def test_cli_fit_learns_a_pattern_and_writes_report(model: str, tmp_path: Path) 
     recs = read_predictions(tmp_path / "run/predictions.jsonl")
     assert [r["index"] for r in recs] == list(range(16))
     assert all(len(r["scores"]) == 4 and r["valid"] for r in recs)
-    from sdpo_lightning.hybrid import ItemTable  # hybrid prompts' item table, written by `test`
+    from sdpo_lightning.modeling.hybrid import ItemTable  # hybrid prompts' item table, written by `test`
 
     table = ItemTable.load(tmp_path / "items")
     assert sorted(table.titles) == ITEMS and table.embeddings.shape == (8, 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from sdpo_lightning.config_reference import format_type, render
-from sdpo_lightning.module_args import FLAT_KEYS, GROUPS
+from sdpo_lightning.training.module_args import FLAT_KEYS, GROUPS
 from tests.conftest import REPO
 
 

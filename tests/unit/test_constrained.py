@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from sdpo_lightning.constrained import CandidateTrie, candidate_sequences, prefix_allowed_tokens_fn
+from sdpo_lightning.evaluation.constrained import (
+    CandidateTrie,
+    candidate_sequences,
+    prefix_allowed_tokens_fn,
+)
 from sdpo_lightning.evaluation.parsing import parse_answer
 
 

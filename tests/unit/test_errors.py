@@ -6,7 +6,7 @@ import pytest
 
 from sdpo_lightning.data.records import DataFormatError
 from sdpo_lightning.errors import ConfigError, UserError, report, run_main, strip_debug_flag
-from sdpo_lightning.run_lock import RunLock, is_secondary_rank
+from sdpo_lightning.runtime.run_lock import RunLock, is_secondary_rank
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from sdpo_lightning import evaluator
 from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.evaluator import (
+from sdpo_lightning.evaluation import evaluator
+from sdpo_lightning.evaluation.evaluator import (
     EvalModel,
     Evaluator,
     PassProtocol,
@@ -26,9 +26,9 @@ from sdpo_lightning.evaluator import (
     one_pass_outputs,
     run_protocols,
 )
-from sdpo_lightning.models import build_policy
-from sdpo_lightning.processes import SINGLE_PROCESS
-from sdpo_lightning.scoring import CompletionLogps, completion_logps
+from sdpo_lightning.modeling.models import build_policy
+from sdpo_lightning.runtime.processes import SINGLE_PROCESS
+from sdpo_lightning.scoring.logps import CompletionLogps, completion_logps
 from tests.conftest import TINY
 
 

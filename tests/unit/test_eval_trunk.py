@@ -15,9 +15,9 @@ import torch
 
 from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.evaluator import one_pass_outputs
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import EvalArgs, ModelArgs, ScoringArgs
+from sdpo_lightning.evaluation.evaluator import one_pass_outputs
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import EvalArgs, ModelArgs, ScoringArgs
 
 TINY3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
 
@@ -102,7 +102,7 @@ def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):
     cache, path, identity = first._eval_trunk
     cache.save(path, identity)
     other = _module(synthetic_dir, tmp_path, 1, init_seed=5)  # other base weights
-    from sdpo_lightning.trunk_cache import TrunkCache, lower_layers_identity
+    from sdpo_lightning.scoring.trunk_cache import TrunkCache, lower_layers_identity
 
     assert lower_layers_identity(other.policy, 2) != identity
     with pytest.raises(ValueError, match=f"trunk cache file {path}: written for other lower layers"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdpo_lightning.export_dir import sort_adapter_modules
+from sdpo_lightning.runtime.export_dir import sort_adapter_modules
 
 
 def test_target_modules_are_sorted_and_the_rest_kept(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Hybrid item prompts (sdpo_lightning.hybrid): item tokens embed as the projection of their
+"""Hybrid item prompts (sdpo_lightning.modeling.hybrid): item tokens embed as the projection of their
 recommender embedding, text prompts are unchanged, and shared-prefix scoring equals naive
 scoring with item tokens in the prompt (log-probs and the projector's gradients)."""
 
@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 from sdpo_lightning.data.prompts import ITEM_TEXT, PromptBuilder
 from sdpo_lightning.data.records import Example
-from sdpo_lightning.hybrid import (
+from sdpo_lightning.modeling.hybrid import (
     HybridEmbedding,
     HybridSettings,
     ItemTable,
@@ -24,7 +24,7 @@ from sdpo_lightning.hybrid import (
     strip_item_tokens,
     text_form_rows,
 )
-from sdpo_lightning.scoring import completion_logps
+from sdpo_lightning.scoring.logps import completion_logps
 from tests.unit.test_scoring import tiny_llama
 
 
@@ -173,7 +173,11 @@ def test_curriculum_strips_item_tokens_of_chosen_rows():
 def test_trunk_cache_serves_hybrid_prompts_with_a_frozen_projector():
     """The preference stages freeze the projector: the lower layers are then a fixed function
     of the ids, item tokens included, and the trunk cache gives the shared-prefix log-probs."""
-    from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
+    from sdpo_lightning.scoring.trunk_cache import (
+        TrunkCache,
+        frozen_layer_count,
+        lower_layers_identity,
+    )
     from tests.unit.test_trunk_cache import top_lora_llama
 
     model = top_lora_llama()

@@ -167,8 +167,8 @@ def test_data_module_refuses_non_positive_counts(setting):
                                      dict(weight_decay=-0.1), dict(min_lr_ratio=1.5),
                                      dict(warmup_steps=-1), dict(max_new_tokens=0)])
 def test_module_refuses_unusable_optimizer_settings(synthetic_dir, setting):
-    from sdpo_lightning.module import SDPOModule
-    from sdpo_lightning.module_args import grouped_kwargs
+    from sdpo_lightning.training.module import SDPOModule
+    from sdpo_lightning.training.module_args import grouped_kwargs
 
     name = next(iter(setting))
     with pytest.raises(ValueError, match=rf"^{name} must be "):
@@ -178,7 +178,7 @@ def test_module_refuses_unusable_optimizer_settings(synthetic_dir, setting):
 
 # ------------------------------------------------------------ model sources
 def test_a_folder_without_a_model(tmp_path):
-    from sdpo_lightning.models import load_tokenizer
+    from sdpo_lightning.modeling.models import load_tokenizer
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelSourceError) as err:
@@ -189,7 +189,7 @@ def test_a_folder_without_a_model(tmp_path):
 
 
 def test_missing_model_path_is_a_user_error(tmp_path):
-    from sdpo_lightning.models import build_policy
+    from sdpo_lightning.modeling.models import build_policy
 
     with pytest.raises(ModelSourceError, match=r"model path '.*nowhere' does not exist"):
         build_policy(str(tmp_path / "nowhere"), tokenizer=None)
@@ -200,7 +200,7 @@ def test_missing_model_path_is_a_user_error(tmp_path):
     (b"PK\x03\x04 zip", "not a GGUF file (it does not start with 'GGUF')"),
 ])
 def test_empty_or_foreign_gguf_file(tmp_path, content, reason):
-    from sdpo_lightning.models import load_tokenizer
+    from sdpo_lightning.modeling.models import load_tokenizer
 
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
@@ -210,7 +210,7 @@ def test_empty_or_foreign_gguf_file(tmp_path, content, reason):
 
 
 def test_truncated_gguf_file(tmp_path):
-    from sdpo_lightning.models import load_tokenizer
+    from sdpo_lightning.modeling.models import load_tokenizer
 
     path = tmp_path / "cut.gguf"
     with require_shared(GGUF).open("rb") as f:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdpo_lightning.errors import ConfigError
-from sdpo_lightning.module_args import (
+from sdpo_lightning.training.module_args import (
     EvalArgs,
     ModelArgs,
     ObjectiveArgs,

@@ -1,4 +1,4 @@
-"""Unit tests for sdpo_lightning.objectives.
+"""Unit tests for sdpo_lightning.training.objectives.
 
 Notation: r(y) = beta * (log pi(y) - log pi_ref(y)); chosen p, rejected d_1..d_K;
 g_k = r(d_k) - r(p).
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from sdpo_lightning.objectives import (
+from sdpo_lightning.training.objectives import (
     OBJECTIVES,
     ObjectiveOutput,
     dpo_k_loss,

@@ -15,12 +15,17 @@ import torch
 
 from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.decoding import first_line_complete, greedy_decode, prefill, trie_verify
+from sdpo_lightning.evaluation.decoding import (
+    first_line_complete,
+    greedy_decode,
+    prefill,
+    trie_verify,
+)
+from sdpo_lightning.evaluation.evaluator import Evaluator, generate_answers, one_pass_outputs
 from sdpo_lightning.evaluation.parsing import parse_answer
-from sdpo_lightning.evaluator import Evaluator, generate_answers, one_pass_outputs
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import EvalArgs, ModelArgs
-from sdpo_lightning.scoring import packed_forward, trim_padding
+from sdpo_lightning.scoring.logps import packed_forward, trim_padding
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import EvalArgs, ModelArgs
 from tests.conftest import TINY
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -188,7 +193,7 @@ def test_constrained_kv_decode_equals_constrained_generate(setup):
 
 
 def test_allowed_token_mask_matches_the_prefix_fn():
-    from sdpo_lightning.constrained import CandidateTrie, allowed_token_mask
+    from sdpo_lightning.evaluation.constrained import CandidateTrie, allowed_token_mask
 
     tries = [CandidateTrie([[5, 6, 1], [5, 7, 1]]), CandidateTrie([[8, 1]])]
     mask = allowed_token_mask(tries, [[5], [8, 1]], vocab_size=10, fallback_token_id=0)

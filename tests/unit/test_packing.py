@@ -1,4 +1,4 @@
-"""Tests for sdpo_lightning.packing: the packed-row layout on small hand-written batches.
+"""Tests for sdpo_lightning.scoring.packing: the packed-row layout on small hand-written batches.
 
 Batch used throughout (B=2, P=3, K=2, C=3):
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdpo_lightning.packing import (
+from sdpo_lightning.scoring.packing import (
     PACKED_ATTN_IMPLEMENTATIONS,
     attn_implementation,
     completion_src,
@@ -235,20 +235,20 @@ def private_imports(module: str, source: str, is_package: bool = False) -> list[
 
 def test_the_scan_finds_planted_private_imports() -> None:
     src = (
-        "from sdpo_lightning.scoring import check_inputs, _hidden\n"
+        "from sdpo_lightning.scoring.logps import check_inputs, _hidden\n"
         "from .scoring import _other\n"
         "from sdpo_lightning.analysis._deps import require_pandas\n"
-        "import sdpo_lightning.scoring as sc\n"
-        "from sdpo_lightning import trunk_cache\n"
+        "import sdpo_lightning.scoring.logps as sc\n"
+        "from sdpo_lightning.scoring import trunk_cache\n"
         "from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO\n"
         "x = sc._private(1) + trunk_cache._key + sc.completion_logps\n"
     )
-    found = private_imports("sdpo_lightning.evaluator", src)
+    found = private_imports("sdpo_lightning.evaluation.evaluator", src)
     assert len(found) == 5, found
     same_package = "from ._deps import require_pandas\n"
     assert private_imports("sdpo_lightning.analysis.cli", same_package) == []
-    own_name = "from sdpo_lightning.scoring import _x\n"
-    assert private_imports("sdpo_lightning.scoring", own_name) == []
+    own_name = "from sdpo_lightning.scoring.logps import _x\n"
+    assert private_imports("sdpo_lightning.scoring.logps", own_name) == []
 
 
 def test_no_module_imports_another_modules_private_names() -> None:

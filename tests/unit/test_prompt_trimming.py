@@ -88,7 +88,7 @@ def test_trimming_equals_the_loop_on_hybrid_prompts(tokenizer):
 
 
 def test_trimming_equals_the_loop_with_a_pretrained_tokenizer():
-    from sdpo_lightning.models import load_tokenizer
+    from sdpo_lightning.modeling.models import load_tokenizer
 
     tok = load_tokenizer(str(require_shared(GGUF)))
     pb = PromptBuilder("movies")

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.module import SDPOModule
-from sdpo_lightning.module_args import grouped_kwargs
-from sdpo_lightning.reference_cache import (
+from sdpo_lightning.scoring.logps import completion_logps
+from sdpo_lightning.scoring.reference_cache import (
     ReferenceCache,
     cache_key,
     data_identity,
@@ -23,7 +22,8 @@ from sdpo_lightning.reference_cache import (
     reference_identity,
     score_dataset,
 )
-from sdpo_lightning.scoring import completion_logps
+from sdpo_lightning.training.module import SDPOModule
+from sdpo_lightning.training.module_args import grouped_kwargs
 from tests.conftest import TINY
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdpo_lightning.data.collate import make_collate
-from sdpo_lightning.reference_cache import ReferenceCache, build_mode
+from sdpo_lightning.scoring.reference_cache import ReferenceCache, build_mode
 from tests.unit.test_reference_cache import N_TRAIN, make, small_dir  # noqa: F401  (fixture)
 
 

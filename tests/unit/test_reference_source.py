@@ -1,5 +1,5 @@
 """The reference cache with a plain scorer: no LightningModule, only a ``score(batch)`` callable,
-an identity and the processes (:class:`~sdpo_lightning.reference_cache.ReferenceSource`)."""
+an identity and the processes (:class:`~sdpo_lightning.scoring.reference_cache.ReferenceSource`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 from sdpo_lightning.data.collate import make_collate
 from sdpo_lightning.data.datamodule import RecDataModule
-from sdpo_lightning.processes import SINGLE_PROCESS, TrainerProcesses, processes_of
-from sdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, score_dataset
+from sdpo_lightning.runtime.processes import SINGLE_PROCESS, TrainerProcesses, processes_of
+from sdpo_lightning.scoring.reference_cache import ReferenceCache, ReferenceSource, score_dataset
 
 N_TRAIN, N_VAL = 7, 3
 

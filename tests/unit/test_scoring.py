@@ -1,4 +1,4 @@
-"""Tests for sdpo_lightning.scoring: shared-prefix scoring must equal the naive baseline.
+"""Tests for sdpo_lightning.scoring.logps: shared-prefix scoring must equal the naive baseline.
 
 The tiny LLaMA (2 layers, hidden 64, vocab 100, GQA) is built in code from a fixed seed.
 Log-probs and parameter gradients are compared in fp32 with atol 1e-4.
@@ -14,7 +14,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdpo_lightning.scoring import CompletionLogps, completion_logps, gather_completion_token_logps
+from sdpo_lightning.scoring.logps import (
+    CompletionLogps,
+    completion_logps,
+    gather_completion_token_logps,
+)
 
 ATOL = 1e-4
 VOCAB, PAD, EOS = 100, 0, 2

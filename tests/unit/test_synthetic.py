@@ -153,7 +153,7 @@ def test_same_seed_byte_identical_across_processes(data_dir: Path, tmp_path: Pat
     same BPE vocabulary and merges (the tokenizer half skips ``transformers`` for speed)."""
     script = (
         "import sys; from sdpo_lightning.data.synthetic import main, tokenizer_texts, generate_catalogue\n"
-        "from sdpo_lightning.tokenizer import build_bpe\n"
+        "from sdpo_lightning.modeling.tokenizer import build_bpe\n"
         "main(['--out', sys.argv[1], '--seed', '0', '--no-tokenizer'])\n"
         "open(sys.argv[1] + '/bpe.json', 'w').write(build_bpe(tokenizer_texts(generate_catalogue()), 1000).to_str())\n"
     )

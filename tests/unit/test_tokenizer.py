@@ -1,4 +1,4 @@
-"""Tests for the offline byte-level BPE tokenizer (``sdpo_lightning.tokenizer``)."""
+"""Tests for the offline byte-level BPE tokenizer (``sdpo_lightning.modeling.tokenizer``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from sdpo_lightning.data.synthetic import generate_catalogue, generate_dataset, tokenizer_texts
-from sdpo_lightning.tokenizer import load_tokenizer, train_tokenizer
+from sdpo_lightning.modeling.tokenizer import load_tokenizer, train_tokenizer
 
 PROMPTS = (
     "This user has watched Quiet Lantern, Silver Tide in the previous. Answer:",

@@ -14,8 +14,8 @@ from peft import LoraConfig, get_peft_model
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdpo_lightning.scoring import completion_logps
-from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count
+from sdpo_lightning.scoring.logps import completion_logps
+from sdpo_lightning.scoring.trunk_cache import TrunkCache, frozen_layer_count
 from tests.unit.test_scoring import make_batch
 
 ATOL = 1e-5

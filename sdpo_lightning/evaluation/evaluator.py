@@ -23,7 +23,7 @@ the parser reads), so the recorded ``generated`` text ends there. ``one_pass=Fal
 earlier path (``model.generate`` for generation, then a separate ranking pass) as the reference.
 
 The model side comes in as an :class:`EvalModel` (the policy, its tokenizer, the settings, the
-optional trunk and scorer), the processes as a :class:`~sdpo_lightning.processes.Processes`:
+optional trunk and scorer), the processes as a :class:`~sdpo_lightning.runtime.processes.Processes`:
 no LightningModule (:meth:`EvalModel.from_module` adapts one).
 """
 
@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from sdpo_lightning.constrained import (
+from sdpo_lightning.evaluation.constrained import (
     CandidateTrie,
     allowed_token_mask,
     candidate_sequences,
     prefix_allowed_tokens_fn,
 )
-from sdpo_lightning.decoding import greedy_decode, prefill, trie_greedy, trie_verify
+from sdpo_lightning.evaluation.decoding import greedy_decode, prefill, trie_greedy, trie_verify
 from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluation.report import (
@@ -53,8 +53,8 @@ from sdpo_lightning.evaluation.report import (
     write_predictions,
     write_summary,
 )
-from sdpo_lightning.processes import SINGLE_PROCESS, Processes
-from sdpo_lightning.scoring import (
+from sdpo_lightning.runtime.processes import SINGLE_PROCESS, Processes
+from sdpo_lightning.scoring.logps import (
     CompletionLogps,
     PackedForward,
     check_inputs,
@@ -64,7 +64,7 @@ from sdpo_lightning.scoring import (
 )
 
 if TYPE_CHECKING:
-    from sdpo_lightning.trunk_cache import TrunkCache
+    from sdpo_lightning.scoring.trunk_cache import TrunkCache
 
 log = logging.getLogger(__name__)
 

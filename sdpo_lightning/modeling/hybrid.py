@@ -7,7 +7,7 @@ small MLP trained with the LoRA adapters. Items the recommender never saw get on
 "unknown" vector in its place.
 
 Item tokens travel as **negative token ids** (item ``i`` of the table is ``-(i + 2)``, an item
-outside it ``-1``), so a prompt, its packed shared-prefix row (:mod:`sdpo_lightning.packing`),
+outside it ``-1``), so a prompt, its packed shared-prefix row (:mod:`sdpo_lightning.scoring.packing`),
 its digest and every cache key carry them like any other id, and no tokenizer or vocabulary
 changes: the decoder's ``embed_tokens`` is replaced by :class:`HybridEmbedding`, which embeds
 real ids as before and item ids by the projection. Completions (the answers) stay plain titles.
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from sdpo_lightning.models import decoder_of
+from sdpo_lightning.modeling.models import decoder_of
 
 __all__ = [
     "HYBRID_SUBDIR", "HybridEmbedding", "HybridSettings", "ItemTable", "UNKNOWN_ITEM_ID",

@@ -72,7 +72,7 @@ def greedy_decode(
             complete (:func:`first_line_complete`).
         allowed: constrained decoding: ``allowed(tokens_so_far, vocab_size)`` → ``(B, V)`` bool
             mask of the tokens each row may emit next
-            (:func:`~sdpo_lightning.constrained.allowed_token_mask`); the others get ``-inf``.
+            (:func:`~sdpo_lightning.evaluation.constrained.allowed_token_mask`); the others get ``-inf``.
     """
     B = p_mask.shape[0]
     n_prompt = p_mask.long().sum(-1)  # (B,)
@@ -167,7 +167,7 @@ def trie_greedy(
         c_mask: ``(B, N, C)``.
         max_new_tokens: most tokens per row.
         eos_token_id: emitted when a candidate is complete (the fallback of
-            :func:`~sdpo_lightning.constrained.prefix_allowed_tokens_fn`); ends the row.
+            :func:`~sdpo_lightning.evaluation.constrained.prefix_allowed_tokens_fn`); ends the row.
 
     At each step the allowed tokens are the trie children of the prefix so far; the choice is
     their highest logit, ties to the lowest token id (``argmax`` over the masked vocabulary).

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from sdpo_lightning.data.collate import make_collate
-from sdpo_lightning.processes import SINGLE_PROCESS, Processes, processes_of
+from sdpo_lightning.runtime.processes import SINGLE_PROCESS, Processes, processes_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def reference_identity(source: Any) -> dict[str, Any]:
     """What defines the reference model (hashed into the cache key).
 
     Args:
-        source: the module's :class:`~sdpo_lightning.module_args.ModelArgs` (``hparams.source``)
+        source: the module's :class:`~sdpo_lightning.training.module_args.ModelArgs` (``hparams.source``)
             or a mapping of its fields (missing ones count as ``None``).
     """
     keys = ("model_name_or_path", "gguf_file", "tiny_config", "init_seed", "dtype", "init_adapter",
@@ -99,7 +99,7 @@ def reference_identity(source: Any) -> dict[str, Any]:
     else:
         ident = {k: getattr(source, k) for k in keys}
     if ident["model_name_or_path"] is None:
-        from sdpo_lightning.models import TINY_DEFAULTS
+        from sdpo_lightning.modeling.models import TINY_DEFAULTS
 
         ident["tiny_defaults"] = TINY_DEFAULTS  # the in-code model's base config
     else:
@@ -446,7 +446,7 @@ class ReferenceCache:
 def build_mode(module: Any) -> str:
     """``lazy`` or ``full`` for ``model.scoring.reference_cache_build`` (``auto``: lazy when the
     reference is at hand every step — LoRA with the adapter off, or a frozen copy —, else full)."""
-    from sdpo_lightning.models import is_peft
+    from sdpo_lightning.modeling.models import is_peft
 
     mode = module.hparams.scoring.reference_cache_build
     at_hand = module.reference_model is not None or is_peft(module.policy)

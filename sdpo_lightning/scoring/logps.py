@@ -12,7 +12,7 @@ to the model when autograd is on. Two modes:
   real tokens of each completion (T = the most real completion tokens of any example), with
   a block attention mask and position ids that restart for every completion; logits are made
   only at the T positions that predict completion tokens (``logits_to_keep``). The layout is
-  :mod:`sdpo_lightning.packing`'s, shared with the trunk cache.
+  :mod:`sdpo_lightning.scoring.packing`'s, shared with the trunk cache.
 
 Why a packed row and not a KV cache expanded to B*N? The packed row is a single ordinary
 forward pass. Gradients reach the prompt's activations through autograd with no special
@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sdpo_lightning.packing import (
+from sdpo_lightning.scoring.packing import (
     PACKED_ATTN_IMPLEMENTATIONS,
     attn_implementation,
     completion_src,
@@ -137,7 +137,7 @@ def packed_forward(
     """Run ``[prompt, c_0, ..., c_{N-1}]`` as one packed row per example.
 
     The layout (ragged packing, block mask, position ids, kept logits) is
-    :mod:`sdpo_lightning.packing`'s.
+    :mod:`sdpo_lightning.scoring.packing`'s.
 
     Inputs must be checked and trimmed (``trim_padding``). With ``use_cache`` the model's cache
     is returned too; its first ``P`` positions are exactly a causal prefill of the prompts.

@@ -1,7 +1,7 @@
 """The packed-row layout: one prompt and its K completions in one sequence.
 
-Scoring (:mod:`sdpo_lightning.scoring`, ``mode="shared_prefix"``), the frozen-trunk cache
-(:mod:`sdpo_lightning.trunk_cache`) and hence hybrid prompts all run one **packed row** per
+Scoring (:mod:`sdpo_lightning.scoring.logps`, ``mode="shared_prefix"``), the frozen-trunk cache
+(:mod:`sdpo_lightning.scoring.trunk_cache`) and hence hybrid prompts all run one **packed row** per
 example, ``[prompt, c_0, ..., c_{K-1}, row padding]``, laid out here:
 
 * **Ragged packing.** The ``(B, P)`` prompt keeps its ``P`` columns (left-padded). Completion

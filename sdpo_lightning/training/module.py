@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 import lightning.pytorch as pl
 import torch
 
-from sdpo_lightning.evaluator import EvalModel, Evaluator, run_meta
-from sdpo_lightning.hybrid import (
+from sdpo_lightning.evaluation.evaluator import EvalModel, Evaluator, run_meta
+from sdpo_lightning.modeling.hybrid import (
     HYBRID_SUBDIR,
     HybridSettings,
     ItemTable,
@@ -25,7 +25,7 @@ from sdpo_lightning.hybrid import (
     strip_item_tokens,
     text_form_rows,
 )
-from sdpo_lightning.models import (
+from sdpo_lightning.modeling.models import (
     LoraSettings,
     apply_lora,
     build_policy,
@@ -34,7 +34,11 @@ from sdpo_lightning.models import (
     reference_mode,
     trainable_state_dict,
 )
-from sdpo_lightning.module_args import (
+from sdpo_lightning.runtime.processes import processes_of
+from sdpo_lightning.scoring.logps import completion_logps
+from sdpo_lightning.scoring.reference_cache import ReferenceCache, ReferenceSource, eval_mode
+from sdpo_lightning.scoring.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
+from sdpo_lightning.training.module_args import (
     EvalArgs,
     ModelArgs,
     ObjectiveArgs,
@@ -44,11 +48,7 @@ from sdpo_lightning.module_args import (
     as_group,
     plain_hparams,
 )
-from sdpo_lightning.objectives import preference_loss, reward_metrics, sft_loss
-from sdpo_lightning.processes import processes_of
-from sdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, eval_mode
-from sdpo_lightning.scoring import completion_logps
-from sdpo_lightning.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
+from sdpo_lightning.training.objectives import preference_loss, reward_metrics, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 class SDPOModule(pl.LightningModule):
     """A causal LM trained as a sequential recommender.
 
-    Configured by argument groups (:mod:`sdpo_lightning.module_args`; in YAML and on the
+    Configured by argument groups (:mod:`sdpo_lightning.training.module_args`; in YAML and on the
     command line ``model.<group>.<field>``, e.g. ``--model.objective.beta 2``); each may be
     given as its dataclass or as a mapping of its fields. ``docs/configuration.md`` lists
     every field.
@@ -66,7 +66,7 @@ class SDPOModule(pl.LightningModule):
         source: where the model and tokenizer come from (:class:`ModelArgs`).
         lora: LoRA settings; ``None`` is full fine-tuning (unless ``source.init_adapter`` is
             given).
-        hybrid: LLaRA hybrid item prompts (:mod:`sdpo_lightning.hybrid`): every title in the
+        hybrid: LLaRA hybrid item prompts (:mod:`sdpo_lightning.modeling.hybrid`): every title in the
             prompt followed by an item token embedded by a projection of a recommender's item
             embedding. Found on its own in a ``source.init_adapter`` exported from a hybrid run.
         objective: the training objective (:class:`ObjectiveArgs`).
@@ -136,14 +136,14 @@ class SDPOModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Build the policy here so DeepSpeed ZeRO-3 can shard it at creation.
 
-        Under ZeRO-3 (see ``strategies.py``) a model read from a Hugging Face source is sharded
+        Under ZeRO-3 (see ``training/strategies.py``) a model read from a Hugging Face source is sharded
         as it loads, and so is the frozen reference copy of full fine-tuning; LoRA adapters, the
         tiny in-code model and GGUF files are built whole and partitioned when the DeepSpeed
         engine starts.
         """
         if self.policy is not None:
             return
-        from sdpo_lightning import strategies
+        from sdpo_lightning.training import strategies
 
         h = self.hparams
         ds_config = strategies.zero3_config(self._trainer)
@@ -185,7 +185,7 @@ class SDPOModule(pl.LightningModule):
         """``_build`` for ``configure_model``. Under ZeRO-3 the tiny in-code model (same weights
         as without DeepSpeed) and GGUF files (transformers loads them through a quantizer, which
         cannot fill ZeRO-3 shards) are built whole and partitioned when the engine starts."""
-        from sdpo_lightning import strategies
+        from sdpo_lightning.training import strategies
 
         src: ModelArgs = self.hparams.source
         path = src.model_name_or_path
@@ -250,7 +250,7 @@ class SDPOModule(pl.LightningModule):
             with reference_mode(self.policy):
                 yield self.policy, scorer
         else:
-            from sdpo_lightning import strategies
+            from sdpo_lightning.training import strategies
 
             with strategies.unsharded():  # a temporary, unmanaged copy: never ZeRO-3-sharded
                 ref = self._build().to(self.device).eval()
@@ -434,13 +434,13 @@ class SDPOModule(pl.LightningModule):
         """Write a peft adapter (LoRA) or a full HF model, plus the tokenizer.
 
         The directory appears whole or not at all (written aside, sealed with a completion
-        marker, then renamed: :mod:`sdpo_lightning.export_dir`).
+        marker, then renamed: :mod:`sdpo_lightning.runtime.export_dir`).
 
         Under DeepSpeed ZeRO-3 the weights are first gathered from the shards, a collective:
         call it on every rank (only global rank 0 writes) — except right after ``fit``, whose
         ``on_train_end`` has already gathered them for ``on_fit_end``.
         """
-        from sdpo_lightning import strategies
+        from sdpo_lightning.training import strategies
 
         out = Path(directory)
         weights = self.__dict__.pop("_export_weights", None)
@@ -448,7 +448,7 @@ class SDPOModule(pl.LightningModule):
             weights = self._gather_export_weights()
         if self._trainer is not None and not self.trainer.is_global_zero:
             return out
-        from sdpo_lightning.export_dir import atomic_directory, sort_adapter_modules
+        from sdpo_lightning.runtime.export_dir import atomic_directory, sort_adapter_modules
 
         kwargs = {"state_dict": weights} if weights else {}
         with atomic_directory(out) as tmp:
@@ -467,14 +467,14 @@ class SDPOModule(pl.LightningModule):
     def _gather_export_weights(self) -> dict[str, torch.Tensor]:
         """What ``export`` writes, gathered from ZeRO-3 shards (collective; rank 0 gets the
         tensors, other ranks ``{}``): the trainable weights of a LoRA policy, else all."""
-        from sdpo_lightning import strategies
+        from sdpo_lightning.training import strategies
 
         return strategies.gather_state_dict(self.policy, trainable_only=is_peft(self.policy))
 
     def on_train_end(self) -> None:
         """ZeRO-3: gather the weights ``on_fit_end`` exports (on rank 0 only) while every rank is
         still here."""
-        from sdpo_lightning import strategies
+        from sdpo_lightning.training import strategies
 
         self._flush_reference_cache()
         if strategies.is_partitioned(self.policy):

@@ -2,7 +2,7 @@
 
 With LoRA on the top decoder layers only (``LoraSettings.layers_to_transform``), the
 embeddings and the lower layers are a fixed function of the tokens. In the shared-prefix
-packed row (see :mod:`sdpo_lightning.packing`), a completion token attends only to the
+packed row (see :mod:`sdpo_lightning.scoring.packing`), a completion token attends only to the
 prompt and to its own completion, so its lower-layer activation does not depend on which
 other completions share the row. Hence the activations of ``[prompt, every candidate]``
 computed once per example serve every later packed row of that example — SFT (the target
@@ -40,8 +40,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdpo_lightning.models import decoder_of
-from sdpo_lightning.packing import (
+from sdpo_lightning.modeling.models import decoder_of
+from sdpo_lightning.scoring.logps import (
+    CompletionLogps,
+    PackedForward,
+    packed_token_logps,
+    trim_padding,
+)
+from sdpo_lightning.scoring.packing import (
     PACKED_ATTN_IMPLEMENTATIONS,
     attn_implementation,
     completion_src,
@@ -50,12 +56,6 @@ from sdpo_lightning.packing import (
     packed_attention_mask,
     ragged_pack,
     unpack_completions,
-)
-from sdpo_lightning.scoring import (
-    CompletionLogps,
-    PackedForward,
-    packed_token_logps,
-    trim_padding,
 )
 
 __all__ = ["TrunkCache", "frozen_layer_count", "lower_layers_identity"]

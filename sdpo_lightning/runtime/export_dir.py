@@ -1,10 +1,10 @@
 """Writing an export directory all at once: complete, or not there at all.
 
 :func:`atomic_directory` hands out a temporary sibling ``.<name>.partial-<pid>``; when the
-block ends without error it writes :data:`~sdpo_lightning.models.EXPORT_MARKER` (every file
+block ends without error it writes :data:`~sdpo_lightning.modeling.models.EXPORT_MARKER` (every file
 and its size, written last), fsyncs the files and the directory, and renames it to its final
 name. A process killed while writing leaves only the hidden partial directory, which holds
-:data:`~sdpo_lightning.models.EXPORT_IN_PROGRESS` so ``--model.source.init_adapter`` refuses it (and
+:data:`~sdpo_lightning.modeling.models.EXPORT_IN_PROGRESS` so ``--model.source.init_adapter`` refuses it (and
 which the next export of the same path removes).
 A previous export at the final path is replaced; any other directory found there is kept,
 renamed to ``<name>.replaced-<time>``.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from sdpo_lightning.models import EXPORT_IN_PROGRESS, EXPORT_MARKER
+from sdpo_lightning.modeling.models import EXPORT_IN_PROGRESS, EXPORT_MARKER
 
 log = logging.getLogger(__name__)
 

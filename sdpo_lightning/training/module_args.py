@@ -1,4 +1,4 @@
-"""The argument groups of :class:`~sdpo_lightning.module.SDPOModule`.
+"""The argument groups of :class:`~sdpo_lightning.training.module.SDPOModule`.
 
 Each group is a dataclass (rendered by LightningCLI / jsonargparse as a nested section of
 ``model:`` in ``--help`` and YAML, e.g. ``model.objective.beta``) that checks its own values in
@@ -116,7 +116,7 @@ class ScoringArgs:
             except full fine-tuning without a frozen copy, which needs ``full``).
         trunk_cache: serve the frozen lower decoder layers (below the lowest LoRA layer, see
             ``lora.layers_to_transform``) from activations computed once per example
-            (:mod:`sdpo_lightning.trunk_cache`); exact, shared-prefix scoring only.
+            (:mod:`sdpo_lightning.scoring.trunk_cache`); exact, shared-prefix scoring only.
         eval_trunk_dir: ``test``: keep the frozen lower decoder layers' activations of the test
             rows in this directory (one file per embedding + lower layers' weights, named by
             their digest): the first test computes and writes them, every later test of an
@@ -220,7 +220,7 @@ class OutputArgs:
     method: str | None = None
 
 
-#: The groups of :class:`~sdpo_lightning.module.SDPOModule`, by argument name (``lora`` and
+#: The groups of :class:`~sdpo_lightning.training.module.SDPOModule`, by argument name (``lora`` and
 #: ``hybrid``, settings of their own modules, are the other two arguments).
 GROUPS: dict[str, type] = {
     "source": ModelArgs,
