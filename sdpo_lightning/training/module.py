@@ -48,7 +48,8 @@ from sdpo_lightning.training.module_args import (
     as_group,
     plain_hparams,
 )
-from sdpo_lightning.training.objectives import preference_loss, reward_metrics, sft_loss
+from sdpo_lightning.training.objective_call import objective_loss
+from sdpo_lightning.training.objectives import reward_metrics, sft_loss
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class SDPOModule(pl.LightningModule):
         if h.source.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = policy.train()  # from_pretrained returns eval mode
-        if h.objective.is_preference and not is_peft(policy) and h.scoring.reference == "live":
+        if h.objective.needs_reference and not is_peft(policy) and h.scoring.reference == "live":
             ref = self._build_base().eval()
             ref.requires_grad_(False)
             self.reference_model = ref
@@ -198,7 +199,8 @@ class SDPOModule(pl.LightningModule):
 
     @property
     def is_preference(self) -> bool:
-        """Whether the objective compares the policy with a reference (every one but sft)."""
+        """Whether the objective compares the chosen item with negatives (every one but sft);
+        ``objective.needs_reference`` says whether it reads the reference too."""
         return self.hparams.objective.is_preference
 
     # ------------------------------------------------------------------ scoring
@@ -308,10 +310,9 @@ class SDPOModule(pl.LightningModule):
         else:
             scored = self.score(batch, ids, mask)
             pol = scored.logps  # (B, 1 + K)
-            ref = self._reference_for(batch)  # (B, 1 + K)
-            out = preference_loss(
-                obj.name, pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], obj.beta
-            )
+            # (B, 1 + K); reference-free objectives (simpo, softmax_simpo): no reference pass
+            ref = self._reference_for(batch) if obj.needs_reference else None
+            out = objective_loss(obj, pol, scored.n_tokens, ref)
             loss = out.losses.mean()
             metrics = {"loss": loss, **reward_metrics(out, pol[:, 0], pol[:, 1:])}
             if obj.sft_weight > 0:
@@ -422,7 +423,7 @@ class SDPOModule(pl.LightningModule):
         fresh build from the source), so a resumed run gets the same table."""
         dm = self.trainer.datamodule
         mining = dm is not None and dm.hparams.get("negative_sampling") in ("hard", "tempered")
-        if (self.is_preference and self.hparams.scoring.reference == "cached") or mining:
+        if (self.hparams.objective.needs_reference and self.hparams.scoring.reference == "cached") or mining:
             self.ref_cache = ReferenceCache.for_module(self)
 
     def on_fit_end(self) -> None:

@@ -19,9 +19,18 @@ from typing import Any, Literal, Mapping, TypeVar
 
 from sdpo_lightning.errors import ConfigError
 
-Objective = Literal["sft", "sdpo", "dpo", "dpo_k"]
-#: The objectives, in the order error messages list them.
-OBJECTIVE_NAMES: tuple[str, ...] = ("sft", "sdpo", "dpo", "dpo_k")
+Objective = Literal["sft", "sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k", "simpo",
+                    "softmax_simpo", "dynamicpo"]
+#: The objectives, in the order error messages list them (the registry of the preference ones:
+#: :data:`sdpo_lightning.training.objectives.OBJECTIVE_SPECS`).
+OBJECTIVE_NAMES: tuple[str, ...] = ("sft", "sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k",
+                                    "simpo", "softmax_simpo", "dynamicpo")
+#: Objectives that compare no reference: the module runs no reference pass for them.
+REFERENCE_FREE: tuple[str, ...] = ("sft", "simpo", "softmax_simpo")
+#: Pairwise objectives (exactly one negative) and what to use for K > 1.
+PAIRWISE: dict[str, str] = {"dpo": "dpo_k or sdpo", "ipo": "ipo_k", "simpo": "softmax_simpo"}
+#: Objectives that read ``token_mean``.
+TOKEN_MEAN_OBJECTIVES: tuple[str, ...] = ("ipo", "ipo_k", "simpo", "softmax_simpo")
 Dtype = Literal["float32", "bfloat16", "float16"]
 ScoringMode = Literal["shared_prefix", "naive"]
 ReferenceMode = Literal["live", "cached"]
@@ -72,35 +81,68 @@ class ModelArgs:
 
 @dataclass
 class ObjectiveArgs:
-    """The training objective.
+    """The training objective (formulas, sources and checks: ``docs/objectives.md``).
 
     Attributes:
-        name: ``sft`` | ``dpo`` | ``dpo_k`` | ``sdpo``.
-        beta: β of the implicit reward.
+        name: ``sft`` | ``sdpo`` | ``dpo`` | ``dpo_k`` | ``dmpo`` | ``ipo`` | ``ipo_k`` |
+            ``simpo`` | ``softmax_simpo`` | ``dynamicpo``. ``dpo``, ``ipo`` and ``simpo`` are
+            pairwise (``num_negatives`` 1); ``simpo`` and ``softmax_simpo`` are reference-free
+            (no reference pass, live or cached).
+        beta: β of the implicit reward (IPO: its τ, the target margin is 1/(2β)).
         sft_weight: λ ≥ 0 of the chosen completion's token-mean negative log-likelihood added
             to a preference loss (``loss = preference + λ·NLL(chosen)``, the "DPO + NLL" of
             RPO); 0, the default, is the paper's objective. Ignored by ``sft``.
-        num_negatives: K, negatives per example (``dpo`` needs 1); linked to the data module.
+        num_negatives: K, negatives per example (the pairwise ``dpo``, ``ipo``, ``simpo`` need
+            1); linked to the data module.
+        gamma: ``simpo`` / ``softmax_simpo``: target reward margin γ ≥ 0 (SimPO's code:
+            ``beta * gamma_beta_ratio``, its default 2.0 · 0.25 = 0.5). Ignored by the others.
+        token_mean: ``ipo`` / ``ipo_k`` / ``simpo`` / ``softmax_simpo``: compare token-mean
+            log-probs (log π(y)/|y|) instead of sums; unset: true for SimPO (its definition),
+            false for IPO (the paper's margin; TRL's IPO uses token means). Refused by the
+            other objectives.
+        dynamicpo_margin: ``dynamicpo``: the fixed margin m of its per-negative β (the code's 2).
+        dynamicpo_spread: ``dynamicpo``: s in [0, 1), β_j stays within β·(1 ± s) (the code's
+            0.5).
     """
 
     name: Objective = "sdpo"
     beta: float = 1.0
     sft_weight: float = 0.0
     num_negatives: int = 3
+    gamma: float = 0.5
+    token_mean: bool | None = None
+    dynamicpo_margin: float = 2.0
+    dynamicpo_spread: float = 0.5
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVE_NAMES:
             raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {self.name!r}")
-        if self.name == "dpo" and self.num_negatives != 1:
-            raise ValueError(f"objective 'dpo' is pairwise: num_negatives must be 1, got "
-                              f"{self.num_negatives} (use dpo_k or sdpo)")
+        if self.name in PAIRWISE and self.num_negatives != 1:
+            raise ValueError(f"objective {self.name!r} is pairwise: num_negatives must be 1, got "
+                             f"{self.num_negatives} (use {PAIRWISE[self.name]})")
         if not self.sft_weight >= 0.0:  # also rejects NaN
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight!r}")
+        if not (math.isfinite(self.gamma) and self.gamma >= 0.0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
+        if self.token_mean is not None and self.name not in TOKEN_MEAN_OBJECTIVES:
+            raise ValueError(f"token_mean applies to {TOKEN_MEAN_OBJECTIVES}, not {self.name!r}; "
+                             "leave it unset")
+        if not math.isfinite(self.dynamicpo_margin):
+            raise ValueError(f"dynamicpo_margin must be finite, got {self.dynamicpo_margin!r}")
+        if not 0.0 <= self.dynamicpo_spread < 1.0:
+            raise ValueError(f"dynamicpo_spread must be in [0, 1), got {self.dynamicpo_spread!r}")
 
     @property
     def is_preference(self) -> bool:
-        """Whether the objective compares the policy with a reference (every one but sft)."""
+        """Whether the objective compares a chosen item with negatives (every one but sft)."""
         return self.name != "sft"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the objective reads reference log-probs (not sft, simpo, softmax_simpo): the
+        module builds no frozen copy, opens no reference cache and runs no reference pass
+        otherwise."""
+        return self.name not in REFERENCE_FREE
 
 
 @dataclass

@@ -1,11 +1,17 @@
-"""Training objectives for S-DPO: softmax DPO, pairwise DPO, DPO over K negatives, and SFT.
+"""Training objectives: the registry of preference objectives, and S-DPO (softmax DPO), pairwise
+DPO, DPO over K negatives, and SFT.
 
-Every function here is a pure function on tensors of summed sequence log-probabilities; none
-of them knows about models, tokenisers or Lightning. Notation, following the S-DPO paper
-("On Softmax Direct Preference Optimization for Recommendation", NeurIPS 2024):
+Every objective is a pure function on tensors of summed sequence log-probabilities; none
+of them knows about models, tokenisers or Lightning. The successors of S-DPO live beside this
+module and are registered here: DMPO and IPO (:mod:`~sdpo_lightning.training.multi_negative`),
+DynamicPO (:mod:`~sdpo_lightning.training.dynamicpo`), SimPO and softmax SimPO
+(:mod:`~sdpo_lightning.training.reference_free`); ``docs/objectives.md`` gives each formula.
+Notation, following the S-DPO paper ("On Softmax Direct Preference Optimization for
+Recommendation", NeurIPS 2024):
 
 * ``p`` is the chosen (preferred) item and ``d_1 .. d_K`` are the K rejected (dispreferred) items.
-* The implicit reward of a completion ``y`` is ``r(y) = beta * (log pi_theta(y|x) - log pi_ref(y|x))``.
+* The implicit reward of a completion ``y`` is
+  ``r(y) = beta * (log pi_theta(y|x) - log pi_ref(y|x))``.
 
 Shapes use ``B`` for the batch size and ``K`` for the number of negatives per example.
 
@@ -15,116 +21,42 @@ float64 inputs stay float64. Losses keep their autograd graph; rewards are detac
 
 from __future__ import annotations
 
-from functools import reduce
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdpo_lightning.training.dynamicpo import dynamicpo_loss
+from sdpo_lightning.training.multi_negative import dmpo_loss, ipo_k_loss, ipo_loss
+from sdpo_lightning.training.objective_base import (
+    ObjectiveOutput,
+    check_beta,
+    compute_dtype,
+    implicit_rewards,
+)
+from sdpo_lightning.training.reference_free import simpo_loss, softmax_simpo_loss
+
 __all__ = [
     "OBJECTIVES",
+    "OBJECTIVE_SPECS",
     "ObjectiveOutput",
+    "ObjectiveSpec",
     "check_beta",
+    "dmpo_loss",
     "dpo_k_loss",
     "dpo_loss",
+    "dynamicpo_loss",
+    "ipo_k_loss",
+    "ipo_loss",
     "preference_loss",
     "reward_metrics",
     "sdpo_loss",
     "sft_loss",
+    "simpo_loss",
+    "softmax_simpo_loss",
 ]
-
-
-class ObjectiveOutput(NamedTuple):
-    """Result of a preference objective.
-
-    Attributes:
-        losses (Tensor): per-example losses, shape ``(B,)``, still attached to the autograd
-            graph. Reduce (e.g. ``.mean()``) before calling ``backward``.
-        chosen_rewards (Tensor): detached implicit rewards ``r(p)`` of the chosen items,
-            shape ``(B,)``.
-        rejected_rewards (Tensor): detached implicit rewards ``r(d_k)`` of the rejected items,
-            shape ``(B, K)``.
-    """
-
-    losses: Tensor
-    chosen_rewards: Tensor
-    rejected_rewards: Tensor
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """Return the dtype to compute in: the promoted input dtype, but never below float32."""
-    return reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
-
-
-def check_beta(beta: float) -> float:
-    """The DPO temperature ``beta`` as a float, checked.
-
-    Args:
-        beta: The value to check (anything ``float()`` accepts).
-
-    Returns:
-        ``float(beta)``.
-
-    Raises:
-        ValueError: unless it is finite and positive.
-    """
-    beta = float(beta)
-    if not (beta > 0.0 and beta < float("inf")):
-        raise ValueError(f"beta must be a finite positive number, got {beta!r}")
-    return beta
-
-
-def _prepare(
-    policy_chosen_logps: Tensor,
-    policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
-    beta: float,
-) -> tuple[Tensor, Tensor]:
-    """Validate shapes and return the rewards ``r(p)`` of shape (B,) and ``r(d)`` of shape (B, K).
-
-    The returned rewards are attached to the graph (they are the logits of the losses);
-    callers detach copies for logging.
-    """
-    beta = check_beta(beta)
-    if policy_chosen_logps.dim() != 1:
-        raise ValueError(
-            "policy_chosen_logps must have shape (B,), got "
-            f"{tuple(policy_chosen_logps.shape)}"
-        )
-    if policy_rejected_logps.dim() != 2:
-        raise ValueError(
-            "policy_rejected_logps must have shape (B, K), got "
-            f"{tuple(policy_rejected_logps.shape)}"
-        )
-    batch, n_neg = policy_rejected_logps.shape
-    if policy_chosen_logps.shape[0] != batch:
-        raise ValueError(
-            f"batch sizes differ: policy_chosen_logps has {policy_chosen_logps.shape[0]}, "
-            f"policy_rejected_logps has {batch}"
-        )
-    if n_neg < 1:
-        raise ValueError("policy_rejected_logps must hold at least one negative (K >= 1)")
-    if ref_chosen_logps.shape != policy_chosen_logps.shape:
-        raise ValueError(
-            f"ref_chosen_logps shape {tuple(ref_chosen_logps.shape)} does not match "
-            f"policy_chosen_logps shape {tuple(policy_chosen_logps.shape)}"
-        )
-    if ref_rejected_logps.shape != policy_rejected_logps.shape:
-        raise ValueError(
-            f"ref_rejected_logps shape {tuple(ref_rejected_logps.shape)} does not match "
-            f"policy_rejected_logps shape {tuple(policy_rejected_logps.shape)}"
-        )
-
-    dtype = _compute_dtype(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
-    )
-    # (B,)
-    chosen_rewards = beta * (policy_chosen_logps.to(dtype) - ref_chosen_logps.to(dtype))
-    # (B, K)
-    rejected_rewards = beta * (policy_rejected_logps.to(dtype) - ref_rejected_logps.to(dtype))
-    return chosen_rewards, rejected_rewards
 
 
 def sft_loss(logps_sum: Tensor, n_tokens: Tensor) -> Tensor:
@@ -149,7 +81,7 @@ def sft_loss(logps_sum: Tensor, n_tokens: Tensor) -> Tensor:
             "sft_loss expects logps_sum and n_tokens of the same shape (B,), got "
             f"{tuple(logps_sum.shape)} and {tuple(n_tokens.shape)}"
         )
-    dtype = _compute_dtype(logps_sum)
+    dtype = compute_dtype(logps_sum)
     # (B,)
     denom = n_tokens.to(device=logps_sum.device, dtype=dtype).clamp_min(1.0)
     return -logps_sum.to(dtype) / denom
@@ -193,7 +125,7 @@ def sdpo_loss(
     Raises:
         ValueError: on malformed shapes or a non-positive ``beta``.
     """
-    chosen_rewards, rejected_rewards = _prepare(
+    chosen_rewards, rejected_rewards = implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
     # (B, K)
@@ -238,7 +170,7 @@ def dpo_loss(
         policy_rejected_logps = policy_rejected_logps.unsqueeze(-1)
     if ref_rejected_logps.dim() == 1:
         ref_rejected_logps = ref_rejected_logps.unsqueeze(-1)
-    chosen_rewards, rejected_rewards = _prepare(
+    chosen_rewards, rejected_rewards = implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
     # (B,)
@@ -270,7 +202,7 @@ def dpo_k_loss(
     Raises:
         ValueError: on malformed shapes or a non-positive ``beta``.
     """
-    chosen_rewards, rejected_rewards = _prepare(
+    chosen_rewards, rejected_rewards = implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
     )
     # (B, K)
@@ -280,13 +212,49 @@ def dpo_k_loss(
     return ObjectiveOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
 
 
-PreferenceObjective = Callable[[Tensor, Tensor, Tensor, Tensor, float], ObjectiveOutput]
+PreferenceObjective = Callable[..., ObjectiveOutput]
+"""``fn(policy_chosen_logps (B,), policy_rejected_logps (B, K), ref_chosen_logps (B,),
+ref_rejected_logps (B, K), beta, **options) -> ObjectiveOutput``; the reference arguments of a
+reference-free objective are ignored (may be ``None``)."""
+
+
+class ObjectiveSpec(NamedTuple):
+    """How a registered preference objective is called.
+
+    Attributes:
+        fn: the objective (:data:`PreferenceObjective`).
+        reference: whether it reads the reference log-probs (False: reference-free, the module
+            runs no reference pass).
+        pairwise: whether it takes exactly one negative (``K = 1``).
+        options: the keyword options it takes beyond the common five arguments.
+    """
+
+    fn: PreferenceObjective
+    reference: bool
+    pairwise: bool
+    options: tuple[str, ...] = ()
+
+
+_LENGTHS = ("chosen_lengths", "rejected_lengths")
+
+OBJECTIVE_SPECS: dict[str, ObjectiveSpec] = {
+    "sdpo": ObjectiveSpec(sdpo_loss, reference=True, pairwise=False),
+    "dpo": ObjectiveSpec(dpo_loss, reference=True, pairwise=True),
+    "dpo_k": ObjectiveSpec(dpo_k_loss, reference=True, pairwise=False),
+    "dmpo": ObjectiveSpec(dmpo_loss, reference=True, pairwise=False),
+    "ipo": ObjectiveSpec(ipo_loss, reference=True, pairwise=True, options=_LENGTHS),
+    "ipo_k": ObjectiveSpec(ipo_k_loss, reference=True, pairwise=False, options=_LENGTHS),
+    "simpo": ObjectiveSpec(simpo_loss, reference=False, pairwise=True,
+                           options=(*_LENGTHS, "gamma")),
+    "softmax_simpo": ObjectiveSpec(softmax_simpo_loss, reference=False, pairwise=False,
+                                   options=(*_LENGTHS, "gamma")),
+    "dynamicpo": ObjectiveSpec(dynamicpo_loss, reference=True, pairwise=False,
+                               options=("margin", "spread", "clusters")),
+}
+"""Preference objectives by name, with how each is called (:class:`ObjectiveSpec`)."""
 
 OBJECTIVES: dict[str, PreferenceObjective] = {
-    "sdpo": sdpo_loss,
-    "dpo": dpo_loss,
-    "dpo_k": dpo_k_loss,
-}
+    name: spec.fn for name, spec in OBJECTIVE_SPECS.items()}
 """Preference objectives by name. ``sft`` is separate (:func:`sft_loss`): it needs no negatives."""
 
 
@@ -294,34 +262,45 @@ def preference_loss(
     name: str,
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor | None,
+    ref_rejected_logps: Tensor | None,
     beta: float,
+    **options: Any,
 ) -> ObjectiveOutput:
     """Dispatch to the preference objective registered under ``name`` in :data:`OBJECTIVES`.
 
     Args:
-        name (str): one of ``"sdpo"``, ``"dpo"``, ``"dpo_k"``.
+        name (str): a key of :data:`OBJECTIVE_SPECS` (``sdpo``, ``dpo``, ``dpo_k``, ``dmpo``,
+            ``ipo``, ``ipo_k``, ``simpo``, ``softmax_simpo``, ``dynamicpo``).
         policy_chosen_logps (Tensor): shape ``(B,)``.
-        policy_rejected_logps (Tensor): shape ``(B, K)`` (``(B,)`` or ``(B, 1)`` for ``dpo``).
-        ref_chosen_logps (Tensor): shape ``(B,)``.
-        ref_rejected_logps (Tensor): same shape as ``policy_rejected_logps``.
+        policy_rejected_logps (Tensor): shape ``(B, K)`` (``(B,)`` or ``(B, 1)`` for the
+            pairwise ``dpo``, ``ipo``, ``simpo``).
+        ref_chosen_logps (Tensor | None): shape ``(B,)``; ``None`` for a reference-free
+            objective.
+        ref_rejected_logps (Tensor | None): same shape as ``policy_rejected_logps``.
         beta (float): temperature of the implicit reward, ``> 0``.
+        **options: the objective's own keyword options (its spec's ``options``, e.g. the token
+            counts and ``gamma`` of SimPO).
 
     Returns:
         ObjectiveOutput: see the chosen objective.
 
     Raises:
-        ValueError: if ``name`` is not a registered objective.
+        ValueError: if ``name`` is not a registered objective, or an option is not one it takes.
     """
     try:
-        fn = OBJECTIVES[name]
+        spec = OBJECTIVE_SPECS[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown preference objective {name!r}; expected one of {sorted(OBJECTIVES)} "
             "(for supervised fine-tuning use sft_loss)"
         ) from None
-    return fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"objective {name!r} takes no option {unknown[0]!r}; its options: "
+                         f"{list(spec.options)}")
+    return spec.fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps, beta, **options)
 
 
 @torch.no_grad()

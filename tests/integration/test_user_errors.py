@@ -107,7 +107,8 @@ def test_beta_not_finite_positive_in_a_config(capsys, cfg, tmp_path, value):
 def test_unknown_objective(capsys, cfg):
     line = _error_line(capsys, "fit", "-c", str(cfg), "--model.objective.name", "sdpoo")
     assert line == ("sdpo: error: Parser key \"model.objective.name\": Expected a "
-                    "typing.Literal['sft', 'sdpo', 'dpo', 'dpo_k']. Got value: sdpoo "
+                    "typing.Literal['sft', 'sdpo', 'dpo', 'dpo_k', 'dmpo', 'ipo', 'ipo_k', "
+                    "'simpo', 'softmax_simpo', 'dynamicpo']. Got value: sdpoo "
                     "(see `sdpo fit --help`)")
 
 

@@ -31,7 +31,11 @@ def test_every_flat_key_has_a_new_place():
         assert name in {f.name for f in dataclasses.fields(GROUPS[group])}, key
     assert FLAT_KEYS["objective"] == ("objective", "name")
     assert FLAT_KEYS["beta"] == ("objective", "beta")
-    assert len(FLAT_KEYS) == 34  # every flat argument of the earlier signature but lora, hybrid
+    # every flat argument of the earlier signature but lora, hybrid (34), and the objective
+    # fields added since, whose flat form is refused with their place too
+    assert len(FLAT_KEYS) == 34 + len({"gamma", "token_mean", "dynamicpo_margin",
+                                      "dynamicpo_spread"})
+    assert FLAT_KEYS["gamma"] == ("objective", "gamma")
 
 
 def test_format_type_uses_yaml_words():

@@ -18,8 +18,9 @@ from sdpo_lightning.training.module_args import (
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: ObjectiveArgs(name="sdpoo"), "objective must be one of ('sft', 'sdpo', 'dpo', 'dpo_k'), "
-                                          "got 'sdpoo'"),
+    (lambda: ObjectiveArgs(name="sdpoo"), "objective must be one of ('sft', 'sdpo', 'dpo', "
+                                          "'dpo_k', 'dmpo', 'ipo', 'ipo_k', 'simpo', "
+                                          "'softmax_simpo', 'dynamicpo'), got 'sdpoo'"),
     (lambda: ObjectiveArgs(name="dpo", num_negatives=3), "objective 'dpo' is pairwise: num_negatives "
                                                           "must be 1, got 3 (use dpo_k or sdpo)"),
     (lambda: ScoringArgs(mode="fast"), "scoring must be 'shared_prefix' or 'naive', got 'fast'"),

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from sdpo_lightning.training.objectives import (
+    OBJECTIVE_SPECS,
     OBJECTIVES,
     ObjectiveOutput,
     dpo_k_loss,
@@ -226,10 +227,11 @@ class TestDPO:
             [dpo_loss(pc, pr[:, k], rc, rr[:, k], beta).losses for k in range(4)], dim=1
         )
         assert_close(out.losses, pairwise.mean(dim=1))
-        # With K = 1 all three objectives coincide.
-        one = [OBJECTIVES[n](pc, pr[:, :1], rc, rr[:, :1], beta).losses for n in OBJECTIVES]
-        assert_close(one[0], one[1])
-        assert_close(one[0], one[2])
+        # With K = 1 the three log-sigmoid objectives of the paper (and DMPO) coincide.
+        names = ("sdpo", "dpo", "dpo_k", "dmpo")
+        one = [OBJECTIVES[n](pc, pr[:, :1], rc, rr[:, :1], beta).losses for n in names]
+        for other in one[1:]:
+            assert_close(one[0], other)
 
     def test_dpo_k_extreme_margins_finite(self):
         pc = torch.zeros(2, requires_grad=True)
@@ -245,14 +247,16 @@ class TestRewardMetrics:
         pc, pr, rc, rr = _random_inputs(3, 2)
         pc.requires_grad_(True)
         pr.requires_grad_(True)
-        for name in OBJECTIVES:
-            out = preference_loss(name, pc, pr[:, :1] if name == "dpo" else pr, rc,
-                                  rr[:, :1] if name == "dpo" else rr, 1.0)
+        for name, spec in OBJECTIVE_SPECS.items():
+            k = 1 if spec.pairwise else 2
+            options = {"chosen_lengths": torch.ones(3), "rejected_lengths": torch.ones(3, k)} \
+                if "gamma" in spec.options else {}
+            out = preference_loss(name, pc, pr[:, :k], rc, rr[:, :k], 1.0, **options)
             assert isinstance(out, ObjectiveOutput)
             assert out.losses.requires_grad
             assert not out.chosen_rewards.requires_grad
             assert not out.rejected_rewards.requires_grad
-            metrics = reward_metrics(out, pc, pr)
+            metrics = reward_metrics(out, pc, pr[:, :k])
             assert all(not v.requires_grad and v.dim() == 0 for v in metrics.values())
 
     def test_accuracy_requires_beating_every_negative(self):
@@ -309,8 +313,29 @@ class TestSFT:
 
 class TestRegistry:
     def test_registry_names(self):
-        assert set(OBJECTIVES) == {"sdpo", "dpo", "dpo_k"}
+        assert set(OBJECTIVES) == {"sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k", "simpo",
+                                   "softmax_simpo", "dynamicpo"}
         assert OBJECTIVES["sdpo"] is sdpo_loss
+        assert all(OBJECTIVES[n] is spec.fn for n, spec in OBJECTIVE_SPECS.items())
+
+    def test_registry_matches_the_settings(self):
+        """The objective names, the reference-free and the pairwise ones of ObjectiveArgs are
+        those of the registry (module_args keeps its own lists: it imports no torch)."""
+        from sdpo_lightning.training.module_args import OBJECTIVE_NAMES, PAIRWISE, REFERENCE_FREE
+
+        assert set(OBJECTIVE_NAMES) == set(OBJECTIVES) | {"sft"}
+        assert set(REFERENCE_FREE) == {n for n, s in OBJECTIVE_SPECS.items() if not s.reference} \
+            | {"sft"}
+        assert set(PAIRWISE) == {n for n, s in OBJECTIVE_SPECS.items() if s.pairwise}
+
+    def test_dispatch_options(self):
+        """Options reach the objective; one it does not take is refused by name."""
+        pc, pr, rc, rr = _random_inputs(4, 1)
+        n = {"chosen_lengths": torch.full((4,), 2), "rejected_lengths": torch.full((4, 1), 2)}
+        assert_close(preference_loss("ipo", pc, pr, rc, rr, 1.0, **n).losses,
+                     OBJECTIVES["ipo"](pc, pr, rc, rr, 1.0, **n).losses)
+        with pytest.raises(ValueError, match="objective 'sdpo' takes no option 'gamma'"):
+            preference_loss("sdpo", pc, pr, rc, rr, 1.0, gamma=0.5)
 
     def test_dispatch(self):
         pc, pr, rc, rr = _random_inputs(4, 3)
@@ -319,7 +344,7 @@ class TestRegistry:
             sdpo_loss(pc, pr, rc, rr, 1.0).losses,
         )
 
-    @pytest.mark.parametrize("name", ["ipo", "SDPO", "", "sft"])
+    @pytest.mark.parametrize("name", ["kto", "SDPO", "", "sft"])
     def test_unknown_objective(self, name):
         pc, pr, rc, rr = _random_inputs(2, 2)
         with pytest.raises(ValueError, match="unknown preference objective"):
