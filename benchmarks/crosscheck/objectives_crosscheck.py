@@ -10,7 +10,8 @@ losses and of their gradients with respect to every input. A check passes at <= 
 
 DynamicPO's fallback (no negative reaches the chosen item) clusters with scikit-learn's
 ``KMeans`` as its code does; without scikit-learn those rows are skipped and said so
-(``pip install --target /tmp/skl scikit-learn`` and ``PYTHONPATH=/tmp/skl`` run them).
+(``pip install --target /tmp/skl "scikit-learn==1.5.1"``, the version DynamicPO pins, and
+``PYTHONPATH=/tmp/skl`` run them).
 Exit status 1 when a check fails. Results and the repositories read: docs/objectives.md.
 """
 
