@@ -92,11 +92,11 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["mode"] == "old":
         if cfg["score_all"]:
             with module.reference_scorer() as ref:
-                score_dataset(module, ds, 8, tok.pad_token_id, *ref)
+                score_dataset(module.reference_source(), ds, 8, tok.pad_token_id, *ref)
             out["cache_s"] = time.perf_counter() - t1
         cache = ReferenceCache({"fit": torch.zeros(len(ds), 20)})
     else:
-        cache = ReferenceCache.open(module, dm, root, splits=("fit",))
+        cache = ReferenceCache.open(module.reference_source(), dm, root, splits=("fit",))
     opt = torch.optim.AdamW([p for p in module.policy.parameters() if p.requires_grad], lr=1e-4)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
     steps, step_s, cache_s = cfg["steps"], [], 0.0
@@ -104,7 +104,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
         batch = collate([ds[i] for i in order[s * bs:(s + 1) * bs]])
         c = time.perf_counter()
-        scores = cache.scores_for(module, "fit", batch) if cfg["mode"] == "new" else cache.tables["fit"][batch["index"]]
+        scores = cache.scores_for(module.reference_source(), "fit", batch) if cfg["mode"] == "new" else cache.tables["fit"][batch["index"]]
         cache_s += time.perf_counter() - c
         batch = select_completions(batch, negative_indices(batch, k, "random", 0, 0))
         ref = torch.gather(scores, 1, batch["completion_index"])

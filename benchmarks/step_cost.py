@@ -117,7 +117,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     if cached:
         with tempfile.TemporaryDirectory() as root:
             t0 = time.perf_counter()
-            module.ref_cache = ReferenceCache.build(module, dm, root, batch_size=cfg["batch_size"], splits=("fit",))
+            module.ref_cache = ReferenceCache.build(module.reference_source(), dm, root, batch_size=cfg["batch_size"], splits=("fit",))
             result["cache_build_s"] = time.perf_counter() - t0
             assert module.ref_cache.stats["fit"]["hit"] is False
     result.update(timed(lambda: our_step(module, batch, cfg["kind"], cached), zero_grad, cfg["repeats"], cfg["budget"]))

@@ -182,7 +182,7 @@ def eval_pass(module: Any, bs: list[dict[str, Any]], protocols: list[str], one_p
 
     ev = Evaluator("test", protocols, one_pass=one_pass)
     with autocast(bf16):
-        return [r for b in bs for r in ev.update(module, b)]
+        return [r for b in bs for r in ev.update(module.eval_model(), b)]
 
 
 def agreement(a: list[dict], b: list[dict]) -> str:

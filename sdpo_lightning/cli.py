@@ -38,6 +38,8 @@ class SDPOCLI(LightningCLI):
     """LightningCLI with the project's defaults.
 
     * ``model.objective.num_negatives`` is passed on to ``data.num_negatives``;
+    * the data module is connected to the model's tokenizer and item table
+      (:meth:`RecDataModule.connect`) once both are built;
     * a key of the flat ``model:`` layout of earlier versions (``model.beta``), in a config
       file or on the command line, raises :class:`ConfigError` naming its new place
       (``model.objective.beta``); the flat hyperparameters of an old ``--ckpt_path`` are
@@ -156,6 +158,7 @@ class SDPOCLI(LightningCLI):
             raise
         except (ValueError, OSError) as err:
             raise ConfigError(f"invalid configuration: {err}") from err
+        self.datamodule.connect(self.model.tokenizer, self.model.item_table)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("model.objective.num_negatives", "data.num_negatives")

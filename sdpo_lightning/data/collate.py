@@ -1,8 +1,9 @@
 """Datasets of encoded examples, the collate factory, and completion selection.
 
-A collated batch holds every candidate of every example; the alignment stage then picks the
-chosen completion and K negatives out of it (:func:`select_completions`), on the main
-process, so negative sampling can use the epoch and the reference scores.
+A collated batch holds every candidate of every example; the LightningModule then picks the
+chosen completion and K negatives out of it (:func:`select_completions`, with the indices of a
+:class:`~sdpo_lightning.training.negatives.NegativeSelector`), on the main process, so negative
+sampling can use the epoch and the reference scores.
 
 Batch keys (tensors unless noted):
     index (B,), target_index (B,), token_digest (B,) (64-bit hash of the example's ids),

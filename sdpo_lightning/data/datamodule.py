@@ -1,4 +1,9 @@
-"""``RecDataModule``: candidate-list files → tokenized batches, with negative sampling."""
+"""``RecDataModule``: candidate-list files → tokenized batches of every candidate.
+
+The data module knows nothing of the model: the tokenizer (and the item table of hybrid
+prompts) is handed to it by :meth:`RecDataModule.connect`, and the negatives of each batch are
+picked by the LightningModule (:mod:`sdpo_lightning.training.negatives`) with the settings the
+data module carries (:attr:`RecDataModule.sampling`)."""
 
 from __future__ import annotations
 
@@ -8,24 +13,16 @@ from collections import Counter
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sdpo_lightning.data.collate import (
-    RecDataset,
-    make_collate,
-    negative_indices,
-    select_completions,
-)
+from sdpo_lightning.data.collate import RecDataset, make_collate
 from sdpo_lightning.data.compact import load_compact
-from sdpo_lightning.data.negatives import STRATEGIES
+from sdpo_lightning.data.negatives import STRATEGIES, NegativeSampling
 from sdpo_lightning.data.prompts import EncodedExample, PromptBuilder
 from sdpo_lightning.data.records import Example
 from sdpo_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-VAL_EPOCH = -1  # validation negatives are drawn once, with this fixed "epoch"
 
 
 def _encode(prompts: PromptBuilder, tokenizer: Any, max_length: int, title_ids: dict[str, list[int]],
@@ -44,14 +41,18 @@ def _check_counts(**counts: int | None) -> None:
 
 
 class RecDataModule(pl.LightningDataModule):
-    """Reads candidate-list files, builds prompts, tokenizes, batches and samples negatives.
+    """Reads candidate-list files, builds prompts, tokenizes and batches every candidate.
 
     Splits are held compactly and tokenized lazily (on ``dataset[i]``), so ``setup`` costs
     one streaming read of each file and the first step comes at once even for 77k rows.
 
-    The tokenizer is the LightningModule's (``trainer.lightning_module.tokenizer``) unless
-    set on this object before ``setup``; so is the item table of hybrid prompts
-    (``lightning_module.item_table``, see :mod:`sdpo_lightning.modeling.hybrid`).
+    The tokenizer, and the item table of hybrid prompts (see
+    :mod:`sdpo_lightning.modeling.hybrid`), come in through :meth:`connect`, before ``setup``:
+    the ``sdpo`` command connects the model's; a script calls
+    ``dm.connect(module.tokenizer, module.item_table)`` before handing both to a Trainer.
+
+    Batches hold all candidates; the negative-sampling settings below are carried as
+    :attr:`sampling` for the LightningModule, which picks each batch's K negatives.
 
     Args:
         train_file: training candidate-list file (``.json`` or ``.jsonl``).
@@ -59,8 +60,10 @@ class RecDataModule(pl.LightningDataModule):
         test_file: test file (generation and ranking evaluation).
         predict_file: file for ``predict``.
         prompt_templates: preset (``movies``, ``music``, ``books``), a template, or a list.
-        num_negatives: K, negatives per example for DPO / S-DPO.
-        negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered``.
+        num_negatives: K, negatives per example for DPO / S-DPO (every example needs K + 1
+            candidates).
+        negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered`` (training;
+            validation negatives are random, drawn once).
         temperature: temperature of ``tempered`` sampling.
         batch_size: training batch size (examples).
         eval_batch_size: validation / test batch size (default: ``batch_size``).
@@ -104,26 +107,37 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
         self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
-        self.tokenizer: Any = None
-        self.item_table: Any = None  # hybrid prompts: the module's ItemTable (or set before setup)
+        self.tokenizer: Any = None  # see connect()
+        self.item_table: Any = None  # hybrid prompts: an ItemTable (see connect())
         self.datasets: dict[str, RecDataset] = {}
         self._title_ids: dict[str, list[int]] = {}
         self.popularity: Counter = Counter()  # target counts of the training split
 
+    # ---------------------------------------------------------------- collaborators
+    def connect(self, tokenizer: Any, item_table: Any = None) -> None:
+        """Hand in what prompts are encoded with: call before ``setup``.
+
+        Args:
+            tokenizer: the model's tokenizer (a ``transformers`` tokenizer).
+            item_table: the :class:`~sdpo_lightning.modeling.hybrid.ItemTable` of hybrid
+                prompts (each title followed by its item token), or ``None`` for text prompts.
+        """
+        self.tokenizer = tokenizer
+        self.item_table = item_table
+
+    @property
+    def sampling(self) -> NegativeSampling:
+        """The negative-sampling settings (``num_negatives``, ``negative_sampling``,
+        ``temperature``, ``seed``) for whoever picks the negatives."""
+        hp = self.hparams
+        return NegativeSampling(hp.negative_sampling, hp.num_negatives, hp.seed, hp.temperature)
+
     # ---------------------------------------------------------------- loading
     def _tokenizer(self) -> Any:
         if self.tokenizer is None:
-            module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
-            self.tokenizer = getattr(module, "tokenizer", None)
-        if self.tokenizer is None:
-            raise RuntimeError("RecDataModule needs a tokenizer: set dm.tokenizer or attach a module")
+            raise RuntimeError("RecDataModule has no tokenizer: call dm.connect(tokenizer, item_table) "
+                               "before setup (the sdpo command connects the model's)")
         return self.tokenizer
-
-    def _item_table(self) -> Any:
-        """The attached module's item table (hybrid prompts), or ``None`` (text prompts)."""
-        if self.item_table is None and self.trainer is not None:
-            self.item_table = getattr(getattr(self.trainer, "lightning_module", None), "item_table", None)
-        return self.item_table
 
     def load_split(self, split: str, path: str, min_candidates: int) -> RecDataset:
         """Read and validate one file into a dataset that tokenizes lazily.
@@ -146,7 +160,7 @@ class RecDataModule(pl.LightningDataModule):
         if split == "fit":
             self.popularity = examples.target_counts()
         encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path),
-                                   self._item_table())
+                                   self.item_table)
         return RecDataset(examples, encode, popularity=self.popularity if split == "fit" else None)
 
     def setup(self, stage: str | None = None) -> None:
@@ -235,28 +249,11 @@ class RecDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", False, self._eval_bs)
 
-    # ---------------------------------------------------------------- negatives
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Pick the chosen completion and K negatives for training and validation batches."""
-        trainer = self.trainer
-        if trainer is None or not (trainer.training or trainer.validating or trainer.sanity_checking):
-            return batch
-        k = self.hparams.num_negatives
-        if trainer.training:
-            strategy, epoch = self.hparams.negative_sampling, trainer.current_epoch
-        else:
-            strategy, epoch = "random", VAL_EPOCH
-        scores = None
-        if strategy in ("hard", "tempered"):
-            scores = trainer.lightning_module.reference_candidate_scores(batch)
-        neg = negative_indices(batch, k, strategy, self.hparams.seed, epoch, scores, self.hparams.temperature)
-        return select_completions(batch, neg)
-
-    def negatives_for(self, split: str, indices: Sequence[int], epoch: int) -> torch.Tensor:
-        """The negatives a split's examples get in an epoch (for inspection and tests)."""
-        batch = make_collate(self._tokenizer().pad_token_id)([self.datasets[split][i] for i in indices])
-        strategy = self.hparams.negative_sampling if split == "fit" else "random"
-        return negative_indices(batch, self.hparams.num_negatives, strategy, self.hparams.seed, epoch)
+    # ---------------------------------------------------------------- inspection
+    def collated(self, split: str, indices: Sequence[int]) -> dict[str, Any]:
+        """The batch of a split's examples ``indices``, as the loaders collate it (every
+        candidate; for inspection and tests)."""
+        return make_collate(self._tokenizer().pad_token_id)([self.datasets[split][i] for i in indices])
 
 
 class ResumableSampler(DistributedSampler):

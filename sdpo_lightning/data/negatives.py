@@ -11,17 +11,53 @@ Strategies:
     hard:       the K candidates the reference scores highest (needs reference scores).
     tempered:   without replacement from ``softmax(score / temperature)`` (Gumbel top-k);
                 temperature → 0 is ``hard``, → ∞ is ``random``.
+
+These are the draws; which examples get them, and with whose scores, is decided where the
+policy and the reference are at hand (:mod:`sdpo_lightning.training.negatives`). The data
+module only carries the settings (:class:`NegativeSampling`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Iterable, Sequence
 
 import torch
 
 STRATEGIES = ("random", "popularity", "hard", "tempered")
+#: the strategies that rank candidates by the reference's scores
+REFERENCE_STRATEGIES = ("hard", "tempered")
 _MASK = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativeSampling:
+    """How K negatives are drawn: the data module's ``num_negatives``, ``negative_sampling``,
+    ``temperature`` and ``seed`` settings (:attr:`RecDataModule.sampling
+    <sdpo_lightning.data.datamodule.RecDataModule.sampling>`).
+
+    Args:
+        strategy: one of :data:`STRATEGIES` (training; validation always draws ``random``).
+        k: negatives per example.
+        seed: seeds every draw, with the epoch and the example index.
+        temperature: softmax temperature of ``tempered``.
+    """
+
+    strategy: str = "random"
+    k: int = 3
+    seed: int = 0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"negative_sampling must be one of {STRATEGIES}, got {self.strategy!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the strategy ranks candidates by the reference's scores."""
+        return self.strategy in REFERENCE_STRATEGIES
 
 
 def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:

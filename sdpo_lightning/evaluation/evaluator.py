@@ -24,7 +24,8 @@ earlier path (``model.generate`` for generation, then a separate ranking pass) a
 
 The model side comes in as an :class:`EvalModel` (the policy, its tokenizer, the settings, the
 optional trunk and scorer), the processes as a :class:`~sdpo_lightning.runtime.processes.Processes`:
-no LightningModule (:meth:`EvalModel.from_module` adapts one).
+never the LightningModule (:meth:`SDPOModule.eval_model
+<sdpo_lightning.training.module.SDPOModule.eval_model>` builds an ``EvalModel``).
 """
 
 from __future__ import annotations
@@ -94,32 +95,12 @@ class EvalModel:
     trunk: Callable[[], TrunkCache | None] | None = None
     score: Callable[[dict[str, Any]], CompletionLogps] | None = None
 
-    @classmethod
-    def from_module(cls, module: Any) -> EvalModel:
-        """The adapter of a LightningModule (``policy``, ``tokenizer``, ``hparams``, ``score``
-        and an optional ``eval_trunk``), read now: build it where it is used."""
-        settings = module.hparams.eval
-
-        def score(batch: dict[str, Any]) -> CompletionLogps:
-            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
-            return module.score(batch, ids, mask, mode="shared_prefix")
-
-        return cls(model=module.policy, tokenizer=module.tokenizer,
-                   max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
-                   length_normalize=settings.length_normalize,
-                   trunk=getattr(module, "eval_trunk", None), score=score)
-
-
-def as_eval_model(model: EvalModel | Any) -> EvalModel:
-    """``model`` itself, or the adapter of a LightningModule (:meth:`EvalModel.from_module`)."""
-    return model if isinstance(model, EvalModel) else EvalModel.from_module(model)
-
 
 @torch.no_grad()
 def generate_answers(model: EvalModel, batch: dict[str, Any]) -> list[str]:
     """Greedy answers (decoded completion text) of the batch's prompts by ``model.generate``
     (the reference path)."""
-    ctx = as_eval_model(model)
+    ctx = model
     tok, policy = ctx.tokenizer, ctx.model
     prompt = batch["prompt_input_ids"]  # (B, P)
     kwargs: dict[str, Any] = dict(
@@ -306,7 +287,7 @@ def run_protocols(model: EvalModel, batch: dict[str, Any], names: Sequence[str])
     unknown = sorted(set(names) - set(PROTOCOLS))
     if unknown:
         raise KeyError(f"unknown evaluation protocols {unknown}; registered: {sorted(PROTOCOLS)}")
-    ctx = as_eval_model(model)
+    ctx = model
     chosen = {name: p for name, p in PROTOCOLS.items() if name in names}
     was_training = ctx.model.training
     ctx.model.eval()
@@ -327,7 +308,7 @@ def one_pass_outputs(
     the first non-blank line, when ``generation``; ``scores`` as ``module.score(batch,
     candidates, mode="shared_prefix")`` when ``ranking``.
     """
-    ctx = as_eval_model(model)
+    ctx = model
     gen = generation_protocol(ctx.constrained)
     names = [n for n, on in (("ranking", ranking), (gen, generation)) if on]
     out = run_protocols(ctx, batch, names)
@@ -362,11 +343,10 @@ class Evaluator(nn.Module):
         ``correct`` / ``target_rank``, and leaves the metrics alone.
 
         Args:
-            model: the model side (a LightningModule is adapted by
-                :meth:`EvalModel.from_module`).
+            model: the model side.
             batch: the collated batch.
         """
-        ctx = as_eval_model(model)
+        ctx = model
         recs = [
             {"index": int(i), "target": t, "prompt": p}
             for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
@@ -458,7 +438,8 @@ class Evaluator(nn.Module):
 
         Args:
             out_dir: where the files go.
-            meta: the run's summary metadata (:func:`run_meta`); ``predictions`` is added.
+            meta: the run's summary metadata (``run``, ``method``, ``dataset``, ``data_file``,
+                ``model``); ``predictions`` is added.
             processes: the processes (every one's records are gathered; rank 0 writes).
 
         Returns:
@@ -474,16 +455,3 @@ class Evaluator(nn.Module):
         log.info("wrote %s and %s", pred, out_dir / "summary.json")
         return summary
 
-
-def run_meta(module: Any) -> dict[str, Any]:
-    """The summary metadata of a LightningModule's run (the adapter of
-    :meth:`Evaluator.write_reports`): run and method names, data set and file, model."""
-    h, trainer = module.hparams, module.trainer
-    data_file = getattr(getattr(trainer, "datamodule", None), "files", {}).get("test")
-    return {
-        "run": h.output.run_name or Path(trainer.default_root_dir).name,
-        "method": h.output.method or h.objective.name,
-        "dataset": Path(data_file).parent.name if data_file else "unknown",
-        "data_file": data_file,
-        "model": h.source.model_name_or_path or "tiny-llama",
-    }

@@ -36,8 +36,9 @@ Two ways to fill the table (``model.scoring.reference_cache_build``):
   the shares are all-gathered; global rank 0 writes the file.
 
 The model side comes in as a :class:`ReferenceSource`: a scorer of every candidate of a batch,
-the reference's identity, the device and the processes (no LightningModule;
-:meth:`ReferenceSource.from_module` adapts one).
+the reference's identity, the device and the processes — never the LightningModule
+(:meth:`SDPOModule.reference_source <sdpo_lightning.training.module.SDPOModule.reference_source>`
+builds one); the data side as the set-up data module (its datasets, files and prompt settings).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from typing import Any
 import torch
 
 from sdpo_lightning.data.collate import make_collate
-from sdpo_lightning.runtime.processes import SINGLE_PROCESS, Processes, processes_of
+from sdpo_lightning.runtime.processes import SINGLE_PROCESS, Processes
 
 log = logging.getLogger(__name__)
 
@@ -195,25 +196,6 @@ class ReferenceSource:
         """A source whose scorer is always at hand: a plain ``score(batch)`` callable."""
         return cls(lambda: contextlib.nullcontext(score), lambda: identity, device, processes)
 
-    @classmethod
-    def from_module(cls, module: Any) -> ReferenceSource:
-        """The adapter of a LightningModule: its ``reference_scorer()`` (with the policy and the
-        reference in eval mode), the identity of its ``hparams``, its device and its trainer's
-        processes (read now: build it where it is used)."""
-
-        @contextlib.contextmanager
-        def scoring() -> Iterator[Score]:
-            with module.reference_scorer() as (model, scorer), eval_mode(module.policy, model):
-                yield lambda batch: scorer(batch, model)
-
-        return cls(scoring, lambda: reference_identity(module.hparams.source), module.device,
-                   processes_of(getattr(module, "_trainer", None)))
-
-
-def as_source(source: ReferenceSource | Any) -> ReferenceSource:
-    """``source`` itself, or the adapter of a LightningModule
-    (:meth:`ReferenceSource.from_module`)."""
-    return source if isinstance(source, ReferenceSource) else ReferenceSource.from_module(source)
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -259,12 +241,11 @@ class ReferenceCache:
         shared-prefix pass. Collective under multi-process training (call on every process).
 
         Args:
-            source: the reference side (a LightningModule is adapted by
-                :meth:`ReferenceSource.from_module`).
+            source: the reference side.
             split: ``fit`` or ``validate``.
             batch: the collated batch (``index``, ``token_digest``, candidates).
         """
-        src = as_source(source)
+        src = source
         if split not in self.tables:
             raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
         index = batch["index"].cpu()
@@ -300,17 +281,15 @@ class ReferenceCache:
         rows are merged first, global rank 0 writes).
 
         Args:
-            source: the reference side (its processes and device; a LightningModule is adapted
-                by :meth:`ReferenceSource.from_module`).
+            source: the reference side (its processes and device).
         """
-        src = as_source(source)
-        procs = src.processes
+        procs = source.processes
         for split in sorted(self.tables):
             dirty = split in self.dirty
             if procs.world_size > 1:
                 if not procs.reduce_boolean_decision(dirty, all=False):
                     continue
-                self._merge(procs, src.device, split)
+                self._merge(procs, source.device, split)
             elif not dirty:
                 continue
             st = self.stats[split]
@@ -335,20 +314,6 @@ class ReferenceCache:
             merged |= take
         filled |= merged
 
-    @classmethod
-    def for_module(cls, module: Any) -> "ReferenceCache":
-        """Open (``lazy``) or load-or-build (``full``) the tables of an attached module's data
-        module, in ``model.scoring.reference_cache_dir`` (default
-        ``<default_root_dir>/reference_cache``):
-        the LightningModule entry point, which hands the narrow :class:`ReferenceSource` on."""
-        trainer = module.trainer
-        root = (module.hparams.scoring.reference_cache_dir
-                or os.path.join(trainer.default_root_dir, "reference_cache"))
-        source = ReferenceSource.from_module(module)
-        if build_mode(module) == "full":
-            return cls.build(source, trainer.datamodule, root)
-        return cls.open(source, trainer.datamodule, root)
-
     @staticmethod
     def path_for(root: str | Path, split: str, key: str) -> Path:
         return Path(root) / f"{split}-{key[:20]}.pt"
@@ -358,10 +323,10 @@ class ReferenceCache:
              splits: Sequence[str] = SPLITS) -> "ReferenceCache":
         """Load what the files hold for the data module's ``splits`` (or start empty tables);
         nothing is scored here (see :meth:`scores_for`). ``source``: the reference side (its
-        identity; a LightningModule is adapted by :meth:`ReferenceSource.from_module`)."""
+        identity)."""
         if datamodule is None:
             raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
-        identity = as_source(source).identity()
+        identity = source.identity()
         cache = cls({}, {}, {}, {})
         for split in splits:
             dataset = datamodule.datasets.get(split)
@@ -394,12 +359,11 @@ class ReferenceCache:
     ) -> "ReferenceCache":
         """Load complete tables, or compute every row and save, for the data module's ``splits``
         (the ``full`` build). Every process must call this (it is collective under multi-process
-        training). ``source``: the reference side (a LightningModule is adapted by
-        :meth:`ReferenceSource.from_module`)."""
+        training). ``source``: the reference side."""
         if datamodule is None:
             raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
         root = Path(root)
-        src = as_source(source)
+        src = source
         procs = src.processes
         identity = src.identity()
         bs = batch_size or datamodule.hparams.get("eval_batch_size") or datamodule.hparams.batch_size
@@ -443,13 +407,17 @@ class ReferenceCache:
         return cache
 
 
-def build_mode(module: Any) -> str:
+def build_mode(mode: str, at_hand: bool) -> str:
     """``lazy`` or ``full`` for ``model.scoring.reference_cache_build`` (``auto``: lazy when the
-    reference is at hand every step — LoRA with the adapter off, or a frozen copy —, else full)."""
-    from sdpo_lightning.modeling.models import is_peft
+    reference is at hand every step — LoRA with the adapter off, or a frozen copy —, else full).
 
-    mode = module.hparams.scoring.reference_cache_build
-    at_hand = module.reference_model is not None or is_peft(module.policy)
+    Args:
+        mode: the setting, ``auto`` | ``lazy`` | ``full``.
+        at_hand: whether the reference can score at every step.
+
+    Raises:
+        ValueError: ``lazy`` where the reference is not at hand.
+    """
     if mode == "auto":
         return "lazy" if at_hand else "full"
     if mode == "lazy" and not at_hand:
@@ -534,17 +502,16 @@ def score_dataset(
     similar length; the padding slots of the table hold ``-inf``.
 
     Args:
-        source: the reference side (its processes and device; a LightningModule is adapted by
-            :meth:`ReferenceSource.from_module`).
+        source: the reference side (its processes and device).
         dataset: the split's dataset.
         batch_size: examples per forward.
         pad_token_id: the collate's padding id.
-        model: with ``scorer``, an entered ``module.reference_scorer()`` pair: ``scorer(batch,
-            model)`` scores, with ``model`` in eval mode.
+        model: with ``scorer``, an entered ``SDPOModule.reference_scorer()`` pair:
+            ``scorer(batch, model)`` scores, with ``model`` in eval mode.
         scorer: see ``model``.
         score: an entered scoring session (``source.scoring()``); by default one is opened here.
     """
-    src = as_source(source)
+    src = source
     if score is None:
         session = _pair_session(model, scorer) if scorer is not None else src.scoring()
         with session as opened:

@@ -1,4 +1,8 @@
-"""The LightningModule: SFT and DPO / DPO-K / S-DPO training, evaluation in validate/test."""
+"""The LightningModule: SFT and DPO / DPO-K / S-DPO training, evaluation in validate/test.
+
+The module is where the policy and the reference meet the data: it picks each batch's negatives
+(:mod:`sdpo_lightning.training.negatives`), and hands the reference cache and the evaluator the
+narrow views they read (:meth:`SDPOModule.reference_source`, :meth:`SDPOModule.eval_model`)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from typing import Any, Callable, Iterator
 import lightning.pytorch as pl
 import torch
 
-from sdpo_lightning.evaluation.evaluator import EvalModel, Evaluator, run_meta
+from sdpo_lightning.data.collate import select_completions
+from sdpo_lightning.data.negatives import NegativeSampling
+from sdpo_lightning.evaluation.evaluator import EvalModel, Evaluator
 from sdpo_lightning.modeling.hybrid import (
     HYBRID_SUBDIR,
     HybridSettings,
@@ -35,8 +41,14 @@ from sdpo_lightning.modeling.models import (
     trainable_state_dict,
 )
 from sdpo_lightning.runtime.processes import processes_of
-from sdpo_lightning.scoring.logps import completion_logps
-from sdpo_lightning.scoring.reference_cache import ReferenceCache, ReferenceSource, eval_mode
+from sdpo_lightning.scoring.logps import CompletionLogps, completion_logps
+from sdpo_lightning.scoring.reference_cache import (
+    ReferenceCache,
+    ReferenceSource,
+    build_mode,
+    eval_mode,
+    reference_identity,
+)
 from sdpo_lightning.scoring.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
 from sdpo_lightning.training.module_args import (
     EvalArgs,
@@ -48,11 +60,16 @@ from sdpo_lightning.training.module_args import (
     as_group,
     plain_hparams,
 )
+from sdpo_lightning.training.negatives import (
+    VAL_EPOCH,
+    NegativeSelector,
+    make_selector,
+    validation_selector,
+)
 from sdpo_lightning.training.objective_call import objective_loss
 from sdpo_lightning.training.objectives import reward_metrics, sft_loss
 
 log = logging.getLogger(__name__)
-
 
 
 class SDPOModule(pl.LightningModule):
@@ -75,6 +92,12 @@ class SDPOModule(pl.LightningModule):
         optim: AdamW and its schedule (:class:`OptimArgs`).
         eval: evaluation protocols and generation (:class:`EvalArgs`).
         output: export and report folders, run labels (:class:`OutputArgs`).
+
+    Negatives: the module picks the K negatives of every training and validation batch
+    (:meth:`on_after_batch_transfer`) with :attr:`negative_selector`, by default the selector of
+    the data module's ``negative_sampling`` (set at ``setup``); assign another
+    :class:`~sdpo_lightning.training.negatives.NegativeSelector` before ``fit`` to change how
+    they are chosen. Validation negatives are random, drawn once.
 
     Raises:
         ValueError: for a value a group refuses, or a hybrid curriculum in a preference stage.
@@ -125,6 +148,41 @@ class SDPOModule(pl.LightningModule):
         self.evaluators: dict[str, Evaluator] = {}
         self.trunk: TrunkCache | None = None
         self._eval_trunk: tuple[TrunkCache, Path, str] | None = None  # (cache, file, identity)
+        self.negative_selector: NegativeSelector | None = None  # None: the data's strategy (see setup)
+        self.sampling: NegativeSampling | None = None  # the data's K, strategy, seed (see setup)
+        self._selectors: dict[str, NegativeSelector] = {}  # "train", "val"
+
+    # ------------------------------------------------------------------ negatives
+    def setup(self, stage: str) -> None:
+        """Take the negative-sampling settings of the trainer's data module
+        (:attr:`RecDataModule.sampling <sdpo_lightning.data.datamodule.RecDataModule.sampling>`;
+        without one: random, K of ``objective.num_negatives``, seed 0) and make the selectors:
+        training's is :attr:`negative_selector` when one was assigned, else that of the data's
+        strategy (``hard`` / ``tempered`` rank by :meth:`reference_candidate_scores`)."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        sampling = getattr(dm, "sampling", None)
+        if not isinstance(sampling, NegativeSampling):
+            sampling = NegativeSampling(k=self.hparams.objective.num_negatives)
+        self.sampling = sampling
+        self._selectors = {
+            "train": self.negative_selector or make_selector(sampling, self.reference_candidate_scores),
+            "val": validation_selector(sampling),
+        }
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Training and validation batches: pick K negatives of every example (training: the
+        selector, re-drawn each epoch; validation: random, the same every time) and add the
+        chosen completion and the negatives (``completion_*`` keys, the chosen one first)."""
+        trainer = self._trainer
+        if trainer is None or not (trainer.training or trainer.validating or trainer.sanity_checking):
+            return batch
+        if not self._selectors:
+            self.setup("fit" if trainer.training else "validate")
+        if trainer.training:
+            selector, epoch = self._selectors["train"], trainer.current_epoch
+        else:
+            selector, epoch = self._selectors["val"], VAL_EPOCH
+        return select_completions(batch, selector.select(batch, self.sampling.k, epoch))
 
     # ------------------------------------------------------------------ model
     def _build(self) -> torch.nn.Module:
@@ -261,14 +319,44 @@ class SDPOModule(pl.LightningModule):
             finally:
                 del ref
 
+    def reference_source(self) -> ReferenceSource:
+        """What the reference cache reads of the model side: :meth:`reference_scorer` (with the
+        policy and the reference in eval mode), the reference's identity, the device and the
+        trainer's processes (read now: build it where it is used)."""
+
+        @contextlib.contextmanager
+        def scoring() -> Iterator[Callable[[dict[str, Any]], torch.Tensor]]:
+            with self.reference_scorer() as (model, scorer), eval_mode(self.policy, model):
+                yield lambda batch: scorer(batch, model)
+
+        return ReferenceSource(scoring, lambda: reference_identity(self.hparams.source), self.device,
+                               processes_of(self._trainer))
+
+    def reference_cache_build_mode(self) -> str:
+        """``lazy`` or ``full``: ``model.scoring.reference_cache_build`` with ``auto`` resolved
+        (:func:`~sdpo_lightning.scoring.reference_cache.build_mode`) for this model's reference."""
+        at_hand = self.reference_model is not None or is_peft(self.policy)
+        return build_mode(self.hparams.scoring.reference_cache_build, at_hand)
+
+    def _open_reference_cache(self) -> ReferenceCache:
+        """Open (``lazy``) or load-or-build (``full``) the reference tables of the trainer's data
+        module, in ``model.scoring.reference_cache_dir`` (default
+        ``<default_root_dir>/reference_cache``)."""
+        trainer = self.trainer
+        root = (self.hparams.scoring.reference_cache_dir
+                or os.path.join(trainer.default_root_dir, "reference_cache"))
+        if self.reference_cache_build_mode() == "full":
+            return ReferenceCache.build(self.reference_source(), trainer.datamodule, root)
+        return ReferenceCache.open(self.reference_source(), trainer.datamodule, root)
+
     def reference_candidate_scores(self, batch: dict[str, Any]) -> torch.Tensor:
         """Reference log-likelihood of every candidate (B, M) from the cache — hard-negative
         mining. The cache is opened on first use (with ``reference: live`` too); rows not scored
         yet are scored now, all their candidates, before any negative is drawn."""
         split = self._split()
         if self.ref_cache is None or split not in self.ref_cache.tables:
-            self.ref_cache = ReferenceCache.for_module(self)
-        return self.ref_cache.scores_for(ReferenceSource.from_module(self), split, batch)
+            self.ref_cache = self._open_reference_cache()
+        return self.ref_cache.scores_for(self.reference_source(), split, batch)
 
     def _split(self) -> str:
         return "fit" if self.trainer.training else "validate"
@@ -277,9 +365,8 @@ class SDPOModule(pl.LightningModule):
         if self.hparams.scoring.reference == "cached":
             split = self._split()
             if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
-                self.ref_cache = ReferenceCache.for_module(self)
-            source = ReferenceSource.from_module(self)
-            all_scores = self.ref_cache.scores_for(source, split, batch).to(self.device)  # (B, M)
+                self.ref_cache = self._open_reference_cache()
+            all_scores = self.ref_cache.scores_for(self.reference_source(), split, batch).to(self.device)  # (B, M)
             return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
         # live: like the cache, score with dropout off (a LoRA reference adapter has dropout)
         with eval_mode(self.reference_model if self.reference_model is not None else self.policy):
@@ -341,15 +428,29 @@ class SDPOModule(pl.LightningModule):
         protocols = [name for name, on in (("generation", settings.val_generation),
                                            ("ranking", settings.val_ranking)) if on]
         if protocols:
-            self._evaluator("val", protocols).update(EvalModel.from_module(self), batch)
+            self._evaluator("val", protocols).update(self.eval_model(), batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         ev = self._evaluator("test", self.hparams.eval.eval_protocols)
-        ev.update(EvalModel.from_module(self), batch)
+        ev.update(self.eval_model(), batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         ev = self._evaluator("predict", self.hparams.eval.eval_protocols)
-        return ev.update(EvalModel.from_module(self), batch)
+        return ev.update(self.eval_model(), batch)
+
+    def eval_model(self) -> EvalModel:
+        """What evaluation reads of the model side: the policy, its tokenizer, the generation
+        and ranking settings, the persisted trunk (:meth:`eval_trunk`) and the ranking scorer of
+        the reference path (read now: build it where it is used)."""
+        settings: EvalArgs = self.hparams.eval
+
+        def score(batch: dict[str, Any]) -> CompletionLogps:
+            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+            return self.score(batch, ids, mask, mode="shared_prefix")
+
+        return EvalModel(model=self.policy, tokenizer=self.tokenizer,
+                         max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
+                         length_normalize=settings.length_normalize, trunk=self.eval_trunk, score=score)
 
     def on_predict_epoch_end(self) -> None:
         """Write ``predictions.jsonl`` (the generated / top-ranked answer of every record, see
@@ -391,7 +492,7 @@ class SDPOModule(pl.LightningModule):
     def _flush_reference_cache(self) -> None:
         """Write the reference cache's new rows (collective under multi-process training)."""
         if self.ref_cache is not None:
-            self.ref_cache.flush(ReferenceSource.from_module(self))
+            self.ref_cache.flush(self.reference_source())
 
     def on_train_epoch_end(self) -> None:
         self._flush_reference_cache()
@@ -408,7 +509,21 @@ class SDPOModule(pl.LightningModule):
         if ev is None:
             return
         self.log_dict(ev.compute_metrics(), sync_dist=False)
-        ev.write_reports(self._output_dir(), run_meta(self), processes_of(self._trainer))
+        ev.write_reports(self._output_dir(), self._run_meta(), processes_of(self._trainer))
+
+    def _run_meta(self) -> dict[str, Any]:
+        """The run's summary metadata (:meth:`Evaluator.write_reports
+        <sdpo_lightning.evaluation.evaluator.Evaluator.write_reports>`): run and method names,
+        data set and file, model."""
+        h, trainer = self.hparams, self.trainer
+        data_file = getattr(getattr(trainer, "datamodule", None), "files", {}).get("test")
+        return {
+            "run": h.output.run_name or Path(trainer.default_root_dir).name,
+            "method": h.output.method or h.objective.name,
+            "dataset": Path(data_file).parent.name if data_file else "unknown",
+            "data_file": data_file,
+            "model": h.source.model_name_or_path or "tiny-llama",
+        }
 
     def _output_dir(self) -> Path:
         if self.hparams.output.output_dir:
@@ -421,10 +536,10 @@ class SDPOModule(pl.LightningModule):
         hard / tempered negatives. The scores never depend on the policy's current weights
         (LoRA: adapter off or the frozen SFT adapter; full fine-tuning: the frozen copy or a
         fresh build from the source), so a resumed run gets the same table."""
-        dm = self.trainer.datamodule
-        mining = dm is not None and dm.hparams.get("negative_sampling") in ("hard", "tempered")
+        selector = self._selectors.get("train")
+        mining = selector is not None and selector.needs_reference
         if (self.hparams.objective.needs_reference and self.hparams.scoring.reference == "cached") or mining:
-            self.ref_cache = ReferenceCache.for_module(self)
+            self.ref_cache = self._open_reference_cache()
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

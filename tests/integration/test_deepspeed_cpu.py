@@ -303,6 +303,7 @@ def _validate(inputs: Path, lora: dict | None, load_policy) -> float:
     module.configure_model()
     load_policy(module.policy)
     dm = RecDataModule(val_file=str(inputs / "valid.json"), num_negatives=3, eval_batch_size=2, max_length=256)
+    dm.connect(module.tokenizer, module.item_table)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False)
     (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)

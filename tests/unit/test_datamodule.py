@@ -6,6 +6,7 @@ import torch
 
 from sdpo_lightning.data.collate import negative_indices, select_completions
 from sdpo_lightning.data.datamodule import RecDataModule
+from sdpo_lightning.training.negatives import negatives_for
 
 
 def _dm(synthetic_dir, tokenizer, **kw) -> RecDataModule:
@@ -57,9 +58,9 @@ def test_same_config_and_seed_same_prompts_and_negatives(synthetic_dir, tokenize
         dm.setup("fit")
     idx = list(range(12))
     assert [a.datasets["fit"][i]["prompt"] for i in idx] == [b.datasets["fit"][i]["prompt"] for i in idx]
-    assert torch.equal(a.negatives_for("fit", idx, epoch=2), b.negatives_for("fit", idx, epoch=2))
-    assert not torch.equal(a.negatives_for("fit", idx, epoch=2), a.negatives_for("fit", idx, epoch=3))
-    assert not torch.equal(a.negatives_for("fit", idx, epoch=2), c.negatives_for("fit", idx, epoch=2))
+    assert torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(b, "fit", idx, epoch=2))
+    assert not torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(a, "fit", idx, epoch=3))
+    assert not torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(c, "fit", idx, epoch=2))
 
 
 def test_popularity_counts_training_targets(synthetic_dir, tokenizer):

@@ -54,8 +54,8 @@ def batch(synthetic_dir, tmp_path_factory):
 def test_constrained_generation_alone_is_served_too(synthetic_dir, tmp_path, batch):
     plain, served = _module(synthetic_dir, None, 1), _module(synthetic_dir, tmp_path, 1)
     plain.hparams.eval.constrained = served.hparams.eval.constrained = True
-    want_texts, _ = one_pass_outputs(plain, batch, True, False)
-    got_texts, scores = one_pass_outputs(served, batch, True, False)
+    want_texts, _ = one_pass_outputs(plain.eval_model(), batch, True, False)
+    got_texts, scores = one_pass_outputs(served.eval_model(), batch, True, False)
     assert scores is None and got_texts == want_texts
     assert served.eval_trunk().builds == len(batch["index"])  # the trie walk read the served pass
 
@@ -67,8 +67,8 @@ def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir,
         plain.hparams.eval.constrained = True
         served = _module(synthetic_dir, tmp_path, seed)
         served.hparams.eval.constrained = True
-        want_texts, want = one_pass_outputs(plain, batch, generation, True)
-        got_texts, got = one_pass_outputs(served, batch, generation, True)
+        want_texts, want = one_pass_outputs(plain.eval_model(), batch, generation, True)
+        got_texts, got = one_pass_outputs(served.eval_model(), batch, generation, True)
         torch.testing.assert_close(got.logps, want.logps, atol=1e-5, rtol=0)
         assert torch.equal(got.n_tokens, want.n_tokens)
         assert got_texts == want_texts
@@ -88,8 +88,8 @@ def test_free_generation_with_ranking_is_served(synthetic_dir, tmp_path, batch, 
     served = _module(synthetic_dir, tmp_path, 1)
     served.hparams.eval.constrained = False
     plain = _module(synthetic_dir, None, 1)
-    want = one_pass_outputs(plain, batch, True, ranking)[0]
-    assert one_pass_outputs(served, batch, True, ranking)[0] == want
+    want = one_pass_outputs(plain.eval_model(), batch, True, ranking)[0]
+    assert one_pass_outputs(served.eval_model(), batch, True, ranking)[0] == want
     if ranking:
         assert served.eval_trunk().builds == len(batch["index"])
     else:
@@ -98,7 +98,7 @@ def test_free_generation_with_ranking_is_served(synthetic_dir, tmp_path, batch, 
 
 def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):
     first = _module(synthetic_dir, tmp_path, 1)
-    one_pass_outputs(first, batch, False, True)
+    one_pass_outputs(first.eval_model(), batch, False, True)
     cache, path, identity = first._eval_trunk
     cache.save(path, identity)
     other = _module(synthetic_dir, tmp_path, 1, init_seed=5)  # other base weights
@@ -112,4 +112,4 @@ def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):
 def test_adapter_on_the_lowest_layer_is_an_error(synthetic_dir, tmp_path, batch):
     module = _module(synthetic_dir, tmp_path, 1, layers=(0, 1, 2))
     with pytest.raises(ValueError, match="eval_trunk_dir: the lowest decoder layer"):
-        one_pass_outputs(module, batch, False, True)
+        one_pass_outputs(module.eval_model(), batch, False, True)

@@ -94,7 +94,8 @@ def test_checkpoint_with_the_old_class_path_loads(synthetic_dir, tmp_path):
                "_instantiator": "lightning.pytorch.cli.instantiate_module",
                "_class_path": "sdpo_lightning.module.SDPOModule"}
     ckpt = tmp_path / "old.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": hparams, "pytorch-lightning_version": "2.4.0"}, ckpt)
+    torch.save({"state_dict": {}, "hyper_parameters": hparams,
+                "pytorch-lightning_version": "2.4.0"}, ckpt)
     code = textwrap.dedent(f"""
         from sdpo_lightning.training.module import SDPOModule
         module = SDPOModule.load_from_checkpoint({str(ckpt)!r}, weights_only=True)

@@ -58,7 +58,7 @@ def setup(synthetic_dir, tmp_path_factory):
 
 def _reference_tokens(module, batch, constrained: bool) -> list[list[int]]:
     module.hparams.eval.constrained = constrained
-    texts = generate_answers(module, batch)
+    texts = generate_answers(module.eval_model(), batch)
     return [module.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], texts
 
 
@@ -66,7 +66,7 @@ def _reference_tokens(module, batch, constrained: bool) -> list[list[int]]:
 def test_ranking_scores_equal_module_score(setup, protocols):
     module, batch = setup
     module.hparams.eval.constrained = False
-    _, out = one_pass_outputs(module, batch, "generation" in protocols, True)
+    _, out = one_pass_outputs(module.eval_model(), batch, "generation" in protocols, True)
     ref = module.score(batch, batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="shared_prefix")
     torch.testing.assert_close(out.logps, ref.logps, atol=1e-5, rtol=0)
     assert torch.equal(out.n_tokens, ref.n_tokens)
@@ -94,7 +94,7 @@ def test_greedy_decode_equals_generate_tokens(setup):
 def test_free_generation_keeps_every_parsed_answer(setup, with_ranking):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=False)
-    texts, _ = one_pass_outputs(module, batch, True, with_ranking)
+    texts, _ = one_pass_outputs(module.eval_model(), batch, True, with_ranking)
     for ours, ref, cands in zip(texts, ref_texts, batch["candidates"]):
         assert ref.startswith(ours)  # stopped early, never different
         assert parse_answer(ours, cands) == parse_answer(ref, cands)
@@ -146,17 +146,17 @@ def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
     with torch.no_grad():
         packed = packed_forward(module.policy, p_ids, p_mask, ids, mask)
     assert all(t is not None for t in trie_verify(packed.logits, packed.src, ids, mask, 10, eos))
-    texts, _ = one_pass_outputs(module, rigged, True, True)
+    texts, _ = one_pass_outputs(module.eval_model(), rigged, True, True)
     for ours, ref in zip(texts, ref_texts):
         assert ref.startswith(ours) and ours.strip()  # the first-line stop may end it earlier
-    assert texts == one_pass_outputs(module, batch, True, True)[0]  # = the decoded answers
+    assert texts == one_pass_outputs(module.eval_model(), batch, True, True)[0]  # = the decoded answers
 
 
 def test_constrained_trie_walk_equals_constrained_generate(setup):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
     module.hparams.eval.constrained = True
-    texts, scores = one_pass_outputs(module, batch, True, True)  # with ranking: the trie walk
+    texts, scores = one_pass_outputs(module.eval_model(), batch, True, True)  # with ranking: the trie walk
     assert scores is not None and texts == ref_texts
     assert all(parse_answer(t, c).valid for t, c in zip(texts, batch["candidates"]) if t.strip())
 
@@ -165,8 +165,8 @@ def test_constrained_trie_walk_equals_constrained_generate(setup):
 def test_evaluator_records_match_the_reference_path(setup, constrained):
     module, batch = setup
     module.hparams.eval.constrained = constrained
-    new = Evaluator("test", ["generation", "ranking"]).update(module, batch)
-    old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(module, batch)
+    new = Evaluator("test", ["generation", "ranking"]).update(module.eval_model(), batch)
+    old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(module.eval_model(), batch)
     for a, b in zip(new, old):
         assert {k: a[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")} == \
                {k: b[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")}
@@ -187,7 +187,7 @@ def test_constrained_kv_decode_equals_constrained_generate(setup):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
     module.hparams.eval.constrained = True
-    texts, scores = one_pass_outputs(module, batch, True, False)
+    texts, scores = one_pass_outputs(module.eval_model(), batch, True, False)
     assert scores is None
     assert texts == ref_texts
 

@@ -136,21 +136,21 @@ def test_reference_identity_tracks_model_files_and_adapter_content(tmp_path):
 def test_second_build_reuses_the_file_and_a_changed_key_rebuilds(synthetic_dir, small_dir, tmp_path, count_builds):
     root = tmp_path / "cache"
     module, dm = make(synthetic_dir, small_dir)
-    first = ReferenceCache.build(module, dm, root)
+    first = ReferenceCache.build(module.reference_source(), dm, root)
     assert count_builds == [N_TRAIN, N_VAL]
     assert {s["hit"] for s in first.stats.values()} == {False}
     files = sorted(p.name for p in root.iterdir())
     assert len(files) == 2 and files[0].startswith("fit-") and files[1].startswith("validate-")
 
     module2, dm2 = make(synthetic_dir, small_dir)  # a new run, same settings
-    second = ReferenceCache.build(module2, dm2, root)
+    second = ReferenceCache.build(module2.reference_source(), dm2, root)
     assert count_builds == [N_TRAIN, N_VAL]  # the scorer was not called again
     assert {s["hit"] for s in second.stats.values()} == {True}
     for split in ("fit", "validate"):
         assert torch.equal(first.tables[split], second.tables[split])
 
     module3, dm3 = make(synthetic_dir, small_dir, data={"max_length": 300})
-    ReferenceCache.build(module3, dm3, root)
+    ReferenceCache.build(module3.reference_source(), dm3, root)
     assert count_builds == [N_TRAIN, N_VAL, N_TRAIN, N_VAL]
     assert len(list(root.iterdir())) == 4  # the old files stay valid for their keys
 
@@ -158,14 +158,14 @@ def test_second_build_reuses_the_file_and_a_changed_key_rebuilds(synthetic_dir, 
 def test_unreadable_or_foreign_file_is_rebuilt(synthetic_dir, small_dir, tmp_path, count_builds):
     root = tmp_path / "cache"
     module, dm = make(synthetic_dir, small_dir)
-    good = ReferenceCache.build(module, dm, root, splits=("fit",))
+    good = ReferenceCache.build(module.reference_source(), dm, root, splits=("fit",))
     path = Path(good.stats["fit"]["path"])
     path.write_bytes(b"not a torch file")
-    again = ReferenceCache.build(module, dm, root, splits=("fit",))
+    again = ReferenceCache.build(module.reference_source(), dm, root, splits=("fit",))
     assert count_builds == [N_TRAIN, N_TRAIN] and not again.stats["fit"]["hit"]
     torch.testing.assert_close(again.tables["fit"], good.tables["fit"], rtol=0, atol=1e-6)
     torch.save({"key": "another key", "scores": good.tables["fit"]}, path)
-    ReferenceCache.build(module, dm, root, splits=("fit",))
+    ReferenceCache.build(module.reference_source(), dm, root, splits=("fit",))
     assert count_builds == [N_TRAIN] * 3
 
 
@@ -185,7 +185,7 @@ def _live_reference(module: SDPOModule, dm: RecDataModule, split: str, i: int) -
 
 def test_lookup_shapes_padding_and_values_equal_the_live_reference(synthetic_dir, small_dir, tmp_path):
     module, dm = make(synthetic_dir, small_dir)
-    cache = ReferenceCache.build(module, dm, tmp_path)
+    cache = ReferenceCache.build(module.reference_source(), dm, tmp_path)
     table = cache.tables["fit"]
     assert table.shape == (N_TRAIN, 20) and table.dtype == torch.float32
     assert cache.lookup("fit", torch.tensor([3, 0, 3])).shape == (3, 20)
@@ -204,23 +204,23 @@ def test_lookup_shapes_padding_and_values_equal_the_live_reference(synthetic_dir
 
 def test_lora_cache_is_the_base_model_not_the_trained_adapter(synthetic_dir, small_dir, tmp_path):
     module, dm = make(synthetic_dir, small_dir)
-    before = ReferenceCache.build(module, dm, tmp_path / "a", splits=("fit",)).tables["fit"]
+    before = ReferenceCache.build(module.reference_source(), dm, tmp_path / "a", splits=("fit",)).tables["fit"]
     with torch.no_grad():
         for name, p in module.policy.named_parameters():
             if "lora_B" in name:
                 p.add_(0.5)  # the adapter has "trained"
-    after = ReferenceCache.build(module, dm, tmp_path / "b", splits=("fit",)).tables["fit"]
+    after = ReferenceCache.build(module.reference_source(), dm, tmp_path / "b", splits=("fit",)).tables["fit"]
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
 
 def test_full_fine_tuning_cache_uses_the_initial_weights(synthetic_dir, small_dir, tmp_path):
     module, dm = make(synthetic_dir, small_dir, model={"lora": None})
     assert module.reference_model is None  # cached: no frozen copy is kept for training
-    before = ReferenceCache.build(module, dm, tmp_path / "a", splits=("fit",)).tables["fit"]
+    before = ReferenceCache.build(module.reference_source(), dm, tmp_path / "a", splits=("fit",)).tables["fit"]
     with torch.no_grad():
         for p in module.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the policy has moved away from the reference
-    after = ReferenceCache.build(module, dm, tmp_path / "b", splits=("fit",)).tables["fit"]
+    after = ReferenceCache.build(module.reference_source(), dm, tmp_path / "b", splits=("fit",)).tables["fit"]
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
 
@@ -229,7 +229,7 @@ def test_multi_process_shares_cover_every_row_with_equal_work(synthetic_dir, sma
     all-gathered table equals the single-process one."""
     module, dm = make(synthetic_dir, small_dir)
     dataset, pad = dm.datasets["fit"], module.tokenizer.pad_token_id
-    single = score_dataset(module, dataset, 2, pad)
+    single = score_dataset(module.reference_source(), dataset, 2, pad)
     shares: dict[int, torch.Tensor] = {}
     seen: dict[int, list[list[int]]] = {0: [], 1: []}
 
@@ -246,7 +246,7 @@ def test_multi_process_shares_cover_every_row_with_equal_work(synthetic_dir, sma
                     seen[rank].append(batch["index"].tolist())
                     return scorer(batch, m)
 
-                return score_dataset(module, dataset, 2, pad, model, counting)
+                return score_dataset(module.reference_source(), dataset, 2, pad, model, counting)
         finally:
             module._trainer = None
 
