@@ -6,6 +6,11 @@ Examples::
     sdpo-prepare movielens-1m --download --out data/ml-1m
     sdpo-prepare lastfm --raw hetrec2011-lastfm-2k --out data/lastfm --lenient
     sdpo-prepare goodreads --raw goodreads --genre poetry --out data/goodreads
+    sdpo-prepare catalogue data/lastfm/train.json data/lastfm/valid.json --out data/lastfm/catalogue.json
+
+Each dataset's output folder also gets ``catalogue.json`` (every item, its title and training
+popularity: the all-item protocol's item list); ``sdpo-prepare catalogue FILE...`` derives one
+from candidate-list files (:mod:`sdpo_lightning.data.catalogue`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sdpo-prepare", description="Turn raw interaction logs into train/valid/test "
         "candidate-list JSON (S-DPO / LLaRA protocol) plus stats.json.", epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", help="dataset name (see below)")
+    parser.add_argument("dataset", help="dataset name (see below), or `catalogue` to derive "
+                        "catalogue.json from candidate-list files (sdpo-prepare catalogue -h)")
     parser.add_argument("--raw", type=Path, help="folder holding the raw files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -137,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ``SDPO_DEBUG=1`` or ``--debug``), 130 when interrupted.
     """
     argv = strip_debug_flag(argv)
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["catalogue"]:
+        from sdpo_lightning.data.catalogue import catalogue_main
+
+        return catalogue_main(args_in[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 Output folder layout::
 
     DIR/train.json  DIR/valid.json  DIR/test.json   candidate-list JSON (one list each)
+    DIR/catalogue.json                               every item: item_id, title, popularity
     DIR/stats.json                                   statistics and the protocol used
 
 Each split file is one JSON list of objects with the keys, in this order,
@@ -49,7 +50,8 @@ def write_prepared(prepared: PreparedDataset, out_dir: Path) -> dict[str, Path]:
         out_dir: Destination folder (created if missing).
 
     Returns:
-        ``{"train": path, "valid": path, "test": path, "stats": path}``.
+        ``{"train": path, "valid": path, "test": path, "catalogue": path, "stats": path}``
+        (no catalogue when ``prepared`` has none).
     """
     out_dir = Path(out_dir)
     try:
@@ -62,6 +64,13 @@ def write_prepared(prepared: PreparedDataset, out_dir: Path) -> dict[str, Path]:
     for split in SPLITS:
         paths[split] = out_dir / f"{split}.json"
         _write_atomic(paths[split], _encode_rows(prepared.splits[split]))
+    if prepared.catalogue:
+        from sdpo_lightning.data.catalogue import Catalogue, write_catalogue
+
+        items = prepared.catalogue
+        catalogue = Catalogue([r["title"] for r in items], [r["item_id"] for r in items],
+                              [r["popularity"] for r in items], source=str(out_dir / "catalogue.json"))
+        paths["catalogue"] = write_catalogue(catalogue, out_dir / "catalogue.json")
     paths["stats"] = out_dir / "stats.json"
     stats_text = json.dumps(prepared.stats, ensure_ascii=False, indent=2) + "\n"
     _write_atomic(paths["stats"], [stats_text])

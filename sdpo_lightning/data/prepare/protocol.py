@@ -20,6 +20,8 @@ Steps (each configurable through :class:`ProtocolConfig`; see ``docs/prepare.md`
 7. Candidates: the target plus ``num_candidates - 1`` negatives drawn uniformly from
    items the user never interacted with (whole sequence), shuffled, seeded per example
    (:mod:`.sampling`).
+8. The catalogue: every item left after step 3 with its title and training popularity (the
+   all-item protocol's item list).
 """
 
 from __future__ import annotations
@@ -109,10 +111,14 @@ class RawDataset:
 
 @dataclass
 class PreparedDataset:
-    """Examples per split (``{"train": [...], ...}``) and the statistics."""
+    """Examples per split (``{"train": [...], ...}``), the statistics, and the catalogue: every
+    item after filtering, in natural id order, as ``{"item_id", "title", "popularity"}`` with
+    popularity = the training rows whose target it is (``catalogue.json``,
+    :mod:`sdpo_lightning.data.catalogue`)."""
 
     splits: dict[str, list[dict[str, Any]]]
     stats: dict[str, Any]
+    catalogue: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _ordered_sequences(raw: RawDataset, config: ProtocolConfig, dropped: Counter,
@@ -242,7 +248,10 @@ def build_examples(raw: RawDataset, config: ProtocolConfig | None = None) -> Pre
                     }
                 rows.append(row)
     stats = _statistics(raw, config, sequences, item_ids, splits, dropped, renamed)
-    return PreparedDataset(splits=splits, stats=stats)
+    popularity = Counter(row["trueSelection"] for row in splits["train"])
+    catalogue = [{"item_id": item, "title": names[i], "popularity": popularity[names[i]]}
+                 for i, item in enumerate(item_ids)]
+    return PreparedDataset(splits=splits, stats=stats, catalogue=catalogue)
 
 
 def _statistics(raw: RawDataset, config: ProtocolConfig, sequences: dict[str, list[str]],
@@ -267,5 +276,5 @@ def _statistics(raw: RawDataset, config: ProtocolConfig, sequences: dict[str, li
         "dropped": dict(sorted(dropped.items())),
         "skipped_lines": dict(sorted(raw.skipped_lines.items())),
         "protocol": {**asdict(config), "split": list(config.split)},
-        "files": {s: f"{s}.json" for s in SPLITS},
+        "files": {**{s: f"{s}.json" for s in SPLITS}, "catalogue": "catalogue.json"},
     }

@@ -7,10 +7,12 @@ candidate. Two steps get there:
 * :func:`clean_title` — Unicode NFC normalization, control / format characters and every
   run of whitespace (tabs, newlines, non-breaking spaces, …) become one space, ends
   stripped. Decoding (e.g. MovieLens' latin-1) happens in the readers, before this.
-* :func:`disambiguate_titles` — items whose cleaned titles collide (compared exactly)
-  keep the title in natural id order for the first item and get ``" [2]"``, ``" [3]"``, …
-  appended for the others (further numbers are tried should such a suffixed title
-  already exist).
+* :func:`disambiguate_titles` — items whose cleaned titles collide (compared exactly, or
+  equal up to letter case: ``"Air"`` and ``"AIR"``) keep the title in natural id order for the
+  first item and get ``" [2]"``, ``" [3]"``, … appended for the others (further numbers are
+  tried should such a suffixed title already exist, in any letter case). Titles equal up to case
+  would be one item spelt twice in the catalogue (:mod:`sdpo_lightning.data.catalogue`
+  refuses them).
 """
 
 from __future__ import annotations
@@ -54,19 +56,19 @@ def disambiguate_titles(titles: Mapping[str, str]) -> tuple[dict[str, str], int]
     """
     groups: dict[str, list[str]] = {}
     for item in sorted(titles, key=natural_key):
-        groups.setdefault(titles[item], []).append(item)
-    taken = set(groups)
+        groups.setdefault(titles[item].casefold(), []).append(item)
+    taken = set(groups)  # casefolded titles in use
     unique: dict[str, str] = {}
     renamed = 0
-    for title, items in groups.items():
-        unique[items[0]] = title
+    for items in groups.values():
+        unique[items[0]] = titles[items[0]]
         number = 1
         for item in items[1:]:
             number += 1
-            while f"{title} [{number}]" in taken:
+            while f"{titles[item]} [{number}]".casefold() in taken:
                 number += 1
-            candidate = f"{title} [{number}]"
-            taken.add(candidate)
+            candidate = f"{titles[item]} [{number}]"
+            taken.add(candidate.casefold())
             unique[item] = candidate
             renamed += 1
     return unique, renamed
