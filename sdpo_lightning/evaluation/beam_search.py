@@ -10,10 +10,13 @@ returned are distinct by construction.
 
 :func:`constrained_beam_search` returns the top ``N`` items of each row with their scores:
 
-* **Shared prompt cache.** The prompts run once (one prefill of ``B`` rows); the cache is
-  expanded to the beams by index (row ``b``'s beams all read its prompt), then each step feeds
-  one token per live beam. ``transformers``' ``generate(num_beams=W)`` instead repeats every
-  prompt ``W`` times before its prefill.
+* **Shared prompt cache.** The prompts run once (one prefill of ``B`` rows), then each step
+  feeds one token per live beam. Row ``b``'s beams read its prompt's KV cache in place
+  (:mod:`~sdpo_lightning.evaluation.shared_prompt`: no copy per beam or per step;
+  ``kv_sharing="shared"``, the default where the model supports it), or from a copy per beam
+  gathered by the parents at each step (``kv_sharing="expand"``, any model).
+  ``transformers``' ``generate(num_beams=W)`` repeats every prompt ``W`` times before its
+  prefill, then gathers and extends the ``W`` copies at every step.
 * **Scores.** A token's log-probability is the model's over the **whole vocabulary**
   (``log_softmax`` of the logits, then restricted to the trie's children), so an item's score
   is exactly its completion log-likelihood as the packed scorer
@@ -52,6 +55,11 @@ import torch
 from torch import Tensor, nn
 
 from sdpo_lightning.evaluation.decoding import prefill
+from sdpo_lightning.evaluation.shared_prompt import (
+    SharedPromptCache,
+    prompt_key_values,
+    supports_shared_prompt,
+)
 
 __all__ = ["BeamSearchResult", "CatalogueTrie", "constrained_beam_search", "completion_sequences"]
 
@@ -228,6 +236,19 @@ class BeamSearchResult:
     beam_tokens: int = 0
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The forward keyword of the KV cache: ``cache`` (``transformers`` >= 5.x) or
+    ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def check_beam_settings(n_items: int, top_n: int, beam_width: int | None) -> int:
     """The beam width to use (``beam_width`` or ``top_n``), after checking both.
 
@@ -256,6 +277,7 @@ def constrained_beam_search(
     exclude: Sequence[Sequence[int]] | None = None,
     length_penalty: float = 0.0,
     prompt_cache: tuple[Tensor, Any] | None = None,
+    kv_sharing: str = "auto",
 ) -> BeamSearchResult:
     """The top ``top_n`` catalogue items of each prompt by beam search on the trie (module
     docstring).
@@ -273,6 +295,10 @@ def constrained_beam_search(
         prompt_cache: ``(last-position logits (B, V), KV cache of the P prompt positions)`` of
             a prefill already run (:func:`~sdpo_lightning.evaluation.decoding.prefill`); it is
             consumed (expanded in place). ``None``: prefilled here.
+        kv_sharing: how the beams read their prompt's KV cache: ``shared`` (in place, no copy:
+            :mod:`~sdpo_lightning.evaluation.shared_prompt`), ``expand`` (a copy per beam, gathered
+            by the parents at each step, as ``transformers`` does), ``auto`` (``shared`` where the
+            model supports it).
 
     Returns:
         :class:`BeamSearchResult`.
@@ -282,6 +308,9 @@ def constrained_beam_search(
             ``length_penalty``, or ``exclude`` not one list per row.
     """
     width = check_beam_settings(trie.n_items, top_n, beam_width)
+    if kv_sharing not in ("auto", "shared", "expand"):
+        raise ValueError(f"kv_sharing must be auto, shared or expand, got {kv_sharing!r}")
+    shared = kv_sharing == "shared" or (kv_sharing == "auto" and supports_shared_prompt(model))
     if not length_penalty >= 0.0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
     B, dev = p_ids.shape[0], p_ids.device
@@ -289,6 +318,9 @@ def constrained_beam_search(
     if len(exclude) != B:
         raise ValueError(f"exclude needs one list per row: {len(exclude)} for {B} rows")
     first, cache = prompt_cache if prompt_cache is not None else prefill(model, p_ids, p_mask)
+    if shared:
+        cache = SharedPromptCache(prompt_key_values(cache), p_mask)
+    cache_arg = cache_keyword(model)
     n_prompt = p_mask.long().sum(-1)  # (B,)
     removed = trie.removed_counts(exclude)
     ex_keys = np.asarray(sorted(removed), dtype=np.int64)
@@ -350,14 +382,21 @@ def constrained_beam_search(
         order = order[np.arange(len(order)) - first_of_row < width]
         beam, tok, child, row, score, length = (a[order] for a in (beam, tok, child, row, score, length))
         # advance: the cache follows the parents, one token per beam
-        cache.reorder_cache(torch.from_numpy(beam).to(dev))
+        parents, rows = torch.from_numpy(beam).to(dev), torch.from_numpy(row).to(dev)
         step = int(length[0])  # every live beam has the same length
-        mask = torch.cat([p_mask[torch.from_numpy(row).to(dev)].long(),
-                          p_mask.new_ones(len(row), step, dtype=torch.long)], dim=1)
-        position = n_prompt[torch.from_numpy(row).to(dev)] + step - 1
-        logits = model(input_ids=torch.from_numpy(tok).to(dev)[:, None], attention_mask=mask,
-                       position_ids=position[:, None], past_key_values=cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]  # (R, V)
+        position = n_prompt[rows] + step - 1
+        inputs = dict(input_ids=torch.from_numpy(tok).to(dev)[:, None], position_ids=position[:, None],
+                      use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        if shared:
+            cache.select(parents, rows)
+            # a 4-D mask is taken as given; the shared-prompt attention knows the prompts' padding
+            mask = torch.ones((len(row), 1, 1, 1), dtype=torch.bool, device=dev)
+            with cache.active(model):
+                logits = model(attention_mask=mask, **inputs).logits[:, -1]  # (R, V)
+        else:
+            cache.reorder_cache(parents)
+            mask = torch.cat([p_mask[rows].long(), p_mask.new_ones(len(row), step, dtype=torch.long)], dim=1)
+            logits = model(attention_mask=mask, **inputs).logits[:, -1]  # (R, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         row_of, node_of, score_of, len_of = row, child, score, length
         steps += 1

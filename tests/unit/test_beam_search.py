@@ -178,3 +178,20 @@ def test_random_catalogue_with_shared_prefixes_is_exact(model, tokenizer):
         assert out.items[b].tolist() == _top(logps[b], 10, set(exclude[b]))
     one = constrained_beam_search(model, p_ids[2:], p_mask[2:], trie, 10, beam_width=80, exclude=exclude[2:])
     assert one.items[0].tolist() == out.items[2].tolist()  # batching does not change a row
+
+
+@pytest.mark.parametrize("kv_sharing", ["shared", "expand"])
+def test_both_kv_sharing_paths_are_exact(model, tokenizer, kv_sharing):
+    from sdpo_lightning.evaluation.shared_prompt import supports_shared_prompt
+
+    assert supports_shared_prompt(model)
+    p_ids, p_mask = _prompts(tokenizer)
+    trie = CatalogueTrie.from_titles(TITLES, tokenizer, " ")
+    logps, _ = _brute_force(model, tokenizer, p_ids, p_mask)
+    out = constrained_beam_search(model, p_ids, p_mask, trie, 6, beam_width=len(TITLES),
+                                  exclude=[[1], [], [2, 3]], kv_sharing=kv_sharing)
+    for b, ex in enumerate([[1], [], [2, 3]]):
+        want = _top(logps[b], 6, set(ex))
+        assert out.items[b].tolist() == want
+        torch.testing.assert_close(out.scores[b], logps[b, want], atol=1e-4, rtol=0)
+    assert model.config._attn_implementation != "sdpo_shared_prompt"  # restored
