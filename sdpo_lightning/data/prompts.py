@@ -45,29 +45,75 @@ PRESETS: dict[str, list[str]] = {
 }
 
 
-def resolve_templates(templates: str | Sequence[str]) -> list[str]:
+#: History-only templates of the all-item protocol (``docs/all_item.md``): the model answers
+#: with any catalogue title, so the prompt lists no candidates. Same domains and wording as
+#: :data:`PRESETS`, which stay the candidate-list protocol's.
+HISTORY_PRESETS: dict[str, list[str]] = {
+    "movies": [
+        "After watching {history}, which movie do you think the person will watch next? "
+        "Answer with one title.\nAnswer:",
+        "This user has watched {history} in the previous. Please predict the next movie this "
+        "user will watch.\nAnswer:",
+    ],
+    "music": [
+        "After listening to {history}, which artist do you think the person will listen to "
+        "next? Answer with one name.\nAnswer:",
+        "This user has listened to {history} in the previous. Please predict the next artist "
+        "this user will listen to.\nAnswer:",
+    ],
+    "books": [
+        "After reading {history}, which book do you think the person will read next? Answer "
+        "with one title.\nAnswer:",
+        "This user has read {history} in the previous. Please predict the next book this user "
+        "will read.\nAnswer:",
+    ],
+}
+
+
+def resolve_templates(templates: str | Sequence[str], history_only: bool = False) -> list[str]:
     """Turn a preset name, one template or a list of templates into a checked list.
 
+    Args:
+        templates: a preset name, a template, or a list of templates.
+        history_only: the all-item protocol's templates (:data:`HISTORY_PRESETS`; ``{history}``
+            only, no ``{candidates}``) instead of the candidate-list ones (:data:`PRESETS`).
+
     Raises:
-        ValueError: unknown preset, or a template without ``{history}`` / ``{candidates}``.
+        ValueError: unknown preset, a template without ``{history}`` / ``{candidates}``, or
+            (``history_only``) a template with ``{candidates}``.
     """
+    presets = HISTORY_PRESETS if history_only else PRESETS
+    slots = ("{history}",) if history_only else ("{history}", "{candidates}")
     if isinstance(templates, str):
-        if templates in PRESETS:
-            return list(PRESETS[templates])
+        if templates in presets:
+            return list(presets[templates])
         if "{" not in templates:
+            kind = "history-only " if history_only else ""
             raise ValueError(
-                f"unknown prompt preset {templates!r}; presets: {sorted(PRESETS)}, "
-                "or give a template with {history} and {candidates}"
+                f"unknown {kind}prompt preset {templates!r}; presets: {sorted(presets)}, "
+                f"or give a template with {' and '.join(slots)}"
             )
         templates = [templates]
     out = list(templates)
     if not out:
         raise ValueError("no prompt templates given")
     for t in out:
-        for slot in ("{history}", "{candidates}"):
+        for slot in slots:
             if slot not in t:
                 raise ValueError(f"prompt template {t!r} lacks the {slot} placeholder")
+        if history_only and "{candidates}" in t:
+            raise ValueError(f"history-only prompt template {t!r} has a {{candidates}} "
+                             "placeholder: the all-item protocol shows no candidate list")
     return out
+
+
+def history_preset_of(templates: str | Sequence[str]) -> str | None:
+    """The domain (``movies``, ``music``, ``books``) whose candidate-list preset ``templates``
+    is (its name, or its resolved list), else None: the all-item protocol's ``auto`` prompts."""
+    if isinstance(templates, str):
+        return templates if templates in HISTORY_PRESETS else None
+    out = list(templates)
+    return next((name for name, preset in PRESETS.items() if preset == out), None)
 
 
 @dataclass
@@ -99,6 +145,8 @@ class PromptBuilder:
         completion_prefix: put before the title in the completion; ``"auto"`` (resolved by
             :meth:`resolve_prefix`) is ``""`` for SentencePiece tokenizers, which add a word
             boundary themselves, and ``" "`` for byte-level BPE tokenizers.
+        history_only: templates with ``{history}`` only (:data:`HISTORY_PRESETS`, the all-item
+            protocol; prompts come from :meth:`encode_history`).
     """
 
     def __init__(
@@ -107,8 +155,9 @@ class PromptBuilder:
         seed: int = 0,
         separator: str = ", ",
         completion_prefix: str = "auto",
+        history_only: bool = False,
     ) -> None:
-        self.templates = resolve_templates(templates)
+        self.templates = resolve_templates(templates, history_only)
         self.seed = seed
         self.separator = separator
         self.completion_prefix = completion_prefix
@@ -204,6 +253,22 @@ class PromptBuilder:
             prompt=prompt,
             history_used=used,
         )
+
+    def encode_history(self, history: Sequence[str], index: int, tokenizer: Any, max_length: int,
+                       longest: int, source: str = "data") -> tuple[str, list[int], int]:
+        """A history-only prompt (the all-item protocol): ``(text, ids, history items kept)``.
+
+        Rendered with the template of ``index`` (as :meth:`template_for`); the oldest history
+        items are dropped until the prompt plus ``longest`` tokens (the longest catalogue
+        completion) fit ``max_length``, as :meth:`encode` does.
+
+        Raises:
+            DataFormatError: empty history, or no fit even with one history item.
+        """
+        if not history:
+            raise DataFormatError(source, f"record {index}", "empty history")
+        example = Example(history=tuple(history), candidates=(), target=None)
+        return self._fit_history(example, index, tokenizer, max_length, longest, None, source)
 
     def _prompt(self, example: Example, index: int, hist: Sequence[str], tokenizer: Any,
                 items: Any, source: str) -> tuple[str, list[int]]:

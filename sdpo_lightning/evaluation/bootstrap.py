@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "paired_bootstrap_pvalue", "bootstrap_means", "cluster_bootstrap_ci"]
+__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "paired_bootstrap_pvalue", "bootstrap_means", "cluster_bootstrap_ci",
+           "bootstrap_statistic_ci"]
 
 _CHUNK_ELEMENTS = 4_000_000  # resample at most this many indices at once (memory bound)
 
@@ -42,12 +43,13 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
     return _resampled(values.shape[0], n_boot, rng, lambda idx: values[idx].mean(axis=1))
 
 
-def _resampled(n: int, n_boot: int, rng: np.random.Generator, stat) -> np.ndarray:
+def _resampled(n: int, n_boot: int, rng: np.random.Generator, stat, row_cost: int = 1) -> np.ndarray:
     """``stat(idx)`` of ``n_boot`` resamples of ``n`` indices with replacement, drawn in
-    chunks of ``idx`` (chunk, n) to bound memory; returns (n_boot,)."""
+    chunks of ``idx`` (chunk, n) to bound memory (``row_cost``: elements ``stat`` touches per
+    index); returns (n_boot,)."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rows = max(1, _CHUNK_ELEMENTS // n)
+    rows = max(1, _CHUNK_ELEMENTS // (n * max(1, row_cost)))
     out = np.empty(n_boot, dtype=np.float64)
     for start in range(0, n_boot, rows):
         stop = min(n_boot, start + rows)
@@ -200,3 +202,42 @@ def cluster_bootstrap_ci(
                        lambda idx: sums[idx].sum(axis=1) / counts[idx].sum(axis=1))  # idx: (chunk, G)
     lo, hi = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
     return float(arr.mean()), float(lo), float(hi)
+
+
+def bootstrap_statistic_ci(
+    n: int,
+    statistic,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    row_cost: int = 1,
+) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of a statistic of ``n`` rows that is not a mean of
+    per-row values (e.g. catalogue coverage: distinct recommended items over all rows).
+
+    The rows are resampled with replacement exactly as :func:`bootstrap_ci` resamples them (the
+    same draws for the same seed), and the statistic is recomputed on each resample.
+
+    Args:
+        n: rows.
+        statistic: ``statistic(idx)`` for ``idx`` ``(r, n)`` row indices → ``(r,)`` values.
+        n_boot: Number of resamples.
+        alpha: 1 - confidence level.
+        seed: Seed of the ``numpy.random.Generator``.
+        row_cost: elements ``statistic`` touches per row index (bounds the resamples drawn at once).
+
+    Returns:
+        ``(value, lo, hi)``: the statistic of the rows themselves and the interval (resamples
+        where it is undefined, NaN, are left out).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n < 1:
+        raise ValueError("no rows")
+    value = float(statistic(np.arange(n)[None, :])[0])
+    stats = _resampled(n, n_boot, np.random.default_rng(seed), statistic, row_cost)
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return value, float("nan"), float("nan")
+    lo, hi = np.quantile(stats, [alpha / 2, 1.0 - alpha / 2])
+    return value, float(lo), float(hi)

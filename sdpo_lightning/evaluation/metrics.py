@@ -1,10 +1,13 @@
-"""Distributed-safe evaluation metrics for both protocols (generation and
-ranking; definitions: README.md, "Metrics").
+"""Distributed-safe evaluation metrics of the protocols (generation, ranking and all-item;
+definitions: README.md, "Metrics", and ``docs/all_item.md``).
 
 * :class:`GenerationMetrics` — paper protocol: HR@1 = correct / all,
   ValidRatio = valid / all, and LLaRA's HR@1 given valid = correct / valid.
 * :class:`RankingMetrics` — candidates scored by completion log-likelihood, evaluated
   with ``torchmetrics`` retrieval metrics (HR@1/3/5, NDCG@5/10, MRR).
+* :class:`AllItemMetrics` — the all-item protocol's logged per-example means (HR@k, NDCG@k,
+  MRR@N over the top N of the whole catalogue; ValidRatio of free generation); the set-level
+  ones (coverage, popularity lift) are in the summary (:mod:`.all_item_metrics`).
 
 **Ties** are broken *against the target* (pessimistic): the target's rank is
 ``1 + #{other candidates with score >= target score}``. Ties among non-target
@@ -21,7 +24,7 @@ from torchmetrics import Metric
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["GenerationMetrics", "RankingMetrics", "rank_of_target", "tie_broken_scores"]
+__all__ = ["AllItemMetrics", "GenerationMetrics", "RankingMetrics", "rank_of_target", "tie_broken_scores"]
 
 
 class GenerationMetrics(Metric):
@@ -198,3 +201,66 @@ class RankingMetrics(Metric):
         """Reset states and the local query counter."""
         super().reset()
         self._local_count = 0
+
+
+class AllItemMetrics(Metric):
+    """HR@k, NDCG@k and MRR of the target over the top ``N`` of the whole catalogue, and the
+    ValidRatio / HR@1 of free generation (the all-item protocol, ``docs/all_item.md``).
+
+    Args:
+        top_n: ``N``, the items returned per row: HR@k for k in (1, 5, 10, 20) and NDCG@k for k
+            in (5, 10, 20) up to ``N``; MRR is over the top ``N`` (a target outside counts 0).
+
+    States are sums reduced with ``"sum"``, so values are exact across processes.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, top_n: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        from sdpo_lightning.evaluation.all_item_metrics import HR_KS, NDCG_KS
+
+        self.top_n = top_n
+        self.names = ([f"hr@{k}" for k in HR_KS if k <= top_n]
+                      + [f"ndcg@{k}" for k in NDCG_KS if k <= top_n] + ["mrr"])
+        for name in (*self.names, "valid", "correct", "generated"):
+            self.add_state(name.replace("@", "_"), default=torch.tensor(0.0, dtype=torch.float64),
+                           dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, rank: Tensor, valid: Tensor | None = None, correct: Tensor | None = None) -> None:
+        """Add a batch.
+
+        Args:
+            rank: ``(B,)`` long, the target's 1-based rank in the top ``N``, 0 when outside.
+            valid: ``(B,)`` bool, free generation named one catalogue title (optional).
+            correct: ``(B,)`` bool, it named the target (implies valid).
+        """
+        rank = rank.reshape(-1).double()
+        hit = (rank > 0) & (rank <= self.top_n)
+        gain = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
+        for name in self.names:
+            k = self.top_n if name == "mrr" else int(name.split("@")[1])
+            within = hit & (rank <= k)
+            value = (torch.where(within, 1.0 / rank.clamp_min(1.0), torch.zeros_like(rank))
+                     if name == "mrr" else within.double() if name.startswith("hr") else
+                     torch.where(within, gain, torch.zeros_like(rank)))
+            state = name.replace("@", "_")
+            setattr(self, state, getattr(self, state) + value.sum())
+        if valid is not None and correct is not None:
+            self.valid += valid.reshape(-1).double().sum()
+            self.correct += correct.reshape(-1).double().sum()
+            self.generated += rank.numel()
+        self.total += rank.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"hr@1", ..., "mrr"}`` and, with free generation, ``valid_ratio`` and
+        ``generation_hr@1``, as float scalars."""
+        total = self.total.clamp_min(1).double()
+        out = {name: (getattr(self, name.replace("@", "_")) / total).float() for name in self.names}
+        if float(self.generated) > 0:
+            out["valid_ratio"] = (self.valid / self.generated).float()
+            out["generation_hr@1"] = (self.correct / self.generated).float()
+        return out

@@ -5,8 +5,9 @@
 ``generated`` (str), ``parsed`` (str | null, the candidate named), ``target`` (str),
 ``correct`` (bool), ``valid`` (bool) — the generation protocol; ``target_rank``
 (int, 1-based, ties against the target) and ``scores`` (list[float], optional) — the
-ranking protocol. A protocol is summarized when every record has its fields
-(``correct``+``valid``, resp. ``target_rank``). A predictions file may be stored
+ranking protocol; ``all_item`` (an object: ``items``, ``scores``, ``target_rank`` or null, ...)
+— the all-item protocol (:mod:`.all_item`). A protocol is summarized when every record has its
+fields (``correct``+``valid``, resp. ``target_rank``, resp. ``all_item``). A predictions file may be stored
 gzip-compressed as ``<name>.gz`` (see :mod:`.compact_predictions`); the readers here take
 either (:func:`find_predictions`).
 
@@ -18,7 +19,11 @@ either (:func:`find_predictions`).
      "protocols": {
        "generation": {"hr@1": M, "valid_ratio": M, "hr@1_given_valid": M},
        "ranking": {"hr@1": M, "hr@3": M, "hr@5": M, "ndcg@5": M, "ndcg@10": M,
-                   "mrr": M}},
+                   "mrr": M},
+       "all_item": {"hr@1": M, "hr@5": M, "hr@10": M, "hr@20": M, "ndcg@5": M, "ndcg@10": M,
+                    "ndcg@20": M, "mrr": M, "valid_ratio": M, "generation_hr@1": M,
+                    "coverage@10": M, "popularity@10": M, "target_popularity": M,
+                    "popularity_lift@10": M, "novelty@10": M, "target_novelty": M}},
      "predictions": str | null,   # path of predictions.jsonl, relative to this file
      ...}                         # any further meta keys, copied verbatim
     M = {"value": float | null, "ci_low": float | null, "ci_high": float | null,
@@ -27,7 +32,10 @@ either (:func:`find_predictions`).
 ``value`` is the mean of per-example scores over ``n`` examples (hits; for NDCG@k
 ``1/log2(rank+1)`` when ``rank <= k``; for MRR ``1/rank``); ``hr@1_given_valid`` is
 averaged over the ``n`` valid examples and is ``null`` when none is valid. CIs are
-percentile bootstrap intervals (:func:`~.bootstrap.bootstrap_ci`).
+percentile bootstrap intervals (:func:`~.bootstrap.bootstrap_ci`). The all-item metrics (those
+<= its ``top_n``; coverage and the popularity lift are set-level statistics, bootstrapped by
+:func:`~.bootstrap.bootstrap_statistic_ci`) are defined in :mod:`.all_item_metrics`; they read
+the ``catalogue`` meta entry (``n_items``, ``total_popularity``, ``top_n``).
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ import numpy as np
 
 from sdpo_lightning.errors import UserError
 
-from .bootstrap import bootstrap_ci, paired_bootstrap_pvalue
+from .all_item_metrics import RowStatistic, all_item_values, per_example_value
+from .bootstrap import bootstrap_ci, bootstrap_statistic_ci, paired_bootstrap_pvalue
 
 SCHEMA_VERSION = 1
 _RESERVED = ("schema_version", "n_examples", "bootstrap", "protocols")
@@ -92,9 +101,11 @@ def check_record_types(record: Mapping[str, Any], where: str) -> None:
         raise ReportError(f"{where}: 'scores' must be a list of numbers or nulls")
 
 
-def _metric_values(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-example score arrays, per protocol and metric."""
-    out: dict[str, dict[str, np.ndarray]] = {}
+def _metric_values(records: Sequence[Mapping[str, Any]],
+                   catalogue: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-example score arrays (or set-level :class:`~.all_item_metrics.RowStatistic`), per
+    protocol and metric."""
+    out: dict[str, dict[str, Any]] = {}
     if records and all("correct" in r and "valid" in r for r in records):
         correct = np.array([bool(r["correct"]) for r in records], dtype=np.float64)
         valid = np.array([bool(r["valid"]) for r in records], dtype=bool)
@@ -116,6 +127,9 @@ def _metric_values(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
             "hr@5": (rank <= 5).astype(np.float64), "ndcg@5": np.where(rank <= 5, ndcg, 0.0),
             "ndcg@10": np.where(rank <= 10, ndcg, 0.0), "mrr": 1.0 / rank,
         }
+    if records and all(isinstance(r.get("all_item"), Mapping) and "target_rank" in r["all_item"]
+                       for r in records):
+        out["all_item"] = all_item_values(records, catalogue)
     return out
 
 
@@ -150,14 +164,23 @@ def build_summary(
     if not all(is_int) or len(set(indices)) != len(indices):
         raise ReportError("every prediction record needs a unique integer 'index'")
     protocols: dict[str, dict[str, dict[str, Any]]] = {}
-    for protocol, metrics in _metric_values(per_example_records).items():
+    catalogue = meta.get("catalogue") if isinstance(meta.get("catalogue"), Mapping) else None
+    for protocol, metrics in _metric_values(per_example_records, catalogue).items():
         protocols[protocol] = {}
         for name, values in metrics.items():
             entry: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None}
-            entry["n"] = int(values.size)
-            if values.size:
-                mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
-                entry.update(value=mean, ci_low=lo, ci_high=hi)
+            if isinstance(values, RowStatistic):
+                entry["n"] = values.n
+                if values.n:
+                    value, lo, hi = bootstrap_statistic_ci(values.n, values.fn, n_boot=n_boot, alpha=alpha,
+                                                           seed=seed, row_cost=values.row_cost)
+                    finite = [x if np.isfinite(x) else None for x in (value, lo, hi)]
+                    entry.update(value=finite[0], ci_low=finite[1], ci_high=finite[2])
+            else:
+                entry["n"] = int(values.size)
+                if values.size:
+                    mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+                    entry.update(value=mean, ci_low=lo, ci_high=hi)
             protocols[protocol][name] = entry
     summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     summary.update({k: meta[k] for k in _REQUIRED_META})
@@ -268,8 +291,28 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def load_summary(path: str | Path) -> dict[str, Any]:
-    """Load and validate a summary.json written by :func:`write_summary`."""
+#: the metrics ``sdpo-report`` shows per protocol by default (the first one: Rel.Ipv and p-values)
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "generation": ("hr@1", "valid_ratio"),
+    "ranking": ("hr@1", "ndcg@5"),
+    "all_item": ("hr@10", "ndcg@10"),
+}
+
+
+def metric_label(name: str) -> str:
+    """Column label of a metric: ``hr@10`` → ``HR@10``, ``valid_ratio`` → ``ValidRatio``."""
+    head, _, k = name.partition("@")
+    labels = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "valid_ratio": "ValidRatio",
+              "generation_hr": "GenHR", "coverage": "Coverage", "popularity": "Pop",
+              "popularity_lift": "PopLift", "novelty": "Novelty"}
+    label = labels.get(head, head)
+    return f"{label}@{k}" if k else label
+
+
+def load_summary(path: str | Path, protocol: str = "generation",
+                 metrics: Sequence[str] | None = None) -> dict[str, Any]:
+    """Load and validate a summary.json written by :func:`write_summary`; it must hold the
+    ``metrics`` (default :data:`DEFAULT_METRICS`) of ``protocol``."""
     path = Path(path)
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -287,14 +330,14 @@ def load_summary(path: str | Path) -> dict[str, Any]:
             raise ReportError(f"{path}: '{key}' must be a string, got {json.dumps(summary[key])}")
     if not isinstance(summary.get("predictions"), (str, type(None))):
         raise ReportError(f"{path}: 'predictions' must be a file name or null")
-    gen = summary["protocols"].get("generation") if isinstance(summary["protocols"], dict) else None
-    for name in ("hr@1", "valid_ratio"):
-        entry = gen.get(name) if isinstance(gen, dict) else None
+    block = summary["protocols"].get(protocol) if isinstance(summary["protocols"], dict) else None
+    for name in metrics or DEFAULT_METRICS.get(protocol, ()):
+        entry = block.get(name) if isinstance(block, dict) else None
         if not isinstance(entry, dict) or "value" not in entry:
-            raise ReportError(f"{path}: missing protocols.generation.{name}.value")
+            raise ReportError(f"{path}: missing protocols.{protocol}.{name}.value")
         value = entry["value"]
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise ReportError(f"{path}: protocols.generation.{name}.value must be a number or "
+            raise ReportError(f"{path}: protocols.{protocol}.{name}.value must be a number or "
                               f"null, got {json.dumps(value)}")
     return summary
 
@@ -306,8 +349,33 @@ def hits_by_index(pred_path: str | Path) -> dict[int, tuple[float, float]]:
             for r in read_predictions(pred_path)}
 
 
-def _hits_by_index(summary_path: Path, summary: Mapping[str, Any]) -> dict[int, float] | None:
-    """Per-example HR@1 hits keyed by example index, or None when unavailable."""
+def all_item_values_by_index(pred_path: str | Path, metric: str = "hr@10") -> dict[int, float]:
+    """Per-example values of an all-item metric (``hr@k``, ``ndcg@k``, ``mrr``, ``valid_ratio``,
+    ``generation_hr@1``) of a predictions file, keyed by example index: the pairing key of the
+    paired bootstrap (:func:`~.bootstrap.paired_bootstrap_ci`), as :func:`hits_by_index` for the
+    candidate-list protocols."""
+    records = read_predictions(pred_path)
+    if any(not isinstance(r.get("all_item"), dict) for r in records):
+        raise ReportError(f"{pred_path}: every record needs 'all_item' (an all-item test)")
+    try:
+        return {r["index"]: per_example_value(r["all_item"], metric) for r in records}
+    except KeyError as err:
+        raise ReportError(f"{pred_path}: {err.args[0]}") from None
+
+
+def _record_value(record: Mapping[str, Any], protocol: str, metric: str) -> float:
+    """A record's per-example value of ``metric`` (KeyError when it has none)."""
+    if protocol == "generation":
+        return float(bool(record["correct"]) if metric == "hr@1" else bool(record["valid"]))
+    if protocol == "ranking":
+        return float(_metric_values([record])["ranking"][metric][0])
+    return per_example_value(record["all_item"], metric)
+
+
+def _hits_by_index(summary_path: Path, summary: Mapping[str, Any], protocol: str = "generation",
+                   metric: str = "hr@1") -> dict[int, float] | None:
+    """Per-example values of ``metric`` (HR@1 hits by default) keyed by example index, or None
+    when unavailable."""
     name = summary.get("predictions")
     if not name:
         return None
@@ -315,15 +383,22 @@ def _hits_by_index(summary_path: Path, summary: Mapping[str, Any]) -> dict[int, 
     if pred_path is None:
         return None
     records = read_predictions(pred_path)
-    if any("correct" not in r for r in records):
-        raise ReportError(f"{pred_path}: every record needs 'correct' for the paired test")
-    return {r["index"]: float(bool(r["correct"])) for r in records}
+    if protocol == "generation" and metric == "hr@1":
+        if any("correct" not in r for r in records):
+            raise ReportError(f"{pred_path}: every record needs 'correct' for the paired test")
+        return {r["index"]: float(bool(r["correct"])) for r in records}
+    try:
+        return {r["index"]: _record_value(r, protocol, metric) for r in records}
+    except KeyError:
+        return None  # not a per-example metric, or records without it: no paired test
 
 
 def _pvalue(
-    last: tuple[Path, dict], other: tuple[Path, dict], n_boot: int, seed: int
+    last: tuple[Path, dict], other: tuple[Path, dict], n_boot: int, seed: int,
+    protocol: str = "generation", metric: str = "hr@1",
 ) -> float | None:
-    hits_last, hits_other = _hits_by_index(*last), _hits_by_index(*other)
+    hits_last = _hits_by_index(*last, protocol=protocol, metric=metric)
+    hits_other = _hits_by_index(*other, protocol=protocol, metric=metric)
     if hits_last is None or hits_other is None:
         return None
     if hits_last.keys() != hits_other.keys():
@@ -342,20 +417,27 @@ def comparison_table(
     baseline_last: bool = False,
     n_boot: int = 10000,
     seed: int = 0,
+    protocol: str = "generation",
+    metrics: Sequence[str] | None = None,
 ) -> str:
     """Markdown table shaped like the paper's Table 1 (methods × datasets).
 
-    Rows are methods and columns datasets, each in order of first appearance. With
-    ``baseline_last``, a Rel.Ipv block gives the relative HR@1 improvement of the last
-    row over every other row, ``(last - row) / row * 100%``, with a two-sided paired
-    bootstrap p-value on per-example hits when both runs' predictions are available.
+    Rows are methods and columns datasets, each in order of first appearance; each dataset has
+    a column per metric of ``protocol`` (default :data:`DEFAULT_METRICS`: HR@1 and ValidRatio of
+    the generation protocol; HR@10 and NDCG@10 of ``all_item``). With ``baseline_last``, a
+    Rel.Ipv block gives the relative improvement in the first metric of the last row over every
+    other row, ``(last - row) / row * 100%``, with a two-sided paired bootstrap p-value on
+    per-example values when both runs' predictions are available.
     """
+    if protocol not in DEFAULT_METRICS:
+        raise ReportError(f"unknown protocol {protocol!r}; choose from {sorted(DEFAULT_METRICS)}")
+    metrics = tuple(metrics or DEFAULT_METRICS[protocol])
     cells: dict[tuple[str, str], tuple[Path, dict]] = {}
     methods: list[str] = []
     datasets: list[str] = []
     for raw in summary_paths:
         path = Path(raw)
-        summary = load_summary(path)
+        summary = load_summary(path, protocol, metrics)
         key = (str(summary["method"]), str(summary["dataset"]))
         if key in cells:
             raise ReportError(f"{path}: {key[0]} on {key[1]} already given by {cells[key][0]}")
@@ -366,22 +448,23 @@ def comparison_table(
         raise ReportError("no summary files given")
 
     def metric(key: tuple[str, str], name: str) -> float | None:
-        return cells[key][1]["protocols"]["generation"][name]["value"] if key in cells else None
+        return cells[key][1]["protocols"][protocol][name]["value"] if key in cells else None
 
-    header = ["Method"] + [f"{d} {m}" for d in datasets for m in ("HR@1", "ValidRatio")]
+    first = metrics[0]
+    header = ["Method"] + [f"{d} {metric_label(m)}" for d in datasets for m in metrics]
     rel = baseline_last and len(methods) > 1
     header += [f"Rel.Ipv {d}" for d in datasets] if rel else []
     rows, any_p = [], False
     for method in methods:
         row = [method]
-        row += [_fmt(metric((method, d), m)) for d in datasets for m in ("hr@1", "valid_ratio")]
+        row += [_fmt(metric((method, d), m)) for d in datasets for m in metrics]
         for d in datasets if rel else []:
-            last, this = metric((methods[-1], d), "hr@1"), metric((method, d), "hr@1")
+            last, this = metric((methods[-1], d), first), metric((method, d), first)
             if method == methods[-1] or last is None or not this:
                 row.append("—")
                 continue
             cell = f"{(last - this) / this * 100:+.2f}%"
-            p = _pvalue(cells[(methods[-1], d)], cells[(method, d)], n_boot, seed)
+            p = _pvalue(cells[(methods[-1], d)], cells[(method, d)], n_boot, seed, protocol, first)
             if p is not None:
                 cell, any_p = cell + f" (p={p:.4f})", True
             row.append(cell)
@@ -390,10 +473,12 @@ def comparison_table(
     lines = ["| " + " | ".join(c.replace("|", "\\|") for c in header) + " |", f"|{align}|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     if rel:
-        lines += ["", f"Rel.Ipv: relative HR@1 improvement of {methods[-1]} over each row."]
+        what = "HR@1" if protocol == "generation" else f"{metric_label(first)} ({protocol})"
+        lines += ["", f"Rel.Ipv: relative {what} improvement of {methods[-1]} over each row."]
     if any_p:
+        unit = "hits" if first.startswith("hr@") else "values"
         lines += [
-            "p: two-sided paired bootstrap test on per-example hits "
+            f"p: two-sided paired bootstrap test on per-example {unit} "
             f"(n_boot={n_boot}, seed={seed})."
         ]
     return "\n".join(lines) + "\n"
@@ -415,6 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="add Rel.Ipv (+ p-values) of the last method over every other row")
     parser.add_argument("--n-boot", type=int, default=10000, help="paired bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="paired bootstrap seed")
+    parser.add_argument("--protocol", choices=sorted(DEFAULT_METRICS), default="generation",
+                        help="the protocol whose metrics are shown (default: generation)")
+    parser.add_argument("--metrics", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                        default=None, help="comma-separated metric names of the protocol (default: "
+                        "generation hr@1,valid_ratio; ranking hr@1,ndcg@5; all_item hr@10,ndcg@10); "
+                        "the first drives Rel.Ipv")
     args = parser.parse_args(argv)
     paths: list[str] = []
     for pattern in args.summaries:
@@ -424,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         paths += expanded
     try:
-        table = comparison_table(paths, args.baseline_last, n_boot=args.n_boot, seed=args.seed)
+        table = comparison_table(paths, args.baseline_last, n_boot=args.n_boot, seed=args.seed,
+                                 protocol=args.protocol, metrics=args.metrics)
     except (ReportError, UserError) as e:
         return report("sdpo-report", e)
     if args.out is not None:
