@@ -11,7 +11,8 @@ Batch keys (tensors unless noted):
     candidate_input_ids / candidate_attention_mask (B, M, C), right-padded,
     candidate_mask (B, M) bool (False for padding candidates),
     candidate_popularity (B, M) float,
-    candidates, target, prompt: lists (not moved to device).
+    candidates, target, prompt, history: lists (not moved to device; ``history``: the
+    example's whole history, oldest first, whatever the prompt kept of it).
 After :func:`select_completions`: completion_input_ids / completion_attention_mask
 (B, N, C) and completion_index (B, N), the chosen completion first.
 """
@@ -88,6 +89,7 @@ class RecDataset(Dataset):
             "candidates": list(ex.candidates),
             "target": ex.target,
             "prompt": enc.prompt,
+            "history": list(ex.history),
         }
 
 
@@ -150,6 +152,7 @@ def make_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str
             "candidates": [it["candidates"] for it in items],
             "target": [it["target"] for it in items],
             "prompt": [it["prompt"] for it in items],
+            "history": [it["history"] for it in items],
         }
 
     return collate

@@ -5,6 +5,10 @@
   ``hr@1`` = correct / all, ``valid_ratio`` = valid / all, ``hr@1_given_valid``.
 * ``ranking``: every candidate scored by its completion log-likelihood (shared prefix);
   HR@1/3/5, NDCG@5/10, MRR. ValidRatio is 1 by construction.
+* ``all_item``: the whole catalogue, from a history-only prompt: the top N items by constrained
+  beam search over every title (:mod:`.all_item`); HR@k, NDCG@k, MRR, ValidRatio of free
+  generation, coverage, popularity bias, novelty (:mod:`.all_item_metrics`). It reads no
+  candidate and shares no pass with the two above (another prompt).
 
 Both protocols share one forward pass per batch (``one_pass=True``, the default): a shared pass
 (:func:`shared_pass`) computes what the requested protocols read, and one small function per
@@ -46,7 +50,12 @@ from sdpo_lightning.evaluation.constrained import (
     prefix_allowed_tokens_fn,
 )
 from sdpo_lightning.evaluation.decoding import greedy_decode, prefill, trie_greedy, trie_verify
-from sdpo_lightning.evaluation.metrics import GenerationMetrics, RankingMetrics, rank_of_target
+from sdpo_lightning.evaluation.metrics import (
+    AllItemMetrics,
+    GenerationMetrics,
+    RankingMetrics,
+    rank_of_target,
+)
 from sdpo_lightning.evaluation.parsing import parse_answer
 from sdpo_lightning.evaluation.report import (
     build_summary,
@@ -65,6 +74,7 @@ from sdpo_lightning.scoring.logps import (
 )
 
 if TYPE_CHECKING:
+    from sdpo_lightning.evaluation.all_item import AllItemProtocol
     from sdpo_lightning.scoring.trunk_cache import TrunkCache
 
 log = logging.getLogger(__name__)
@@ -85,6 +95,7 @@ class EvalModel:
             called only when a requested protocol can be served by it.
         score: the reference path's ranking scorer (``one_pass=False``): ``score(batch)`` →
             :class:`CompletionLogps` of every candidate, ``(B, M)``, shared prefix.
+        all_item: the all-item protocol's catalogue, prompts and settings, when it runs.
     """
 
     model: nn.Module
@@ -94,6 +105,7 @@ class EvalModel:
     length_normalize: bool = False
     trunk: Callable[[], TrunkCache | None] | None = None
     score: Callable[[dict[str, Any]], CompletionLogps] | None = None
+    all_item: AllItemProtocol | None = None
 
 
 @torch.no_grad()
@@ -255,12 +267,22 @@ def free_generation(shared: SharedPass) -> list[str]:
     return tok.batch_decode(tokens, skip_special_tokens=True)
 
 
+def all_item(shared: SharedPass) -> list[dict[str, Any]]:
+    """``all_item``: the ``all_item`` record part of each row (:meth:`AllItemProtocol.run
+    <sdpo_lightning.evaluation.all_item.AllItemProtocol.run>`): its own history-only prompts,
+    the top N of the catalogue by constrained beam search, free generation."""
+    if shared.ctx.all_item is None:
+        raise ValueError("the all_item protocol needs EvalModel.all_item (catalogue and settings)")
+    return shared.ctx.all_item.run(shared.ctx.model, shared.batch)
+
+
 # name → protocol; run in this order over one shared pass (free generation crops the prompt
 # cache in place, so it comes after any protocol reading the cache beyond the prompt)
 PROTOCOLS: dict[str, PassProtocol] = {
     "ranking": PassProtocol(rank_candidates, packed="required"),
     "constrained_generation": PassProtocol(constrained_generation, packed="served"),
     "free_generation": PassProtocol(free_generation, packed="optional", prompt_cache=True),
+    "all_item": PassProtocol(all_item, packed="optional"),
 }
 
 
@@ -320,7 +342,7 @@ class Evaluator(nn.Module):
 
     Args:
         split: ``val``, ``test`` or ``predict`` (metric name prefix).
-        protocols: subset of ``generation``, ``ranking``.
+        protocols: subset of ``generation``, ``ranking``, ``all_item``.
         one_pass: share one forward pass between the protocols (module docstring); ``False``
             runs ``model.generate`` and a separate ranking pass (the reference path).
     """
@@ -332,6 +354,8 @@ class Evaluator(nn.Module):
         self.one_pass = one_pass
         self.generation = GenerationMetrics()
         self.ranking = RankingMetrics()
+        self.all_item: AllItemMetrics | None = None  # made at the first batch (its top N)
+        self.all_item_meta: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
 
     @torch.no_grad()
@@ -365,8 +389,27 @@ class Evaluator(nn.Module):
                     raise ValueError("one_pass=False ranks with EvalModel.score; none was given")
                 out = ctx.score(batch)  # (B, M)
             self._ranking(recs, out, batch, known, ctx.length_normalize)
+        if "all_item" in self.protocols:
+            self._all_item(recs, run_protocols(ctx, batch, ["all_item"])["all_item"], batch, ctx)
         self.records.extend(recs)
         return recs
+
+    def _all_item(self, recs: list[dict[str, Any]], parts: list[dict[str, Any]],
+                  batch: dict[str, Any], ctx: EvalModel) -> None:
+        """Put each row's ``all_item`` part into its record; rows with a target into the metrics."""
+        for rec, part in zip(recs, parts, strict=True):
+            rec["all_item"] = part
+        if self.all_item is None:
+            self.all_item = AllItemMetrics(ctx.all_item.top_n).to(batch["index"].device)
+        self.all_item_meta = ctx.all_item.meta()
+        rows = [p for p in parts if "target_rank" in p]
+        if rows:
+            dev = batch["index"].device
+            rank = torch.tensor([p["target_rank"] or 0 for p in rows], device=dev)
+            free = all("valid" in p for p in rows)
+            self.all_item.update(
+                rank, torch.tensor([p["valid"] for p in rows], device=dev) if free else None,
+                torch.tensor([p["correct"] for p in rows], device=dev) if free else None)
 
     def _generation(self, recs: list[dict[str, Any]], texts: list[str], batch: dict[str, Any],
                     known: list[bool]) -> None:
@@ -410,6 +453,8 @@ class Evaluator(nn.Module):
             out.update({f"{self.split}/{k}": v for k, v in self.generation.compute().items()})
         if "ranking" in self.protocols:
             out.update({f"{self.split}/rank/{k}": v for k, v in self.ranking.compute().items()})
+        if "all_item" in self.protocols and self.all_item is not None:
+            out.update({f"{self.split}/all_item/{k}": v for k, v in self.all_item.compute().items()})
         return {k: v.float() for k, v in out.items()}
 
     def gathered_records(self, processes: Processes = SINGLE_PROCESS) -> list[dict[str, Any]]:
@@ -449,6 +494,8 @@ class Evaluator(nn.Module):
         if not processes.is_global_zero:
             return None
         pred = write_predictions(out_dir, records)  # non-finite scores become null
+        if self.all_item_meta is not None:  # the catalogue the all-item metrics need
+            meta = {**meta, "catalogue": self.all_item_meta}
         summary = build_summary(records, {**meta, "predictions": pred.name})
         write_summary(out_dir, summary)
         print(format_summary_table(summary))

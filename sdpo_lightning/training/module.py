@@ -19,6 +19,7 @@ import torch
 
 from sdpo_lightning.data.collate import select_completions
 from sdpo_lightning.data.negatives import NegativeSampling
+from sdpo_lightning.evaluation.all_item import AllItemProtocol
 from sdpo_lightning.evaluation.evaluator import EvalModel, Evaluator
 from sdpo_lightning.modeling.hybrid import (
     HYBRID_SUBDIR,
@@ -151,6 +152,7 @@ class SDPOModule(pl.LightningModule):
         self.negative_selector: NegativeSelector | None = None  # None: the data's strategy (see setup)
         self.sampling: NegativeSampling | None = None  # the data's K, strategy, seed (see setup)
         self._selectors: dict[str, NegativeSelector] = {}  # "train", "val"
+        self._all_item: AllItemProtocol | None = None  # see all_item_protocol()
 
     # ------------------------------------------------------------------ negatives
     def setup(self, stage: str) -> None:
@@ -448,14 +450,76 @@ class SDPOModule(pl.LightningModule):
             ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
             return self.score(batch, ids, mask, mode="shared_prefix")
 
+        trainer = self._trainer
+        all_item = None
+        if "all_item" in settings.eval_protocols and trainer is not None and (trainer.testing or trainer.predicting):
+            all_item = self.all_item_protocol()
         return EvalModel(model=self.policy, tokenizer=self.tokenizer,
                          max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
-                         length_normalize=settings.length_normalize, trunk=self.eval_trunk, score=score)
+                         length_normalize=settings.length_normalize, trunk=self.eval_trunk, score=score,
+                         all_item=all_item)
+
+    def all_item_protocol(self) -> AllItemProtocol:
+        """The all-item protocol of ``test`` / ``predict`` (``docs/all_item.md``), made on first
+        use: the catalogue of ``eval.catalogue_file``; history-only prompts
+        (``eval.all_item_prompts``, ``auto``: the history-only preset of the data module's
+        ``prompt_templates`` domain) with the data module's seed, separator, completion prefix
+        and ``max_length``. Every target of the split is checked against the catalogue first.
+
+        Raises:
+            ConfigError: ``auto`` prompts for data templates of no preset domain, or hybrid
+                item prompts.
+            DataFormatError: the catalogue file, or a target missing from it.
+        """
+        if self._all_item is not None:
+            return self._all_item
+        from sdpo_lightning.data.catalogue import load_catalogue
+        from sdpo_lightning.data.prompts import PromptBuilder, history_preset_of
+        from sdpo_lightning.errors import ConfigError
+
+        settings: EvalArgs = self.hparams.eval
+        if self.item_table is not None:
+            raise ConfigError("eval_protocols all_item does not support hybrid item prompts (model.hybrid) yet")
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        data_prompts = getattr(dm, "prompts", None)
+        templates = settings.all_item_prompts
+        if templates == "auto":
+            given = getattr(getattr(dm, "hparams", None), "prompt_templates", None)
+            templates = history_preset_of(given) if given is not None else None
+            if templates is None and data_prompts is not None:
+                templates = history_preset_of(data_prompts.templates)
+            if templates is None:
+                raise ConfigError("model.eval.all_item_prompts auto: the data's prompt_templates are no preset "
+                                  "(movies, music, books); name a preset or give history-only templates")
+        builder = PromptBuilder(templates, seed=getattr(data_prompts, "seed", 0),
+                                separator=getattr(data_prompts, "separator", ", "),
+                                completion_prefix=getattr(data_prompts, "completion_prefix", "auto"),
+                                history_only=True)
+        split = "predict" if trainer is not None and trainer.predicting else "test"
+        source = (getattr(dm, "files", {}) or {}).get(split) or split
+        catalogue = load_catalogue(settings.catalogue_file)
+        dataset = (getattr(dm, "datasets", {}) or {}).get(split)
+        if dataset is not None:
+            catalogue.check_targets((ex.target for ex in dataset.examples), str(source))
+        max_length = getattr(getattr(dm, "hparams", None), "max_length", 512)
+        try:
+            self._all_item = AllItemProtocol(
+                catalogue, self.tokenizer, builder, max_length, top_n=settings.top_n,
+                beam_width=settings.beam_width, length_penalty=settings.beam_length_penalty,
+                free_generation=settings.all_item_free_generation, max_new_tokens=settings.max_new_tokens,
+                kv_sharing=settings.kv_sharing, source=str(source))
+        except ValueError as err:  # top_n over the catalogue size, titles with the same tokens
+            raise ConfigError(f"eval_protocols all_item: {err}") from None
+        log.info("all-item protocol: %d items from %s, top %d, beam width %d", len(catalogue),
+                 settings.catalogue_file, settings.top_n, self._all_item.beam_width)
+        return self._all_item
 
     def on_predict_epoch_end(self) -> None:
         """Write ``predictions.jsonl`` (the generated / top-ranked answer of every record, see
         :class:`Evaluator`) into ``output_dir`` (default: the run directory)."""
         ev = self.evaluators.pop("predict", None)
+        self._all_item = None  # the next run may read other data
         if ev is not None:
             ev.write_prediction_file(self._output_dir(), processes_of(self._trainer))
 
@@ -506,6 +570,7 @@ class SDPOModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._save_eval_trunk()
         ev = self.evaluators.pop("test", None)
+        self._all_item = None  # the next run may read other data
         if ev is None:
             return
         self.log_dict(ev.compute_metrics(), sync_dist=False)

@@ -35,7 +35,8 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 ScoringMode = Literal["shared_prefix", "naive"]
 ReferenceMode = Literal["live", "cached"]
 CacheBuild = Literal["auto", "lazy", "full"]
-Protocol = Literal["generation", "ranking"]
+Protocol = Literal["generation", "ranking", "all_item"]
+KvSharing = Literal["auto", "shared", "expand"]
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -218,13 +219,30 @@ class EvalArgs:
     """Evaluation in ``validate`` / ``test`` / ``predict``.
 
     Attributes:
-        eval_protocols: the protocols ``test`` runs.
-        max_new_tokens: generation budget of the paper protocol.
+        eval_protocols: the protocols ``test`` runs: ``generation`` and ``ranking`` (the
+            candidate list), ``all_item`` (the whole catalogue, ``docs/all_item.md``).
+        max_new_tokens: generation budget of the paper protocol (and of the all-item
+            protocol's free generation).
         constrained: restrict generation to candidate titles (a prefix trie).
         length_normalize: ranking by mean instead of summed token log-likelihood.
         val_generation: also run greedy generation in validation (``val/hr@1``).
         val_ranking: also rank the candidates in validation (``val/rank/hr@1``, ...): a cheap
             learning curve of the ranking protocol.
+        catalogue_file: ``all_item``: the catalogue (``catalogue.json`` of ``sdpo-prepare``, or
+            ``sdpo-prepare catalogue`` of candidate-list files); every test target must be in it.
+        top_n: ``all_item``: N, items recommended per row (HR@k and NDCG@k for k <= N).
+        beam_width: ``all_item``: beams kept per row (default ``top_n``; at least ``top_n``; as
+            many as the catalogue has items makes the top N exact).
+        beam_length_penalty: ``all_item``: 0 (default) ranks items by their summed token
+            log-probs; ``a > 0`` by ``sum / n_tokens ** a`` (length normalisation, which favours
+            long titles: D3, arXiv 2406.14900).
+        all_item_prompts: ``all_item``: history-only templates: a preset (``movies``, ``music``,
+            ``books``), a template with ``{history}`` only, or a list; ``auto``: the preset of
+            the data's ``prompt_templates`` domain.
+        all_item_free_generation: ``all_item``: also decode greedily from the history-only
+            prompt (ValidRatio: the answer names one catalogue title).
+        kv_sharing: ``all_item``: how beams read their prompt's KV cache: ``shared`` (in place),
+            ``expand`` (a copy per beam), ``auto`` (``shared`` where the model supports it).
     """
 
     eval_protocols: list[Protocol] = field(default_factory=lambda: ["generation"])
@@ -233,15 +251,33 @@ class EvalArgs:
     length_normalize: bool = False
     val_generation: bool = False
     val_ranking: bool = False
+    catalogue_file: str | None = None
+    top_n: int = 20
+    beam_width: int | None = None
+    beam_length_penalty: float = 0.0
+    all_item_prompts: str | list[str] = "auto"
+    all_item_free_generation: bool = True
+    kv_sharing: KvSharing = "auto"
 
     def __post_init__(self) -> None:
         self.eval_protocols = list(self.eval_protocols or ["generation"])
-        bad = set(self.eval_protocols) - {"generation", "ranking"}
+        bad = set(self.eval_protocols) - {"generation", "ranking", "all_item"}
         if bad:
             raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, "
-                             "ranking")
+                             "ranking, all_item")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        if "all_item" in self.eval_protocols and not self.catalogue_file:
+            raise ValueError("eval_protocols all_item needs catalogue_file (catalogue.json of "
+                             "sdpo-prepare, or `sdpo-prepare catalogue` of the data files)")
+        if self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1, got {self.top_n!r}")
+        if self.beam_width is not None and self.beam_width < self.top_n:
+            raise ValueError(f"beam_width must be >= top_n ({self.top_n}), got {self.beam_width!r}")
+        if not (math.isfinite(self.beam_length_penalty) and self.beam_length_penalty >= 0):
+            raise ValueError("beam_length_penalty must be a finite number >= 0, got "
+                             f"{self.beam_length_penalty!r}")
+        _choice("kv_sharing", self.kv_sharing, ("auto", "shared", "expand"))
 
 
 @dataclass

@@ -31,10 +31,12 @@ def test_every_flat_key_has_a_new_place():
         assert name in {f.name for f in dataclasses.fields(GROUPS[group])}, key
     assert FLAT_KEYS["objective"] == ("objective", "name")
     assert FLAT_KEYS["beta"] == ("objective", "beta")
-    # every flat argument of the earlier signature but lora, hybrid (34), and the objective
-    # fields added since, whose flat form is refused with their place too
+    # every flat argument of the earlier signature but lora, hybrid (34), and the objective and
+    # eval fields added since, whose flat form is refused with their place too
     assert len(FLAT_KEYS) == 34 + len({"gamma", "token_mean", "dynamicpo_margin",
-                                      "dynamicpo_spread"})
+                                      "dynamicpo_spread"}) + len(
+        {"catalogue_file", "top_n", "beam_width", "beam_length_penalty", "all_item_prompts",
+         "all_item_free_generation", "kv_sharing"})
     assert FLAT_KEYS["gamma"] == ("objective", "gamma")
 
 
