@@ -1,17 +1,17 @@
 """``make demo`` (the embedded default) learns, and the README shows exactly what it prints.
 
 Runs the real demo (``python -m sdpo_lightning.demo``: synthetic data, SFT, test, S-DPO,
-test, baselines) in a temporary directory with the repository's configs — about 3-4 min on
+test, baselines) in a temporary directory with the repository's configs — about 4 min on
 2 cores — and checks
 
-* on any machine, what holds over seeds and kernel paths (docs/reproducibility.md): SFT learns
-  the task (HR@1 above the random and most-popular baselines on both protocols, ranking HR@1
-  at least 0.5 with 5 candidates, ValidRatio at least 0.95) and S-DPO ranks the candidates
-  better than SFT on the same rows (paired difference above 0);
+* on any machine, the claim that held over 5 seeds and three kernel paths
+  (docs/reproducibility.md): SFT learns the task (HR@1 above the random and most-popular
+  baselines on both protocols, ranking HR@1 at least 0.7 with 5 candidates, ValidRatio at
+  least 0.95) and S-DPO beats SFT on both protocols on the same rows (both paired-bootstrap
+  intervals above 0);
 * on x86-64, where the demo pins every CPU kernel path (``sdpo_lightning.kernels``), that the
-  results block equals the README's block between the ``demo-output`` markers, and with it
-  its paired intervals (both above 0 for this seed). Elsewhere (e.g. ARM) the kernels differ,
-  and the numbers may too.
+  results block equals the README's block between the ``demo-output`` markers. Elsewhere
+  (e.g. ARM) the kernels differ, and the numbers may too.
 """
 
 from __future__ import annotations
@@ -52,18 +52,17 @@ def test_demo_learns_and_readme_shows_its_output(tmp_path: Path) -> None:
         return json.loads((root / run / "summary.json").read_text())["protocols"]
 
     sft = protocols("sft")
-    assert sft["ranking"]["hr@1"]["value"] >= 0.5
+    assert sft["ranking"]["hr@1"]["value"] >= 0.7
     assert sft["generation"]["valid_ratio"]["value"] >= 0.95
     for baseline in ("baselines/random", "baselines/most_popular"):
         for protocol in ("generation", "ranking"):
             assert sft[protocol]["hr@1"]["value"] > protocols(baseline)[protocol]["hr@1"]["value"], baseline
     paired = re.findall(r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", block, re.M)
     assert [p[0] for p in paired] == ["generation", "ranking"]
-    assert float(paired[1][1]) > 0, block  # S-DPO ranks better than SFT
+    for _, _delta, low, _high in paired:  # S-DPO beats SFT on both protocols, same rows
+        assert float(low) > 0, block
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         print(f"SKIP exact README block: kernels are pinned for x86-64, this is {platform.machine()}")
         return
     assert block == readme_block(), "README's demo block differs from what `make demo` prints:\n" + block
-    for _, _delta, low, _high in paired:  # the pinned block's claim: both intervals above 0
-        assert float(low) > 0, block
