@@ -9,7 +9,8 @@ both intervals lie above 0.
 With ``--control`` each run also trains the equal-compute control, *SFT continued*: the
 S-DPO stage's config (same LoRA, learning rate, epochs and rows) with ``objective: sft``,
 and prints S-DPO − SFT continued beside S-DPO − SFT: what the objective adds beyond the
-extra training.
+extra training, and then, for the first run that has the control, HR@1 by kind of test row
+(:func:`breakdown`): where the gain comes from.
 
 Kernel settings (``--settings``):
 
@@ -95,6 +96,49 @@ def results(root: Path) -> dict:
     return out
 
 
+#: kinds of test rows in :func:`breakdown`, by what the target is
+ROW_KINDS = {
+    ("successor", False): "target = successor of the last item, no other candidate of its category",
+    ("successor", True): "target = successor, another candidate of the category",
+    ("same category", False): "target = another item of the category, none other in the list",
+    ("same category", True): "target = another item of the category, another candidate of the category",
+    ("fresh", False): "target from a fresh category",
+}
+
+
+def breakdown(root: Path) -> str:
+    """HR@1 (generation / ranking) of SFT, SFT continued and S-DPO by kind of test row: is the
+    target the last history item's successor, another item of its category, or a fresh draw,
+    and does another candidate share the last item's category (the generator's hidden
+    catalogue, ``data/items.json``, tells)."""
+    items = {d["title"]: d for d in json.loads((root / "data" / "items.json").read_text())}
+    rows = json.loads((root / "data" / "test.json").read_text())
+    runs = {"SFT": "sft", "SFT continued": "sft_cont", "S-DPO": "sdpo"}
+    preds = {}
+    for name, run in runs.items():
+        with open(root / run / "predictions.jsonl") as f:
+            preds[name] = {r["index"]: r for r in map(json.loads, f)}
+    counts: dict[tuple, list[int]] = {k: [0] * (1 + 2 * len(runs)) for k in ROW_KINDS}
+    for i, row in enumerate(rows):
+        target, last = items[row["trueSelection"]], items[row["historyList"][-1]]
+        same = target["category"] == last["category"]
+        kind = "successor" if last["successor"] == target["item_id"] else "same category" if same else "fresh"
+        others = sum(items[t]["category"] == last["category"] for t in row["itemList"]) - same
+        cell = counts[(kind, bool(others) and kind != "fresh")]
+        cell[0] += 1
+        for j, name in enumerate(runs):
+            cell[1 + 2 * j] += bool(preds[name][i]["correct"])
+            cell[2 + 2 * j] += preds[name][i]["target_rank"] == 1
+    lines = ["| test rows | n | " + " | ".join(f"{n} gen / rank" for n in runs) + " |",
+             "|:--|--:|" + "--:|" * len(runs)]
+    for key, label in ROW_KINDS.items():
+        n, *hits = counts[key]
+        cells = " | ".join(f"{hits[2 * j] / n:.3f} / {hits[2 * j + 1] / n:.3f}" if n else "—"
+                           for j in range(len(runs)))
+        lines.append(f"| {label} | {n} | {cells} |")
+    return "\n".join(lines)
+
+
 def _ci(t: tuple[float, ...]) -> str:
     return f"{t[0]:+.4f} [{t[1]:+.4f}, {t[2]:+.4f}]"
 
@@ -139,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         roots = dict(zip(todo, pool.map(lambda t: run_one(args.out, *t, extra, args.configs, args.control), todo)))
     print(table({key: results(root) for key, root in roots.items()}))
+    with_control = [(key, root) for key, root in roots.items() if (root / "sft_cont" / "predictions.jsonl").is_file()]
+    if with_control:
+        (setting, seed), root = with_control[0]
+        print(f"\nHR@1 by kind of test row, {setting} seed {seed}:\n{breakdown(root)}")
     if skipped:
         print(f"Skipped (this CPU lacks them): {', '.join(skipped)}")
     return 0
