@@ -62,9 +62,12 @@ class RecDataModule(pl.LightningDataModule):
         prompt_templates: preset (``movies``, ``music``, ``books``), a template, or a list.
         num_negatives: K, negatives per example for DPO / S-DPO (every example needs K + 1
             candidates).
-        negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered`` (training;
-            validation negatives are random, drawn once).
+        negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered`` |
+            ``on_policy`` (training; validation negatives are random, drawn once; see
+            ``docs/negatives.md``).
         temperature: temperature of ``tempered`` sampling.
+        on_policy_refresh_steps: ``on_policy``: a row's policy scores are reused until they
+            are this many optimizer steps old (1: every batch scored by the current policy).
         batch_size: training batch size (examples).
         eval_batch_size: validation / test batch size (default: ``batch_size``).
         max_length: token budget of prompt + longest completion (oldest history dropped).
@@ -87,6 +90,7 @@ class RecDataModule(pl.LightningDataModule):
         num_negatives: int = 3,
         negative_sampling: str = "random",
         temperature: float = 1.0,
+        on_policy_refresh_steps: int = 1,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         max_length: int = 512,
@@ -101,7 +105,7 @@ class RecDataModule(pl.LightningDataModule):
         if negative_sampling not in STRATEGIES:
             raise ValueError(f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}")
         _check_counts(num_negatives=num_negatives, batch_size=batch_size, max_length=max_length,
-                      eval_batch_size=eval_batch_size)
+                      eval_batch_size=eval_batch_size, on_policy_refresh_steps=on_policy_refresh_steps)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
@@ -128,9 +132,10 @@ class RecDataModule(pl.LightningDataModule):
     @property
     def sampling(self) -> NegativeSampling:
         """The negative-sampling settings (``num_negatives``, ``negative_sampling``,
-        ``temperature``, ``seed``) for whoever picks the negatives."""
+        ``temperature``, ``seed``, ``on_policy_refresh_steps``) for whoever picks the negatives."""
         hp = self.hparams
-        return NegativeSampling(hp.negative_sampling, hp.num_negatives, hp.seed, hp.temperature)
+        return NegativeSampling(hp.negative_sampling, hp.num_negatives, hp.seed, hp.temperature,
+                                hp.get("on_policy_refresh_steps", 1))
 
     # ---------------------------------------------------------------- loading
     def _tokenizer(self) -> Any:

@@ -11,6 +11,8 @@ Strategies:
     hard:       the K candidates the reference scores highest (needs reference scores).
     tempered:   without replacement from ``softmax(score / temperature)`` (Gumbel top-k);
                 temperature → 0 is ``hard``, → ∞ is ``random``.
+    on_policy:  the K candidates the current policy scores highest (needs the policy's
+                scores; ties broken by a seeded random order, see ``docs/negatives.md``).
 
 These are the draws; which examples get them, and with whose scores, is decided where the
 policy and the reference are at hand (:mod:`sdpo_lightning.training.negatives`). The data
@@ -25,9 +27,11 @@ from typing import Iterable, Sequence
 
 import torch
 
-STRATEGIES = ("random", "popularity", "hard", "tempered")
+STRATEGIES = ("random", "popularity", "hard", "tempered", "on_policy")
 #: the strategies that rank candidates by the reference's scores
 REFERENCE_STRATEGIES = ("hard", "tempered")
+#: the strategies that rank candidates by the policy's own (current) scores
+POLICY_STRATEGIES = ("on_policy",)
 _MASK = 2**63 - 1
 
 
@@ -42,22 +46,32 @@ class NegativeSampling:
         k: negatives per example.
         seed: seeds every draw, with the epoch and the example index.
         temperature: softmax temperature of ``tempered``.
+        refresh_steps: ``on_policy``: a row's policy scores are reused until they are this
+            many optimizer steps old (1: every batch is scored by the current policy).
     """
 
     strategy: str = "random"
     k: int = 3
     seed: int = 0
     temperature: float = 1.0
+    refresh_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"negative_sampling must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not (isinstance(self.refresh_steps, int) and self.refresh_steps >= 1):
+            raise ValueError(f"on_policy_refresh_steps must be a positive integer, got {self.refresh_steps!r}")
 
     @property
     def needs_reference(self) -> bool:
         """Whether the strategy ranks candidates by the reference's scores."""
         return self.strategy in REFERENCE_STRATEGIES
+
+    @property
+    def needs_policy(self) -> bool:
+        """Whether the strategy ranks candidates by the policy's own scores."""
+        return self.strategy in POLICY_STRATEGIES
 
 
 def example_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -97,7 +111,8 @@ def sample_negatives(
         strategy: one of :data:`STRATEGIES`.
         generator: the seeded generator (see :func:`example_generator`).
         weights: per-candidate popularity counts (``popularity``).
-        scores: per-candidate reference log-likelihoods (``hard``, ``tempered``).
+        scores: per-candidate reference log-likelihoods (``hard``, ``tempered``), or the
+            policy's (``on_policy``).
         temperature: softmax temperature of ``tempered``.
 
     Returns:
@@ -119,8 +134,14 @@ def sample_negatives(
         w = torch.as_tensor(weights, dtype=torch.float64)[pool] + 1.0
         return pool[_gumbel_top_k(torch.log(w), k, generator)].tolist()
     if scores is None:
-        raise ValueError(f"the {strategy} strategy needs reference scores (reference: cached)")
+        whose = "the policy's" if strategy in POLICY_STRATEGIES else "reference"
+        raise ValueError(f"the {strategy} strategy needs {whose} scores of every candidate")
     s = torch.as_tensor(scores, dtype=torch.float64)[pool]
+    if strategy == "on_policy":
+        # best first; equal scores in a seeded random order (the same for a seed, epoch, row)
+        tiebreak = torch.randperm(len(pool), generator=generator).tolist()
+        order = sorted(range(len(pool)), key=lambda i: (-float(s[i]), tiebreak[i]))[:k]
+        return pool[torch.tensor(order, dtype=torch.long)].tolist()
     if strategy == "hard":
         # stable: ties go to the earlier candidate
         order = sorted(range(len(pool)), key=lambda i: (-float(s[i]), i))[:k]

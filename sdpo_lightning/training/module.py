@@ -64,6 +64,7 @@ from sdpo_lightning.training.module_args import (
 from sdpo_lightning.training.negatives import (
     VAL_EPOCH,
     NegativeSelector,
+    OnPolicyNegatives,
     make_selector,
     validation_selector,
 )
@@ -160,21 +161,29 @@ class SDPOModule(pl.LightningModule):
         (:attr:`RecDataModule.sampling <sdpo_lightning.data.datamodule.RecDataModule.sampling>`;
         without one: random, K of ``objective.num_negatives``, seed 0) and make the selectors:
         training's is :attr:`negative_selector` when one was assigned, else that of the data's
-        strategy (``hard`` / ``tempered`` rank by :meth:`reference_candidate_scores`)."""
+        strategy (``hard`` / ``tempered`` rank by :meth:`reference_candidate_scores`,
+        ``on_policy`` by :meth:`policy_candidate_scores`)."""
         dm = self._trainer.datamodule if self._trainer is not None else None
         sampling = getattr(dm, "sampling", None)
         if not isinstance(sampling, NegativeSampling):
             sampling = NegativeSampling(k=self.hparams.objective.num_negatives)
         self.sampling = sampling
-        self._selectors = {
-            "train": self.negative_selector or make_selector(sampling, self.reference_candidate_scores),
-            "val": validation_selector(sampling),
-        }
+        train = self.negative_selector
+        if train is None:
+            current = self._selectors.get("train")
+            # on_policy keeps its per-row scores across setup calls of one run
+            if isinstance(current, OnPolicyNegatives) and sampling.needs_policy:
+                train = current
+            else:
+                train = make_selector(sampling, self.reference_candidate_scores,
+                                      self.policy_candidate_scores, lambda: self.global_step)
+        self._selectors = {"train": train, "val": validation_selector(sampling)}
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Training and validation batches: pick K negatives of every example (training: the
         selector, re-drawn each epoch; validation: random, the same every time) and add the
-        chosen completion and the negatives (``completion_*`` keys, the chosen one first)."""
+        chosen completion and the negatives (``completion_*`` keys, the chosen one first), and
+        what the selector reports of them (``negative_stats``, training)."""
         trainer = self._trainer
         if trainer is None or not (trainer.training or trainer.validating or trainer.sanity_checking):
             return batch
@@ -184,7 +193,12 @@ class SDPOModule(pl.LightningModule):
             selector, epoch = self._selectors["train"], trainer.current_epoch
         else:
             selector, epoch = self._selectors["val"], VAL_EPOCH
-        return select_completions(batch, selector.select(batch, self.sampling.k, epoch))
+        out = select_completions(batch, selector.select(batch, self.sampling.k, epoch))
+        if trainer.training:
+            stats = selector.stats()
+            if stats:  # logged with the step (train/negatives/<name>)
+                out["negative_stats"] = stats
+        return out
 
     # ------------------------------------------------------------------ model
     def _build(self) -> torch.nn.Module:
@@ -360,6 +374,15 @@ class SDPOModule(pl.LightningModule):
             self.ref_cache = self._open_reference_cache()
         return self.ref_cache.scores_for(self.reference_source(), split, batch)
 
+    @torch.no_grad()
+    def policy_candidate_scores(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The current policy's log-likelihood of every candidate (B, M) — on-policy negatives.
+        One shared-prefix pass without gradient, dropout off (eval mode, restored after): the
+        ranking the evaluator would see now, the same for the same weights."""
+        with eval_mode(self.policy):
+            ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
+            return self.score(batch, ids, mask, mode="shared_prefix").logps  # (B, M)
+
     def _split(self) -> str:
         return "fit" if self.trainer.training else "validate"
 
@@ -411,6 +434,8 @@ class SDPOModule(pl.LightningModule):
         bs = ids.shape[0]
         on_step = split == "train"
         opts = dict(on_step=on_step, on_epoch=not on_step, batch_size=bs, sync_dist=not on_step)
+        if on_step and batch.get("negative_stats"):
+            self.log_dict({f"train/negatives/{k}": float(v) for k, v in batch["negative_stats"].items()}, **opts)
         self.log(f"{split}/loss", metrics.pop("loss"), prog_bar=True, **opts)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, **opts)
         return loss

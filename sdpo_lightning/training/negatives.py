@@ -12,9 +12,11 @@ A selector answers one question, ``select(batch, k, epoch)`` → ``(B, K)`` cand
 (distinct, never the target, among the example's real candidates). The strategies of
 :mod:`sdpo_lightning.data.negatives` are the selectors here (:func:`make_selector`); every draw
 is seeded by ``(seed, epoch, example index)``, so the negatives are the same for a seed and an
-epoch whatever the number of workers or processes. Another strategy is another selector: e.g.
-on-policy negatives (the policy's own top-scored non-target candidates, refreshed on a
-schedule) would hold a scorer of the policy and implement the same ``select``.
+epoch whatever the number of workers or processes. :class:`OnPolicyNegatives` holds a scorer
+of the current policy (the module's ``policy_candidate_scores``) and a step counter: the
+policy's own top-scored non-target candidates, refreshed every ``refresh_steps`` optimizer
+steps (``docs/negatives.md``). A selector may report what it chose (:meth:`NegativeSelector.stats`);
+the module logs it as ``train/negatives/<name>``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from sdpo_lightning.data.collate import negative_indices
 from sdpo_lightning.data.negatives import NegativeSampling
+from sdpo_lightning.evaluation.metrics import rank_of_target
 
 #: the fixed "epoch" of validation negatives: drawn once, the same every validation
 VAL_EPOCH = -1
@@ -58,6 +61,11 @@ class NegativeSelector(abc.ABC):
             k: negatives per example.
             epoch: the training epoch (validation: :data:`VAL_EPOCH`).
         """
+
+    def stats(self) -> dict[str, float]:
+        """What the last :meth:`select` chose, as named numbers (logged by the module as
+        ``train/negatives/<name>``); none by default."""
+        return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,22 +126,142 @@ class TemperedNegatives(NegativeSelector):
         return negative_indices(batch, k, "tempered", self.seed, epoch, scores, self.temperature)
 
 
+def rows_of(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    """The sub-batch of the given rows: tensors and lists indexed on their first dimension.
+
+    Args:
+        batch: a collated batch of ``B`` rows.
+        rows: ``(R,)`` row positions in ``batch``.
+    """
+    keep = rows.tolist()
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(batch["index"]):
+            out[key] = value[rows.to(value.device)]
+        elif isinstance(value, list) and len(value) == len(batch["index"]):
+            out[key] = [value[i] for i in keep]
+        else:
+            out[key] = value
+    return out
+
+
+def negative_ranks(scores: torch.Tensor, candidate_mask: torch.Tensor, target_index: torch.Tensor,
+                   negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where the negatives and the target stand in a ranking of each row's candidates.
+
+    Args:
+        scores: ``(B, M)`` every candidate's score (e.g. the policy's log-likelihood).
+        candidate_mask: ``(B, M)`` real candidates.
+        target_index: ``(B,)``.
+        negatives: ``(B, K)`` the chosen negatives' candidate indices.
+
+    Returns:
+        ``negative_rank (B, K)``: 1 + the number of real candidates scored strictly higher;
+        ``target_rank (B,)``: 1 + the number of other real candidates scored at least as high
+        (ties count against the target, as in evaluation).
+    """
+    s = scores.float().masked_fill(~candidate_mask.bool(), float("-inf"))  # (B, M)
+    neg = torch.gather(s, 1, negatives.to(s.device))  # (B, K)
+    higher = (s.unsqueeze(1) > neg.unsqueeze(2)).sum(-1)  # (B, K)
+    return {"negative_rank": higher + 1,
+            "target_rank": rank_of_target(s, target_index.to(s.device))}
+
+
+class OnPolicyNegatives(NegativeSelector):
+    """The K non-target candidates the current policy scores highest (its own mistakes).
+
+    Scores are the policy's summed completion log-likelihoods of every candidate (the module's
+    ``policy_candidate_scores``: no gradient, dropout off). A row's scores are reused until they
+    are ``refresh_steps`` optimizer steps old (``step()`` - the step they were computed at);
+    with ``refresh_steps=1`` every batch is scored by the current policy, only the rows whose
+    scores are due are scored otherwise. Equal scores are ordered by a random permutation
+    seeded by ``(seed, epoch, example index)``.
+
+    Args:
+        scores: the policy's score of every candidate of a batch, ``(B, M)``.
+        step: the current optimizer step (the module's ``global_step``).
+        seed: seeds the tie-breaking order.
+        refresh_steps: how many optimizer steps a row's scores are reused for (>= 1).
+
+    After each :meth:`select`, :meth:`stats` gives the mean rank of the negatives under the
+    policy (``mean_rank``, 1 = its top candidate), how often the target was the policy's
+    top-1 (``target_top1``), the target's mean rank (``target_rank``) and the share of rows
+    scored afresh (``refreshed``).
+    """
+
+    needs_reference: ClassVar[bool] = False
+
+    def __init__(self, scores: CandidateScores, step: Callable[[], int], seed: int = 0,
+                 refresh_steps: int = 1) -> None:
+        if not (isinstance(refresh_steps, int) and refresh_steps >= 1):
+            raise ValueError(f"on_policy_refresh_steps must be a positive integer, got {refresh_steps!r}")
+        self.scores, self.step, self.seed, self.refresh_steps = scores, step, seed, refresh_steps
+        self._cache: dict[int, tuple[int, torch.Tensor]] = {}  # example index -> (step, (M,) scores)
+        self._stats: dict[str, float] = {}
+
+    def policy_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """``(B, M)`` policy scores of the batch's rows (fresh or reused) on the CPU, and how
+        many rows were scored now."""
+        step = int(self.step())
+        if self.refresh_steps == 1:
+            return self.scores(batch).detach().float().cpu(), len(batch["index"])
+        index = batch["index"].tolist()
+        m = batch["candidate_mask"].shape[1]
+        due = [i for i, row in enumerate(index)
+               if row not in self._cache or step - self._cache[row][0] >= self.refresh_steps]
+        if due:
+            fresh = self.scores(rows_of(batch, torch.tensor(due))).detach().float().cpu()  # (R, M)
+            for j, i in enumerate(due):
+                self._cache[index[i]] = (step, fresh[j])
+        out = torch.full((len(index), m), float("-inf"))  # (B, M); columns past a row's candidates unused
+        for i, row in enumerate(index):
+            cached = self._cache[row][1][:m]
+            out[i, :len(cached)] = cached
+        return out, len(due)
+
+    def select(self, batch: dict[str, Any], k: int, epoch: int) -> torch.Tensor:
+        scores, n_scored = self.policy_scores(batch)  # (B, M)
+        negatives = negative_indices(batch, k, "on_policy", self.seed, epoch, scores)  # (B, K)
+        mask, target = batch["candidate_mask"].cpu(), batch["target_index"].cpu()
+        ranks = negative_ranks(scores, mask, target, negatives)
+        self._stats = {
+            "mean_rank": float(ranks["negative_rank"].float().mean()),
+            "target_top1": float((ranks["target_rank"] == 1).float().mean()),
+            "target_rank": float(ranks["target_rank"].float().mean()),
+            "refreshed": n_scored / max(1, len(batch["index"])),
+        }
+        return negatives
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+
 def make_selector(sampling: NegativeSampling,
-                  reference_scores: CandidateScores | None = None) -> NegativeSelector:
+                  reference_scores: CandidateScores | None = None,
+                  policy_scores: CandidateScores | None = None,
+                  step: Callable[[], int] | None = None) -> NegativeSelector:
     """The selector of the data's training strategy.
 
     Args:
         sampling: the settings (``RecDataModule.sampling``).
         reference_scores: the reference's score of every candidate of a batch (``hard`` and
             ``tempered``; the module's ``reference_candidate_scores``).
+        policy_scores: the current policy's score of every candidate of a batch
+            (``on_policy``; the module's ``policy_candidate_scores``).
+        step: the current optimizer step (``on_policy``'s refresh schedule; default: always 0).
 
     Raises:
-        ValueError: ``hard`` / ``tempered`` without ``reference_scores``.
+        ValueError: ``hard`` / ``tempered`` without ``reference_scores``, ``on_policy``
+            without ``policy_scores``.
     """
     if sampling.strategy == "random":
         return RandomNegatives(sampling.seed)
     if sampling.strategy == "popularity":
         return PopularityNegatives(sampling.seed)
+    if sampling.strategy == "on_policy":
+        if policy_scores is None:
+            raise ValueError("the on_policy strategy needs the policy's scores of every candidate")
+        return OnPolicyNegatives(policy_scores, step or (lambda: 0), sampling.seed, sampling.refresh_steps)
     if reference_scores is None:
         raise ValueError(f"the {sampling.strategy} strategy needs reference scores")
     if sampling.strategy == "hard":

@@ -66,7 +66,7 @@ def test_make_selector_types_and_errors():
     with pytest.raises(ValueError, match="hard strategy needs reference scores"):
         make_selector(NegativeSampling("hard"))
     with pytest.raises(ValueError, match="negative_sampling must be one of"):
-        NegativeSampling("on_policy")
+        NegativeSampling("self_play")
 
 
 def test_the_data_module_carries_the_settings_and_picks_nothing(dm):
