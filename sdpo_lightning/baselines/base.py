@@ -20,7 +20,7 @@ import numpy as np
 
 from sdpo_lightning.data.records import Example
 
-__all__ = ["Scorer", "example_key", "example_rng", "user_chains"]
+__all__ = ["Scorer", "example_key", "example_rng", "history_rng", "user_chains"]
 
 
 class Scorer(ABC):
@@ -58,6 +58,11 @@ class Scorer(ABC):
             )
         return scores
 
+    def score_titles(self, history: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """Scores of arbitrary ``titles`` (e.g. the whole catalogue) for a user with ``history``:
+        the all-item protocol's scores (:mod:`.all_item`), ``(len(titles),)`` float64."""
+        raise NotImplementedError(f"{type(self).__name__} does not score a catalogue")
+
     def config(self) -> dict[str, object]:
         """Hyperparameters and fit statistics, copied into the run summary."""
         return {"seed": self.seed}
@@ -73,6 +78,14 @@ def example_rng(seed: int, example: Example, salt: str) -> np.random.Generator:
     """A generator that depends only on ``seed``, ``salt`` and the example's content."""
     salt_int = int.from_bytes(hashlib.sha256(salt.encode("utf-8")).digest()[:8], "little")
     words = np.frombuffer(example_key(example)[:16], dtype=np.uint32).tolist()
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, salt_int & 0xFFFFFFFF, *words])
+
+
+def history_rng(seed: int, history: Sequence[str], salt: str) -> np.random.Generator:
+    """A generator that depends only on ``seed``, ``salt`` and ``history`` (all-item protocol)."""
+    salt_int = int.from_bytes(hashlib.sha256(salt.encode("utf-8")).digest()[:8], "little")
+    digest = hashlib.sha256("\x1f".join(history).encode("utf-8")).digest()
+    words = np.frombuffer(digest[:16], dtype=np.uint32).tolist()
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, salt_int & 0xFFFFFFFF, *words])
 
 

@@ -9,6 +9,8 @@ Examples::
     sdpo-baseline most_popular --train ../shared/data/lastfm/train.json \\
         --test ../shared/data/lastfm/valid.json --out runs/baselines/most_popular
     sdpo-baseline item_knn --train T --test V --out DIR --param decay=0.5 --no-select
+    sdpo-baseline item_knn --train T --test V --out DIR --protocol all_item \
+        --catalogue data/lastfm/catalogue.json --top_n 20
     sdpo-baseline fit -c configs/baselines/sasrec_lastfm.yaml --seed_everything 1
 
 Data are read with :func:`sdpo_lightning.data.readers.load_examples`, so a bad record
@@ -83,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not search the selection grid (use defaults / --param)")
     parser.add_argument("--selection-fraction", type=float, default=0.2,
                         help="share of training users held out for selection")
+    parser.add_argument("--protocol", choices=("candidates", "all_item"), default="candidates",
+                        help="candidates: rank each row's candidate list (default); all_item: "
+                        "rank the whole --catalogue, history items excluded (docs/all_item.md)")
+    parser.add_argument("--catalogue", type=Path, default=None,
+                        help="catalogue.json of the all_item protocol (sdpo-prepare writes it)")
+    parser.add_argument("--top_n", "--top-n", type=int, default=20,
+                        help="items returned per row in the all_item protocol")
     parser.add_argument("--lenient", action="store_true", help="skip (and count) bad records")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     return parser
@@ -105,6 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train = load_examples(args.train, lenient=args.lenient)
         test = load_examples(args.test, lenient=args.lenient)
+        catalogue = None
+        if args.protocol == "all_item":
+            if args.catalogue is None:
+                raise ValueError("--protocol all_item needs --catalogue FILE")
+            from sdpo_lightning.data.catalogue import load_catalogue
+
+            catalogue = load_catalogue(args.catalogue)
         summary = run_baseline(
             args.name, train.examples, test.examples, args.out, seed=args.seed,
             dataset=args.dataset or args.test.resolve().parent.name,
@@ -112,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run=args.run, meta={"train_file": str(args.train), "data_file": str(args.test),
                                 "skipped": {"train": len(train.skipped),
                                             "test": len(test.skipped)}},
+            protocol=args.protocol, catalogue=catalogue, top_n=args.top_n,
             **dict(args.param))
     except (DataFormatError, ValueError, TypeError) as err:
         print(f"sdpo-baseline: error: {err}", file=sys.stderr)

@@ -26,6 +26,8 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
+import numpy as np
+
 from sdpo_lightning.baselines.base import Scorer
 from sdpo_lightning.data.records import Example
 
@@ -83,15 +85,25 @@ class ItemKNNScorer(Scorer):
         return self
 
     def _score(self, example: Example) -> list[float]:
+        return self.score_titles(example.history, example.candidates).tolist()
+
+    def score_titles(self, history: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """The module docstring's score of each title for ``history``."""
         weights: dict[str, float] = {}
-        for k, h in enumerate(reversed(example.history)):  # k = 0: most recent
+        for k, h in enumerate(reversed(history)):  # k = 0: most recent
             weights[h] = weights.get(h, 0.0) + self.decay**k
         rows = [(self.cooc[h], w) for h, w in weights.items() if h in self.cooc]
-        out = []
-        for c in example.candidates:
-            co = sum(w * row.get(c, 0) for row, w in rows)
-            out.append(co + self.pop_weight * math.log1p(self.pop.get(c, 0)))
-        return out
+        position: dict[str, list[int]] = {}
+        for i, c in enumerate(titles):
+            position.setdefault(c, []).append(i)
+        co = np.zeros(len(titles), dtype=np.float64)
+        for row, w in rows:  # same order of additions as a sum over rows per title
+            for c, count in row.items():
+                for i in position.get(c, ()):
+                    co[i] += w * count
+        pop = np.array([self.pop_weight * math.log1p(self.pop.get(c, 0)) for c in titles],
+                       dtype=np.float64)
+        return co + pop
 
     def config(self) -> dict[str, object]:
         """Weights and fit statistics."""

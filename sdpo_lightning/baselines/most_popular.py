@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from sdpo_lightning.baselines.base import Scorer, user_chains
 from sdpo_lightning.data.records import Example
 
@@ -57,6 +59,10 @@ class MostPopularScorer(Scorer):
 
     def _score(self, example: Example) -> list[float]:
         return [float(self.counts.get(c, 0)) for c in example.candidates]
+
+    def score_titles(self, history: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """Training count of each title (the same for every history)."""
+        return np.array([float(self.counts.get(t, 0)) for t in titles], dtype=np.float64)
 
     def config(self) -> dict[str, object]:
         """Counting rule and catalogue size."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sdpo_lightning.baselines.base import Scorer, example_rng
+import numpy as np
+
+from sdpo_lightning.baselines.base import Scorer, example_rng, history_rng
 from sdpo_lightning.data.records import Example
 
 __all__ = ["RandomScorer"]
@@ -30,3 +32,7 @@ class RandomScorer(Scorer):
     def _score(self, example: Example) -> list[float]:
         rng = example_rng(self.seed, example, "random-scores")
         return rng.random(len(example.candidates)).tolist()
+
+    def score_titles(self, history: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """``U[0, 1)`` per title, seeded by the run seed and the history."""
+        return history_rng(self.seed, history, "random-all-item").random(len(titles))

@@ -91,6 +91,9 @@ def run_baseline(
     selection_fraction: float = 0.2,
     run: str | None = None,
     meta: dict[str, Any] | None = None,
+    protocol: str = "candidates",
+    catalogue: Any = None,
+    top_n: int = 20,
     **params: Any,
 ) -> dict[str, Any]:
     """Fit baseline ``name`` on the training rows, score the test rows, write the reports.
@@ -107,12 +110,26 @@ def run_baseline(
         selection_fraction: share of training users held out for selection.
         run: run name (default ``<name>-seed<seed>``).
         meta: extra summary keys (e.g. ``data_file``).
+        protocol: ``candidates`` (each row's candidate list: generation and ranking) or
+            ``all_item`` (the whole ``catalogue``: :mod:`.all_item`).
+        catalogue: the :class:`~sdpo_lightning.data.catalogue.Catalogue` of ``all_item``.
+        top_n: items returned per row in ``all_item``.
         **params: scorer hyperparameters (fixed, not searched).
 
     Returns:
         The summary dict that was written.
     """
     start = time.perf_counter()
+    if protocol not in ("candidates", "all_item"):
+        raise ValueError(f"protocol must be 'candidates' or 'all_item', got {protocol!r}")
+    if protocol == "all_item":
+        from sdpo_lightning.baselines.all_item import check_targets
+
+        if catalogue is None:
+            raise ValueError("the all_item protocol needs a catalogue (--catalogue FILE)")
+        if not 1 <= top_n <= len(catalogue):
+            raise ValueError(f"top_n must be in [1, {len(catalogue)}] (the catalogue), got {top_n}")
+        check_targets(test_examples, catalogue, (meta or {}).get("data_file", "test data"))
     grid = {k: v for k, v in selection_grid(name).items() if k not in params}
     selection: dict[str, Any] | None = None
     if select and grid:
@@ -123,11 +140,19 @@ def run_baseline(
                      "n_points": len(table)}
         params = {**params, **chosen}
     scorer = make_scorer(name, seed=seed, **params).fit(train_examples)
-    records = prediction_records(scorer, test_examples)
+    extra: dict[str, Any] = {}
+    if protocol == "all_item":
+        from sdpo_lightning.baselines.all_item import all_item_meta, scorer_all_item_records
+
+        records, n_in_hist = scorer_all_item_records(scorer, test_examples, catalogue, top_n)
+        extra["catalogue"] = all_item_meta(catalogue, top_n, n_in_hist)
+    else:
+        records = prediction_records(scorer, test_examples)
     summary_meta = {
         "run": run or f"{name}-seed{seed}", "method": scorer.method, "dataset": dataset,
         "model": f"baseline:{name}", "baseline": name, "config": scorer.config(),
-        "n_train": len(train_examples), "selection": selection, **(meta or {}),
+        "n_train": len(train_examples), "selection": selection, "protocol": protocol,
+        **extra, **(meta or {}),
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
     return write_report(records, out_dir, summary_meta)

@@ -82,11 +82,16 @@ class SeqRecDataModule(pl.LightningDataModule):
         selection_fraction: share of training users held out for validation.
         split_seed: seed of the selection split.
         lenient: skip (and count) bad records instead of failing.
+        protocol: ``candidates`` (rank each test row's candidate list) or ``all_item`` (rank the
+            whole catalogue, history items excluded: :mod:`.all_item`).
+        catalogue_file: ``catalogue.json`` of the ``all_item`` protocol.
+        top_n: items returned per row in ``all_item``.
     """
 
     def __init__(self, train_file: str, test_file: str, dataset: str | None = None,
                  max_len: int = 10, batch_size: int = 128, selection_fraction: float = 0.2,
-                 split_seed: int = 0, lenient: bool = False) -> None:
+                 split_seed: int = 0, lenient: bool = False, protocol: str = "candidates",
+                 catalogue_file: str | None = None, top_n: int = 20) -> None:
         super().__init__()
         self.train_file, self.test_file = train_file, test_file
         self.dataset = dataset or Path(test_file).resolve().parent.name
@@ -96,6 +101,24 @@ class SeqRecDataModule(pl.LightningDataModule):
         self.fit_examples, self.sel_examples = carve_selection_split(
             train, selection_fraction, split_seed)
         self.vocab = ItemVocab(self.fit_examples)
+        if protocol not in ("candidates", "all_item"):
+            raise ValueError(f"data.protocol must be 'candidates' or 'all_item', got {protocol!r}")
+        self.protocol, self.top_n, self.catalogue = protocol, top_n, None
+        if protocol == "all_item":
+            from sdpo_lightning.baselines.all_item import check_targets
+            from sdpo_lightning.data.catalogue import load_catalogue
+
+            if catalogue_file is None:
+                raise ValueError("data.protocol all_item needs data.catalogue_file")
+            self.catalogue = load_catalogue(catalogue_file)
+            if not 1 <= top_n <= len(self.catalogue):
+                raise ValueError(f"data.top_n must be in [1, {len(self.catalogue)}], got {top_n}")
+            check_targets(self.test_examples, self.catalogue, test_file)
+
+    @property
+    def catalogue_ids(self) -> torch.Tensor:
+        """Vocabulary id of every catalogue item, catalogue order (1, unknown, for unseen titles)."""
+        return torch.tensor(self.vocab.encode(self.catalogue.titles), dtype=torch.long)
 
     @property
     def num_items(self) -> int:

@@ -74,6 +74,13 @@ class SeqRecModule(pl.LightningModule):
         self._test_scores = {}
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "protocol", "candidates") == "all_item":  # every catalogue item's logit
+            ids = dm.catalogue_ids.to(batch["seq"].device)
+            scores = self.logits(batch["seq"]).float()[:, ids]  # (B, n_items)
+            for i, row in zip(batch["index"].tolist(), scores.cpu().numpy()):
+                self._test_scores[i] = row
+            return
         scores = self.candidate_scores(batch).float()  # (B, M)
         for i, row in zip(batch["index"].tolist(), scores.tolist()):
             self._test_scores[i] = row
@@ -86,7 +93,15 @@ class SeqRecModule(pl.LightningModule):
             raise RuntimeError(f"{len(missing)} test rows were not scored")
         scores = [self._test_scores[i] for i in range(len(examples))]
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
-        records = records_from_scores(examples, scores, seed)
+        protocol = getattr(dm, "protocol", "candidates")
+        extra: dict = {"protocol": protocol}
+        if protocol == "all_item":
+            from sdpo_lightning.baselines.all_item import all_item_meta, all_item_records
+
+            records, n_in_hist = all_item_records(examples, scores, dm.catalogue, dm.top_n, seed)
+            extra["catalogue"] = all_item_meta(dm.catalogue, dm.top_n, n_in_hist)
+        else:
+            records = records_from_scores(examples, scores, seed)
         out = Path(self.report_dir or self.trainer.default_root_dir)
         meta = {
             "run": out.name, "method": self.method, "dataset": dm.dataset,
@@ -95,14 +110,17 @@ class SeqRecModule(pl.LightningModule):
             "config": {k: v for k, v in self.hparams.items() if k != "report_dir"},
             "n_train": len(dm.fit_examples), "n_selection": len(dm.sel_examples),
             "seed": seed, "checkpoint": getattr(self.trainer, "ckpt_path", None),
-            "epoch": int(self.current_epoch),
+            "epoch": int(self.current_epoch), **extra,
         }
         summary = write_report(records, out, meta)
         if self.item_table_dir:
             self.write_item_table(self.item_table_dir)
-        hr = summary["protocols"]["ranking"]["hr@1"]
-        self.log("test/hr@1", float(hr["value"]))
-        self.print(f"{self.method} on {dm.dataset}: ranking HR@1 {hr['value']:.4f} "
+        name, metric = ("ranking", "hr@1")
+        if protocol == "all_item":
+            name, metric = "all_item", "hr@10" if dm.top_n >= 10 else "hr@1"
+        hr = summary["protocols"][name][metric]
+        self.log(f"test/{metric}", float(hr["value"]))
+        self.print(f"{self.method} on {dm.dataset}: {name} {metric.upper()} {hr['value']:.4f} "
                    f"[{hr['ci_low']:.4f}, {hr['ci_high']:.4f}] -> {out / 'summary.json'}")
 
     def write_item_table(self, directory: str | os.PathLike) -> Path:
