@@ -78,7 +78,10 @@ class RecDataset(Dataset):
         return counter(index) if counter is not None else len(self.examples[index].candidates)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ex, enc = self.examples[index], self.encode(index)
+        return self._item(index, self.examples[index], self.encode(index))
+
+    def _item(self, index: int, ex: Example, enc: EncodedExample) -> dict[str, Any]:
+        """The item of example ``index`` (record ``ex``, encoded as ``enc``) that collate reads."""
         return {
             "index": index,
             "prompt_ids": enc.prompt_ids,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sdpo_lightning.data.catalogue_training import VAL_DRAW_EPOCH, CatalogueDataset
 from sdpo_lightning.data.collate import RecDataset, make_collate
 from sdpo_lightning.data.compact import load_compact
 from sdpo_lightning.data.negatives import STRATEGIES, NegativeSampling
@@ -78,6 +79,15 @@ class RecDataModule(pl.LightningDataModule):
         completion_prefix: text before the title in the completion (``auto``: ``""`` for
             SentencePiece tokenizers, ``" "`` for byte-level BPE).
         limit_val_examples: use only the first N validation examples (``None``: all).
+        train_protocol: ``candidate_list`` (the rows' own candidate lists, shown in the prompt)
+            or ``all_item``: history-only prompts (the preset's ``HISTORY_PRESETS`` templates)
+            and, for training and validation rows, candidates = the target + ``catalogue_candidates``
+            items of ``catalogue_file`` drawn per (seed, epoch, row), never the target or the
+            history (validation: one fixed draw); see ``docs/negatives.md``.
+        catalogue_file: ``catalogue.json`` of ``train_protocol: all_item``.
+        catalogue_candidates: M, catalogue items drawn per row (>= ``num_negatives``); the
+            negative selector picks the K negatives among them.
+        catalogue_sampling: ``uniform`` or ``popularity`` (weighted by training popularity + 1).
     """
 
     def __init__(
@@ -100,8 +110,23 @@ class RecDataModule(pl.LightningDataModule):
         separator: str = ", ",
         completion_prefix: str = "auto",
         limit_val_examples: int | None = None,
+        train_protocol: Literal["candidate_list", "all_item"] = "candidate_list",
+        catalogue_file: str | None = None,
+        catalogue_candidates: int = 19,
+        catalogue_sampling: Literal["uniform", "popularity"] = "uniform",
     ) -> None:
         super().__init__()
+        if train_protocol not in ("candidate_list", "all_item"):
+            raise ValueError(f"train_protocol must be candidate_list or all_item, got {train_protocol!r}")
+        if catalogue_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"catalogue_sampling must be uniform or popularity, got {catalogue_sampling!r}")
+        if train_protocol == "all_item" and not catalogue_file:
+            raise ConfigError("data.train_protocol all_item draws completions from the catalogue: "
+                              "set data.catalogue_file (catalogue.json of sdpo-prepare)")
+        _check_counts(catalogue_candidates=catalogue_candidates)
+        if train_protocol == "all_item" and catalogue_candidates < num_negatives:
+            raise ValueError(f"catalogue_candidates ({catalogue_candidates}) must be >= num_negatives "
+                             f"({num_negatives}): the negatives are picked among the drawn items")
         if negative_sampling not in STRATEGIES:
             raise ValueError(f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}")
         _check_counts(num_negatives=num_negatives, batch_size=batch_size, max_length=max_length,
@@ -111,6 +136,10 @@ class RecDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
         self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
+        # all_item training: history-only prompts of the same domain (fit / validate rows)
+        self.train_prompts = (PromptBuilder(prompt_templates, seed, separator, completion_prefix, history_only=True)
+                              if train_protocol == "all_item" else self.prompts)
+        self.catalogue: Any = None  # all_item training: the Catalogue (see load_split)
         self.tokenizer: Any = None  # see connect()
         self.item_table: Any = None  # hybrid prompts: an ItemTable (see connect())
         self.datasets: dict[str, RecDataset] = {}
@@ -164,12 +193,35 @@ class RecDataModule(pl.LightningDataModule):
         )
         if split == "fit":
             self.popularity = examples.target_counts()
+        hp = self.hparams
+        if hp.get("train_protocol", "candidate_list") == "all_item" and split in ("fit", "validate"):
+            return self._catalogue_split(split, path, examples)
         encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path),
                                    self.item_table)
         return RecDataset(examples, encode, popularity=self.popularity if split == "fit" else None)
 
+    def _catalogue_split(self, split: str, path: str, examples: Any) -> CatalogueDataset:
+        """``train_protocol: all_item``: rows with history-only prompts and catalogue draws."""
+        from sdpo_lightning.data.catalogue import load_catalogue
+
+        hp = self.hparams
+        if self.item_table is not None:
+            raise ConfigError("data.train_protocol all_item does not support hybrid item prompts (model.hybrid)")
+        self.prompts.resolve_prefix(self._tokenizer())
+        self.train_prompts.completion_prefix = self.prompts.completion_prefix
+        if self.catalogue is None:
+            self.catalogue = load_catalogue(hp.catalogue_file)
+        self.catalogue.check_targets((ex.target for ex in examples), str(path))
+        encode = functools.partial(_encode, self.train_prompts, self._tokenizer(), hp.max_length,
+                                   self._title_ids, str(path), None)
+        return CatalogueDataset(examples, encode, self.catalogue, hp.catalogue_candidates, hp.seed,
+                                hp.catalogue_sampling, default_epoch=0 if split == "fit" else VAL_DRAW_EPOCH,
+                                popularity=self.popularity if split == "fit" else None)
+
     def setup(self, stage: str | None = None) -> None:
         k1 = self.hparams.num_negatives + 1
+        if self.hparams.get("train_protocol", "candidate_list") == "all_item":
+            k1 = 1  # the rows' own candidate lists are not read: completions come from the catalogue
         needed = {
             "fit": [("fit", k1), ("validate", k1)],
             "validate": [("validate", k1)],
@@ -204,6 +256,8 @@ class RecDataModule(pl.LightningDataModule):
                 self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
             )
             sampler.resume_at = self._resume_at
+            # catalogue rows are re-drawn each epoch: the sampler hands the dataset (index, epoch)
+            sampler.with_epoch = isinstance(self.datasets[split], CatalogueDataset)
             shuffle = False
         return DataLoader(
             self.datasets[split],
@@ -276,4 +330,6 @@ class ResumableSampler(DistributedSampler):
         if at and at.get("epoch") == self.epoch:
             indices = indices[at["samples"]:]
             at.clear()  # only the first pass after the resume
+        if getattr(self, "with_epoch", False):  # CatalogueDataset: draws of this epoch
+            return iter([(i, self.epoch) for i in indices])
         return iter(indices)

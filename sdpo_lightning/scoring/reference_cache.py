@@ -135,7 +135,10 @@ def data_identity(datamodule: Any, split: str) -> dict[str, Any]:
     hp = datamodule.hparams
     path = getattr(datamodule, "files", {}).get(split)
     prompts = datamodule.prompts
-    return {
+    catalogue_rows = hp.get("train_protocol", "candidate_list") == "all_item" and split in ("fit", "validate")
+    if catalogue_rows:  # history-only prompts, candidates drawn from the catalogue (docs/negatives.md)
+        prompts = datamodule.train_prompts
+    out = {
         "split": split,
         "file_sha256": _sha256_file(Path(path)) if path and Path(path).is_file() else path,
         "templates": list(prompts.templates),
@@ -147,6 +150,13 @@ def data_identity(datamodule: Any, split: str) -> dict[str, Any]:
         "limit_val_examples": hp.get("limit_val_examples") if split == "validate" else None,
         "tokenizer_sha256": tokenizer_fingerprint(datamodule.tokenizer),
     }
+    if catalogue_rows:
+        catalogue = hp.get("catalogue_file")
+        out.update(train_protocol="all_item",
+                   catalogue_sha256=_sha256_file(Path(catalogue)) if catalogue and Path(catalogue).is_file() else catalogue,
+                   catalogue_candidates=hp.get("catalogue_candidates"),
+                   catalogue_sampling=hp.get("catalogue_sampling"))
+    return out
 
 
 def token_digest(dataset: Any) -> str:
