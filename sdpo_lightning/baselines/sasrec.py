@@ -64,10 +64,19 @@ class SASRec(SeqRecModule):
         padded = (seq == 0)[:, None, :] & ~eye  # (B, L, L)
         return (future | padded).repeat_interleave(self.num_heads, dim=0)
 
+    def item_table(self) -> Tensor:
+        """(num_items, d) item representations, shared by the input and the output layer."""
+        return self.embed.weight
+
+    def embed_items(self, seq: Tensor, table: Tensor) -> Tensor:
+        """(B, L, d) input embeddings of ``seq`` (rows of ``table``)."""
+        return self.embed(seq)
+
     def logits(self, seq: Tensor) -> Tensor:
         keep = (seq != 0).unsqueeze(-1)  # (B, L, 1)
         pos = torch.arange(seq.shape[1], device=seq.device)
-        x = self.embed(seq) * self.embed.embedding_dim**0.5 + self.pos(pos)
+        table = self.item_table()
+        x = self.embed_items(seq, table) * self.pos.embedding_dim**0.5 + self.pos(pos)
         x = self.drop(x) * keep
         h = self.norm(self.blocks(x, mask=self._mask(seq)))  # (B, L, d)
-        return h[:, -1] @ self.embed.weight.T  # (B, V)
+        return h[:, -1] @ table.T  # (B, V)

@@ -186,7 +186,7 @@ def test_shipped_baseline_config_parses(path, capsys):
         seqrec_main(["fit", "-c", str(path), "--print_config"])
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].split(".")[-1] in ("GRU4Rec", "Caser", "SASRec")
+    assert printed["model"]["class_path"].split(".")[-1] in ("GRU4Rec", "Caser", "SASRec", "MoRec")
 
 
 @pytest.mark.parametrize("path", DATA_CONFIGS, ids=[p.name for p in DATA_CONFIGS])
