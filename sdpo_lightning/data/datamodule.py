@@ -64,11 +64,14 @@ class RecDataModule(pl.LightningDataModule):
         num_negatives: K, negatives per example for DPO / S-DPO (every example needs K + 1
             candidates).
         negative_sampling: ``random`` | ``popularity`` | ``hard`` | ``tempered`` |
-            ``on_policy`` (training; validation negatives are random, drawn once; see
-            ``docs/negatives.md``).
+            ``on_policy`` | ``on_policy_beam`` (``train_protocol: all_item`` only) (training;
+            validation negatives are random, drawn once; see ``docs/negatives.md``).
         temperature: temperature of ``tempered`` sampling.
-        on_policy_refresh_steps: ``on_policy``: a row's policy scores are reused until they
-            are this many optimizer steps old (1: every batch scored by the current policy).
+        on_policy_refresh_steps: ``on_policy`` / ``on_policy_beam``: a row's policy scores
+            (beams) are reused until they are this many optimizer steps old (1: every batch,
+            the current policy).
+        on_policy_beam_width: ``on_policy_beam``: live beams per row (``None``: K + 1; the
+            catalogue size makes the search exact).
         batch_size: training batch size (examples).
         eval_batch_size: validation / test batch size (default: ``batch_size``).
         max_length: token budget of prompt + longest completion (oldest history dropped).
@@ -101,6 +104,7 @@ class RecDataModule(pl.LightningDataModule):
         negative_sampling: str = "random",
         temperature: float = 1.0,
         on_policy_refresh_steps: int = 1,
+        on_policy_beam_width: int | None = None,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         max_length: int = 512,
@@ -124,6 +128,10 @@ class RecDataModule(pl.LightningDataModule):
             raise ConfigError("data.train_protocol all_item draws completions from the catalogue: "
                               "set data.catalogue_file (catalogue.json of sdpo-prepare)")
         _check_counts(catalogue_candidates=catalogue_candidates)
+        if negative_sampling == "on_policy_beam" and train_protocol != "all_item":
+            raise ConfigError("data.negative_sampling on_policy_beam searches the catalogue: set "
+                              "data.train_protocol all_item and data.catalogue_file")
+        _check_counts(on_policy_beam_width=on_policy_beam_width)
         if train_protocol == "all_item" and catalogue_candidates < num_negatives:
             raise ValueError(f"catalogue_candidates ({catalogue_candidates}) must be >= num_negatives "
                              f"({num_negatives}): the negatives are picked among the drawn items")
@@ -164,7 +172,7 @@ class RecDataModule(pl.LightningDataModule):
         ``temperature``, ``seed``, ``on_policy_refresh_steps``) for whoever picks the negatives."""
         hp = self.hparams
         return NegativeSampling(hp.negative_sampling, hp.num_negatives, hp.seed, hp.temperature,
-                                hp.get("on_policy_refresh_steps", 1))
+                                hp.get("on_policy_refresh_steps", 1), hp.get("on_policy_beam_width"))
 
     # ---------------------------------------------------------------- loading
     def _tokenizer(self) -> Any:

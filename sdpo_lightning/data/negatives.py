@@ -13,6 +13,8 @@ Strategies:
                 temperature → 0 is ``hard``, → ∞ is ``random``.
     on_policy:  the K candidates the current policy scores highest (needs the policy's
                 scores; ties broken by a seeded random order, see ``docs/negatives.md``).
+    on_policy_beam: all-item training only: the policy's top K catalogue items by constrained
+                beam search (:mod:`sdpo_lightning.training.beam_negatives`; not drawn here).
 
 These are the draws; which examples get them, and with whose scores, is decided where the
 policy and the reference are at hand (:mod:`sdpo_lightning.training.negatives`). The data
@@ -27,11 +29,11 @@ from typing import Iterable, Sequence
 
 import torch
 
-STRATEGIES = ("random", "popularity", "hard", "tempered", "on_policy")
+STRATEGIES = ("random", "popularity", "hard", "tempered", "on_policy", "on_policy_beam")
 #: the strategies that rank candidates by the reference's scores
 REFERENCE_STRATEGIES = ("hard", "tempered")
 #: the strategies that rank candidates by the policy's own (current) scores
-POLICY_STRATEGIES = ("on_policy",)
+POLICY_STRATEGIES = ("on_policy", "on_policy_beam")
 _MASK = 2**63 - 1
 
 
@@ -46,8 +48,10 @@ class NegativeSampling:
         k: negatives per example.
         seed: seeds every draw, with the epoch and the example index.
         temperature: softmax temperature of ``tempered``.
-        refresh_steps: ``on_policy``: a row's policy scores are reused until they are this
-            many optimizer steps old (1: every batch is scored by the current policy).
+        refresh_steps: ``on_policy`` / ``on_policy_beam``: a row's policy scores (beams) are
+            reused until they are this many optimizer steps old (1: every batch, the current
+            policy).
+        beam_width: ``on_policy_beam``: live beams per row (``None``: K + 1).
     """
 
     strategy: str = "random"
@@ -55,6 +59,7 @@ class NegativeSampling:
     seed: int = 0
     temperature: float = 1.0
     refresh_steps: int = 1
+    beam_width: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

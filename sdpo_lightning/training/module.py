@@ -51,6 +51,7 @@ from sdpo_lightning.scoring.reference_cache import (
     reference_identity,
 )
 from sdpo_lightning.scoring.trunk_cache import TrunkCache, frozen_layer_count, lower_layers_identity
+from sdpo_lightning.training.beam_negatives import CatalogueBeamNegatives
 from sdpo_lightning.training.module_args import (
     EvalArgs,
     ModelArgs,
@@ -172,12 +173,27 @@ class SDPOModule(pl.LightningModule):
         if train is None:
             current = self._selectors.get("train")
             # on_policy keeps its per-row scores across setup calls of one run
-            if isinstance(current, OnPolicyNegatives) and sampling.needs_policy:
+            if isinstance(current, OnPolicyNegatives) and sampling.strategy == "on_policy":
                 train = current
+            elif sampling.strategy == "on_policy_beam":
+                train = current if isinstance(current, CatalogueBeamNegatives) else self._beam_selector(dm, sampling)
             else:
                 train = make_selector(sampling, self.reference_candidate_scores,
                                       self.policy_candidate_scores, lambda: self.global_step)
         self._selectors = {"train": train, "val": validation_selector(sampling)}
+
+    def _beam_selector(self, dm: Any, sampling: NegativeSampling) -> NegativeSelector:
+        """``on_policy_beam``: the policy's top catalogue items (the data module's catalogue)."""
+        from sdpo_lightning.errors import ConfigError
+
+        catalogue = getattr(dm, "catalogue", None)
+        if catalogue is None:
+            raise ConfigError("data.negative_sampling on_policy_beam needs data.train_protocol all_item "
+                              "(its catalogue_file is searched)")
+        return CatalogueBeamNegatives(lambda: self.policy, catalogue, self.tokenizer,
+                                      dm.train_prompts.completion_prefix, lambda: self.global_step,
+                                      sampling.refresh_steps, sampling.beam_width,
+                                      self.hparams.eval.kv_sharing)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Training and validation batches: pick K negatives of every example (training: the
@@ -193,6 +209,7 @@ class SDPOModule(pl.LightningModule):
             selector, epoch = self._selectors["train"], trainer.current_epoch
         else:
             selector, epoch = self._selectors["val"], VAL_EPOCH
+        batch = selector.propose(batch, self.sampling.k, epoch)
         out = select_completions(batch, selector.select(batch, self.sampling.k, epoch))
         if trainer.training:
             stats = selector.stats()

@@ -62,6 +62,12 @@ class NegativeSelector(abc.ABC):
             epoch: the training epoch (validation: :data:`VAL_EPOCH`).
         """
 
+    def propose(self, batch: dict[str, Any], k: int, epoch: int) -> dict[str, Any]:
+        """The batch whose candidates :meth:`select` picks from (called just before it); by
+        default the batch itself. A selector that brings its own candidates (e.g. the policy's
+        top catalogue items) returns the batch with them in place of the drawn ones."""
+        return batch
+
     def stats(self) -> dict[str, float]:
         """What the last :meth:`select` chose, as named numbers (logged by the module as
         ``train/negatives/<name>``); none by default."""
@@ -258,6 +264,9 @@ def make_selector(sampling: NegativeSampling,
         return RandomNegatives(sampling.seed)
     if sampling.strategy == "popularity":
         return PopularityNegatives(sampling.seed)
+    if sampling.strategy == "on_policy_beam":
+        raise ValueError("the on_policy_beam strategy searches the catalogue: the module builds its selector "
+                         "(data.train_protocol all_item)")
     if sampling.strategy == "on_policy":
         if policy_scores is None:
             raise ValueError("the on_policy strategy needs the policy's scores of every candidate")

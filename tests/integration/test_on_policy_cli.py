@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from sdpo_lightning.cli import cli_main
 from tests.conftest import tiny_config
 from tests.integration.test_cli import _metrics
@@ -28,9 +30,11 @@ def test_on_policy_negatives_train_from_the_command_line(tmp_path, synthetic_dir
     assert (tmp_path / "on_policy" / "export" / "adapter_model.safetensors").is_file()
 
 
-def test_all_item_training_with_on_policy_negatives(tmp_path, synthetic_dir):
+@pytest.mark.parametrize("sampling", ["on_policy", "on_policy_beam"])
+def test_all_item_training_with_on_policy_negatives(tmp_path, synthetic_dir, sampling):
     """``data.train_protocol all_item``: history-only prompts, completions drawn from the
-    catalogue (here 8 per row), the policy's top 3 of them as negatives."""
+    catalogue (here 8 per row); negatives: the policy's top 3 of them (``on_policy``) or its top
+    catalogue items by constrained beam search (``on_policy_beam``)."""
     from sdpo_lightning.data.prepare.cli import main as prepare_main
 
     catalogue = tmp_path / "catalogue.json"
@@ -40,7 +44,7 @@ def test_all_item_training_with_on_policy_negatives(tmp_path, synthetic_dir):
                       reference="cached")
     cli_main(["fit", "-c", str(cfg), "--data.train_protocol", "all_item",
               "--data.catalogue_file", str(catalogue), "--data.catalogue_candidates", "8",
-              "--data.negative_sampling", "on_policy", "--trainer.max_steps", "3"])
+              "--data.negative_sampling", sampling, "--trainer.max_steps", "3"])
     rows = _metrics(tmp_path / "all_item")
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses), losses
