@@ -52,18 +52,25 @@ def encode_titles(titles: Sequence[str], model: nn.Module, tokenizer: Any, batch
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    # batches of titles of similar token length (little padding), results in the given order
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in titles]
+    order = sorted(range(len(titles)), key=lambda i: lengths[i])
+    out: list[Tensor] = []
     try:
-        for i in range(0, len(titles), batch_size):
-            enc = tokenizer(list(titles[i:i + batch_size]), add_special_tokens=False, padding=True,
+        for i in range(0, len(order), batch_size):
+            batch = [titles[j] for j in order[i:i + batch_size]]
+            enc = tokenizer(batch, add_special_tokens=False, padding=True,
                             truncation=True, max_length=max_tokens, return_tensors="pt")
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (B, T, H)
             m = mask.unsqueeze(-1).float()
-            out.append((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+            out.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out).cpu()
+    emb = torch.cat(out)
+    result = torch.empty_like(emb)
+    result[torch.tensor(order, dtype=torch.long)] = emb
+    return result
 
 
 def _encoder_key(encoder: str | None, tokenizer_path: str | None, tiny_config: dict | None,
