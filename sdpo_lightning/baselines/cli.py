@@ -44,8 +44,11 @@ sequential recommenders (GRU4Rec, Caser, SASRec), LightningCLI subcommands:
   sdpo-baseline test -c CONFIG --ckpt_path CKPT                 test a checkpoint
   sdpo-baseline fit --help                                      every option of the CLI
   configs: configs/baselines/{gru4rec,caser,sasrec}_{lastfm,ml100k}.yaml
+           configs/baselines/morec_lastfm.yaml (MoRec: SASRec over frozen text
+           embeddings of the titles from SmolLM2-135M)
   models (model.class_path): sdpo_lightning.baselines.gru4rec.GRU4Rec, .caser.Caser,
-                             .sasrec.SASRec
+                             .sasrec.SASRec, .morec.MoRec
+  all-item protocol: --data.protocol all_item --data.catalogue_file FILE --data.top_n 20
 """
 
 
