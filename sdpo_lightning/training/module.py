@@ -169,6 +169,7 @@ class SDPOModule(pl.LightningModule):
         if not isinstance(sampling, NegativeSampling):
             sampling = NegativeSampling(k=self.hparams.objective.num_negatives)
         self.sampling = sampling
+        self._check_policy_negatives(sampling)
         train = self.negative_selector
         if train is None:
             current = self._selectors.get("train")
@@ -181,6 +182,19 @@ class SDPOModule(pl.LightningModule):
                 train = make_selector(sampling, self.reference_candidate_scores,
                                       self.policy_candidate_scores, lambda: self.global_step)
         self._selectors = {"train": train, "val": validation_selector(sampling)}
+
+    def _check_policy_negatives(self, sampling: NegativeSampling) -> None:
+        """Refuse policy-scored negatives whose forwards can differ between processes under
+        DeepSpeed ZeRO-3 (every forward gathers the shards: all processes must run the same ones)."""
+        from sdpo_lightning.errors import ConfigError
+        from sdpo_lightning.training import strategies
+
+        if not sampling.needs_policy or strategies.zero3_config(self._trainer) is None:
+            return
+        if sampling.strategy == "on_policy_beam" or sampling.refresh_steps > 1:
+            raise ConfigError(f"data.negative_sampling {sampling.strategy} with on_policy_refresh_steps "
+                              f"{sampling.refresh_steps}: under DeepSpeed ZeRO-3 the processes would run different "
+                              "forwards (beam lengths, rows due); use on_policy with on_policy_refresh_steps 1")
 
     def _beam_selector(self, dm: Any, sampling: NegativeSampling) -> NegativeSelector:
         """``on_policy_beam``: the policy's top catalogue items (the data module's catalogue)."""

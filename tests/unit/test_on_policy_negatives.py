@@ -162,3 +162,19 @@ def test_module_negatives_are_the_policys_and_the_cached_reference_equals_a_live
     loss_live = objective_loss(obj, scored.logps, scored.n_tokens, live).losses
     torch.testing.assert_close(loss_cached, loss_live, rtol=0, atol=1e-4)
     assert not torch.allclose(scored.logps, live)  # the policy really differs from the reference
+
+
+def test_zero3_refuses_policy_negatives_whose_forwards_differ_between_processes(
+        synthetic_dir, small_dir, tmp_path, monkeypatch):
+    from sdpo_lightning.errors import ConfigError
+    from sdpo_lightning.training import strategies
+
+    monkeypatch.setattr(strategies, "zero3_config", lambda trainer: {"zero_optimization": {"stage": 3}})
+    module, dm = make(synthetic_dir, small_dir, model={"objective": "sdpo", "num_negatives": 3},
+                      data={"negative_sampling": "on_policy", "num_negatives": 3, "on_policy_refresh_steps": 2})
+    module._trainer = _trainer(dm, tmp_path)
+    with pytest.raises(ConfigError, match="under DeepSpeed ZeRO-3 the processes would run different forwards"):
+        module.setup("fit")
+    dm.hparams.on_policy_refresh_steps = 1  # one scoring pass per batch on every process: allowed
+    module.setup("fit")
+    assert isinstance(module._selectors["train"], OnPolicyNegatives)
