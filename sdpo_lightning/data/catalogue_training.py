@@ -16,7 +16,8 @@ uniform catalogue items; ``on_policy``: the policy's top K of the ``M``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 

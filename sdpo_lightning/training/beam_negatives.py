@@ -14,7 +14,8 @@ steps old (``docs/negatives.md``). Beam search is deterministic (ties: the lower
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
