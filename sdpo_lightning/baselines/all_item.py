@@ -68,7 +68,7 @@ def all_item_records(examples: Sequence[Example], scores: Sequence[np.ndarray] |
         raise ValueError(f"{len(scores)} score vectors for {len(examples)} examples")
     pop = catalogue.popularity
     records, n_target_in_history = [], 0
-    for index, (ex, row) in enumerate(zip(examples, scores)):
+    for index, (ex, row) in enumerate(zip(examples, scores, strict=True)):
         row = np.asarray(row, dtype=np.float64)
         if row.shape != (len(catalogue),):
             raise ValueError(f"example {index}: {row.shape} scores for {len(catalogue)} items")

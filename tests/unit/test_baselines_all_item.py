@@ -14,7 +14,8 @@ from sdpo_lightning.baselines.all_item import all_item_records, scorer_all_item_
 from sdpo_lightning.baselines.cli import main as baseline_main
 from sdpo_lightning.data.catalogue import Catalogue, write_catalogue
 from sdpo_lightning.data.records import Example
-from sdpo_lightning.evaluation.report import main as report_main, read_predictions
+from sdpo_lightning.evaluation.report import main as report_main
+from sdpo_lightning.evaluation.report import read_predictions
 
 ITEMS = [f"i{k}" for k in range(8)]
 

@@ -4,13 +4,17 @@ their cache, the projected item table, and the CLI in both protocols (no real mo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from sdpo_lightning.baselines.cli import main as baseline_main
-from sdpo_lightning.baselines.morec import MoRec, embedding_cache_path, encode_titles, title_embeddings
+from sdpo_lightning.baselines.morec import (
+    MoRec,
+    embedding_cache_path,
+    encode_titles,
+    title_embeddings,
+)
 from sdpo_lightning.data.catalogue import catalogue_from_candidate_lists, write_catalogue
 from sdpo_lightning.evaluation.report import read_predictions
 
