@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sdpo_lightning.baselines import ItemKNNScorer, MostPopularScorer, RandomScorer
 from sdpo_lightning.baselines.all_item import all_item_records, scorer_all_item_records, top_n_items
@@ -143,7 +144,18 @@ def test_sequential_recommender_ranks_the_catalogue(tmp_path: Path) -> None:
     s = json.loads((tmp_path / "run/summary.json").read_text())
     assert set(s["protocols"]) == {"all_item"} and s["catalogue"]["top_n"] == 4
     assert s["protocols"]["all_item"]["hr@1"]["value"] >= 0.9  # the cycle's next item
-    for rec in read_predictions(tmp_path / "run/predictions.jsonl"):
-        part = rec["all_item"]
-        assert len(part["items"]) == 4 and part["scores"] == sorted(part["scores"], reverse=True)
-    assert len(list((tmp_path / "run").rglob("*.ckpt"))) == 1
+    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
+    from sdpo_lightning.baselines.sasrec import SASRec
+    from sdpo_lightning.baselines.seqrec_data import SeqRecDataModule, SeqRecDataset
+
+    dm = SeqRecDataModule(str(tmp_path / "train.json"), str(tmp_path / "valid.json"), max_len=3)
+    model = SASRec.load_from_checkpoint(ckpt, weights_only=False).eval()
+    seq = torch.stack([row["seq"] for row in SeqRecDataset(dm.test_examples, dm.vocab, 3)])
+    with torch.no_grad():
+        logits = model.logits(seq)[:, dm.vocab.encode(ITEMS)].numpy()  # catalogue order
+    for ex_, row, rec in zip(dm.test_examples, logits, read_predictions(tmp_path / "run/predictions.jsonl"),
+                             strict=True):
+        order = [ITEMS[i] for i in np.argsort(-row, kind="stable") if ITEMS[i] not in ex_.history]
+        assert rec["all_item"]["items"] == order[:4]
+        assert rec["all_item"]["scores"] == pytest.approx(sorted(row[[ITEMS.index(t) for t in order[:4]]],
+                                                                 reverse=True), abs=1e-5)
