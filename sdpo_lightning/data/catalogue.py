@@ -272,7 +272,7 @@ def catalogue_from_candidate_lists(paths: Sequence[str | Path],
         DataFormatError: a bad record, or two spellings of one title that differ only in case;
             naming the file and record of each.
     """
-    from sdpo_lightning.data.compact import _iter_records
+    from sdpo_lightning.data.compact import iter_records
     from sdpo_lightning.data.readers import parse_record
 
     files = [Path(p) for p in paths]
@@ -286,7 +286,7 @@ def catalogue_from_candidate_lists(paths: Sequence[str | Path],
     for path in files:
         is_train = train is not None and path == Path(train)
         n = 0
-        for label, obj in _iter_records(path):
+        for label, obj in iter_records(path):
             try:
                 ex = parse_record(obj, min_candidates=1, require_target=False)
             except ValueError as err:

@@ -133,7 +133,7 @@ def _position(text: str, pos: int) -> tuple[int, int]:
     return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
-def _iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(label, raw object)`` one record at a time (labels as ``load_examples``'s)."""
     try:
         if path.suffix == ".jsonl":
@@ -215,7 +215,7 @@ def load_compact(path: str | Path, min_candidates: int = 2, lenient: bool = Fals
     """
     path = Path(path)
     builder, skipped = _Builder(), []
-    for label, obj in _iter_records(path):
+    for label, obj in iter_records(path):
         try:
             ex = parse_record(obj, min_candidates=min_candidates, require_target=require_target)
         except ValueError as err:
