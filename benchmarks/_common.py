@@ -35,8 +35,9 @@ def prepare_model(gguf: Path, work_dir: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(tmp))
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.config.save_pretrained(str(tmp))
@@ -59,11 +60,14 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     torch.manual_seed(cfg["seed"])
     naive = cfg["path"] == "naive"
     module = SDPOModule(
-        source=ModelArgs(model_name_or_path=cfg["model_dir"]), lora=LORA,
-        objective=ObjectiveArgs(name="sft" if cfg["kind"] == "sft" else "sdpo", num_negatives=k,
-                                beta=1.0),
-        scoring=ScoringArgs(mode="naive" if naive else "shared_prefix",
-                            reference="live" if naive else "cached"),
+        source=ModelArgs(model_name_or_path=cfg["model_dir"]),
+        lora=LORA,
+        objective=ObjectiveArgs(
+            name="sft" if cfg["kind"] == "sft" else "sdpo", num_negatives=k, beta=1.0
+        ),
+        scoring=ScoringArgs(
+            mode="naive" if naive else "shared_prefix", reference="live" if naive else "cached"
+        ),
     )
     module.configure_model()
     g = torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -72,8 +76,14 @@ def build(cfg: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * LORA_B_STD)
     module.policy.train()
-    dm = RecDataModule(train_file=cfg["rows_file"], prompt_templates="music", num_negatives=k,
-                       batch_size=cfg["batch_size"], max_length=cfg["max_length"], seed=cfg["seed"])
+    dm = RecDataModule(
+        train_file=cfg["rows_file"],
+        prompt_templates="music",
+        num_negatives=k,
+        batch_size=cfg["batch_size"],
+        max_length=cfg["max_length"],
+        seed=cfg["seed"],
+    )
     dm.tokenizer = module.tokenizer
     dm.setup("fit")
     ds = dm.datasets["fit"]

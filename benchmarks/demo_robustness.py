@@ -45,9 +45,14 @@ def cpu_has(setting: str) -> bool:
 def _env(setting: str) -> dict[str, str]:
     from sdpo_lightning.kernels import PINNED
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.update(PINNED if setting == "pinned" else {"ATEN_CPU_CAPABILITY": setting, "OMP_NUM_THREADS": "1"})
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    env.update(
+        PINNED if setting == "pinned" else {"ATEN_CPU_CAPABILITY": setting, "OMP_NUM_THREADS": "1"}
+    )
     return env
 
 
@@ -58,8 +63,14 @@ def _call(cmd: list[str], work: Path, env: dict[str, str], log_name: str) -> Non
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: see {work / log_name}")
 
 
-def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path = REPO / "configs",
-            control: bool = False) -> Path:
+def run_one(
+    out: Path,
+    setting: str,
+    seed: int,
+    extra: list[str],
+    configs: Path = REPO / "configs",
+    control: bool = False,
+) -> Path:
     """Run (or reuse) one demo, and with ``control`` its SFT-continued run; returns the
     demo's ``runs/quickstart`` directory."""
     work = out / f"{setting}_seed{seed}"
@@ -67,17 +78,48 @@ def run_one(out: Path, setting: str, seed: int, extra: list[str], configs: Path 
     env = _env(setting)
     if not (root / "results.txt").is_file():
         work.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "sdpo_lightning.demo", "--configs", str(configs),
-               "--seed", str(seed), *(["--kernels", "native"] if setting != "pinned" else []), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sdpo_lightning.demo",
+            "--configs",
+            str(configs),
+            "--seed",
+            str(seed),
+            *(["--kernels", "native"] if setting != "pinned" else []),
+            *extra,
+        ]
         _call(cmd, work, env, "demo.log")
     if control and not (root / "sft_cont" / "summary.json").is_file():
         cfg, run = str(configs / "quickstart_sdpo.yaml"), "runs/quickstart/sft_cont"
-        common = ["-c", cfg, f"--seed_everything={seed}", f"--trainer.default_root_dir={run}", *extra]
-        _call([sys.executable, "-m", "sdpo_lightning", "fit", *common, "--model.objective.name=sft"],
-              work, env, "sft_cont_fit.log")
-        _call([sys.executable, "-m", "sdpo_lightning", "test", *common, "--model.objective.name=sft",
-               f"--model.source.init_adapter={run}/export", "--model.output.method=SFT continued"],
-              work, env, "sft_cont_test.log")
+        common = [
+            "-c",
+            cfg,
+            f"--seed_everything={seed}",
+            f"--trainer.default_root_dir={run}",
+            *extra,
+        ]
+        _call(
+            [sys.executable, "-m", "sdpo_lightning", "fit", *common, "--model.objective.name=sft"],
+            work,
+            env,
+            "sft_cont_fit.log",
+        )
+        _call(
+            [
+                sys.executable,
+                "-m",
+                "sdpo_lightning",
+                "test",
+                *common,
+                "--model.objective.name=sft",
+                f"--model.source.init_adapter={run}/export",
+                "--model.output.method=SFT continued",
+            ],
+            work,
+            env,
+            "sft_cont_test.log",
+        )
     return root
 
 
@@ -101,7 +143,10 @@ ROW_KINDS = {
     ("successor", False): "target = successor of the last item, no other candidate of its category",
     ("successor", True): "target = successor, another candidate of the category",
     ("same category", False): "target = another item of the category, none other in the list",
-    ("same category", True): "target = another item of the category, another candidate of the category",
+    (
+        "same category",
+        True,
+    ): "target = another item of the category, another candidate of the category",
     ("fresh", False): "target from a fresh category",
 }
 
@@ -122,19 +167,29 @@ def breakdown(root: Path) -> str:
     for i, row in enumerate(rows):
         target, last = items[row["trueSelection"]], items[row["historyList"][-1]]
         same = target["category"] == last["category"]
-        kind = "successor" if last["successor"] == target["item_id"] else "same category" if same else "fresh"
+        kind = (
+            "successor"
+            if last["successor"] == target["item_id"]
+            else "same category"
+            if same
+            else "fresh"
+        )
         others = sum(items[t]["category"] == last["category"] for t in row["itemList"]) - same
         cell = counts[(kind, bool(others) and kind != "fresh")]
         cell[0] += 1
         for j, name in enumerate(runs):
             cell[1 + 2 * j] += bool(preds[name][i]["correct"])
             cell[2 + 2 * j] += preds[name][i]["target_rank"] == 1
-    lines = ["| test rows | n | " + " | ".join(f"{n} gen / rank" for n in runs) + " |",
-             "|:--|--:|" + "--:|" * len(runs)]
+    lines = [
+        "| test rows | n | " + " | ".join(f"{n} gen / rank" for n in runs) + " |",
+        "|:--|--:|" + "--:|" * len(runs),
+    ]
     for key, label in ROW_KINDS.items():
         n, *hits = counts[key]
-        cells = " | ".join(f"{hits[2 * j] / n:.3f} / {hits[2 * j + 1] / n:.3f}" if n else "—"
-                           for j in range(len(runs)))
+        cells = " | ".join(
+            f"{hits[2 * j] / n:.3f} / {hits[2 * j + 1] / n:.3f}" if n else "—"
+            for j in range(len(runs))
+        )
         lines.append(f"| {label} | {n} | {cells} |")
     return "\n".join(lines)
 
@@ -146,8 +201,10 @@ def _ci(t: tuple[float, ...]) -> str:
 def table(results: dict[tuple[str, int], dict]) -> str:
     """Markdown table, one row per (setting, seed), then the count of robust rows."""
     has_control = any("control" in r for r in results.values())
-    head = ("| kernels | seed | SFT gen / rank HR@1 | S-DPO gen / rank HR@1 | Δ gen HR@1 [95% CI] "
-            "| Δ rank HR@1 [95% CI] | both > 0 |")
+    head = (
+        "| kernels | seed | SFT gen / rank HR@1 | S-DPO gen / rank HR@1 | Δ gen HR@1 [95% CI] "
+        "| Δ rank HR@1 [95% CI] | both > 0 |"
+    )
     rule = "|:--|--:|--:|--:|--:|--:|:--:|"
     if has_control:
         head += " S-DPO − SFT continued: Δ gen | Δ rank |"
@@ -157,8 +214,10 @@ def table(results: dict[tuple[str, int], dict]) -> str:
         g, k = r["generation"], r["ranking"]
         both = g[1] > 0 and k[1] > 0
         ok += both
-        line = (f"| {setting} | {seed} | {r['SFT'][0]:.4f} / {r['SFT'][1]:.4f} "
-                f"| {r['S-DPO'][0]:.4f} / {r['S-DPO'][1]:.4f} | {_ci(g)} | {_ci(k)} | {'yes' if both else 'no'} |")
+        line = (
+            f"| {setting} | {seed} | {r['SFT'][0]:.4f} / {r['SFT'][1]:.4f} "
+            f"| {r['S-DPO'][0]:.4f} / {r['S-DPO'][1]:.4f} | {_ci(g)} | {_ci(k)} | {'yes' if both else 'no'} |"
+        )
         if has_control:
             c = r.get("control")
             line += f" {_ci(c['generation'])} | {_ci(c['ranking'])} |" if c else " — | — |"
@@ -168,22 +227,41 @@ def table(results: dict[tuple[str, int], dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("runs/demo_robustness"))
     parser.add_argument("--jobs", type=int, default=2, help="demos run at a time (one thread each)")
-    parser.add_argument("--control", action="store_true",
-                        help="also train and test SFT continued (the equal-compute control)")
-    parser.add_argument("--configs", type=Path, default=REPO / "configs",
-                        help="directory of the quickstart YAML files (a variant of the demo's design)")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also train and test SFT continued (the equal-compute control)",
+    )
+    parser.add_argument(
+        "--configs",
+        type=Path,
+        default=REPO / "configs",
+        help="directory of the quickstart YAML files (a variant of the demo's design)",
+    )
     args, extra = parser.parse_known_args(argv)
     todo = [(s, seed) for s in args.settings if cpu_has(s) for seed in args.seeds]
     skipped = [s for s in args.settings if not cpu_has(s)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        roots = dict(zip(todo, pool.map(lambda t: run_one(args.out, *t, extra, args.configs, args.control), todo)))
+        roots = dict(
+            zip(
+                todo,
+                pool.map(lambda t: run_one(args.out, *t, extra, args.configs, args.control), todo),
+                strict=False,
+            )
+        )
     print(table({key: results(root) for key, root in roots.items()}))
-    with_control = [(key, root) for key, root in roots.items() if (root / "sft_cont" / "predictions.jsonl").is_file()]
+    with_control = [
+        (key, root)
+        for key, root in roots.items()
+        if (root / "sft_cont" / "predictions.jsonl").is_file()
+    ]
     if with_control:
         (setting, seed), root = with_control[0]
         print(f"\nHR@1 by kind of test row, {setting} seed {seed}:\n{breakdown(root)}")

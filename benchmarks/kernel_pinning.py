@@ -49,17 +49,30 @@ print("RESULT", torch.backends.cpu.get_cpu_capability(), h.hexdigest()[:16],
 """
 
 
-def run_setting(name: str, work: Path, steps: int, qemu_cpu: str | None) -> tuple[str, str, str, float]:
+def run_setting(
+    name: str, work: Path, steps: int, qemu_cpu: str | None
+) -> tuple[str, str, str, float]:
     """One training run; returns (ATen capability, weights hash, last loss, seconds)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     if name.startswith("pinned"):
         env.update(PINNED)
     root = work / name
-    args = ["fit", "-c", str(REPO / "configs" / "quickstart_sft.yaml"),
-            f"--trainer.default_root_dir={root}", f"--trainer.max_steps={steps}",
-            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
-            "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+    args = [
+        "fit",
+        "-c",
+        str(REPO / "configs" / "quickstart_sft.yaml"),
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+    ]
     cmd = [sys.executable, "-c", _CHILD, *args]
     if qemu_cpu:
         cmd = ["qemu-x86_64", "-cpu", qemu_cpu, *cmd]
@@ -73,18 +86,35 @@ def run_setting(name: str, work: Path, steps: int, qemu_cpu: str | None) -> tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=8, help="training steps per run")
-    parser.add_argument("--qemu", nargs="*", default=[], metavar="CPU",
-                        help="qemu-x86_64 CPU models to run the pinned setting on")
+    parser.add_argument(
+        "--qemu",
+        nargs="*",
+        default=[],
+        metavar="CPU",
+        help="qemu-x86_64 CPU models to run the pinned setting on",
+    )
     args = parser.parse_args(argv)
     if args.qemu and shutil.which("qemu-x86_64") is None:
         parser.error("--qemu needs qemu-x86_64 (Debian: apt-get install qemu-user)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "sdpo_lightning.data.synthetic", "--out",
-                        str(work / "runs" / "quickstart" / "data"), "--config",
-                        str(REPO / "configs" / "quickstart_data.yaml")], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdpo_lightning.data.synthetic",
+                "--out",
+                str(work / "runs" / "quickstart" / "data"),
+                "--config",
+                str(REPO / "configs" / "quickstart_data.yaml"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         settings = [("native", None), ("pinned", None), *((f"pinned+{c}", c) for c in args.qemu)]
         rows = [(name, *run_setting(name, work, args.steps, cpu)) for name, cpu in settings]
     digests = {digest for name, _, digest, _, _ in rows if name.startswith("pinned")}

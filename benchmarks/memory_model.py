@@ -67,8 +67,15 @@ class Llama:
 
     def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
         h, i = self.hidden, self.intermediate
-        dims = {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        dims = {
+            "q_proj": (h, h),
+            "k_proj": (h, h),
+            "v_proj": (h, h),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
         return self.layers * sum(r * (dims[t][0] + dims[t][1]) for t in targets)
 
 
@@ -128,8 +135,13 @@ def per_gpu(m: Llama, s: Setup, strategy: str, k: int, lora: bool) -> dict[str, 
         weights, optim = 0.0, 0.0
         grads = 0.0  # reduced into the bucket, then copied to the CPU optimizer
         buffers += 2 * (m.vocab * m.hidden + s.prefetch_bucket)
-    return {"weights": weights, "grads": grads, "optimizer": optim,
-            "activations": activations(m, s, k, lora), "buffers": buffers}
+    return {
+        "weights": weights,
+        "grads": grads,
+        "optimizer": optim,
+        "activations": activations(m, s, k, lora),
+        "buffers": buffers,
+    }
 
 
 def cpu_per_node(m: Llama, s: Setup, lora: bool, gpus_per_node: int) -> float:
@@ -142,7 +154,11 @@ def cpu_per_node(m: Llama, s: Setup, lora: bool, gpus_per_node: int) -> float:
 
 def table(m: Llama, s: Setup, lora: bool, ks: tuple[int, ...] = (3, 8)) -> str:
     g = lambda x: f"{x / GIB:.2f}"  # noqa: E731
-    head = ["strategy", "weights", "grads", "optimizer"] + [f"activations K={k}" for k in ks] + ["DS buffers"]
+    head = (
+        ["strategy", "weights", "grads", "optimizer"]
+        + [f"activations K={k}" for k in ks]
+        + ["DS buffers"]
+    )
     head += [f"**total K={k}**" for k in ks]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for strat in STRATEGIES:
@@ -167,24 +183,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scoring", choices=("shared_prefix", "naive"), default="shared_prefix")
     args = ap.parse_args(argv)
     m = Llama()
-    s = Setup(gpus=args.gpus, batch=args.batch, prompt_tokens=args.prompt_tokens,
-              completion_tokens=args.completion_tokens, lora_r=args.lora_r,
-              checkpointing=not args.no_checkpointing, scoring=args.scoring)
+    s = Setup(
+        gpus=args.gpus,
+        batch=args.batch,
+        prompt_tokens=args.prompt_tokens,
+        completion_tokens=args.completion_tokens,
+        lora_r=args.lora_r,
+        checkpointing=not args.no_checkpointing,
+        scoring=args.scoring,
+    )
     lora = m.lora_params(s.lora_r, s.lora_targets)
-    print(f"LLaMA-2-7B: {m.params / 1e9:.2f}B parameters; LoRA r={s.lora_r} on "
-          f"{', '.join(s.lora_targets)}: {lora / 1e6:.1f}M. {s.gpus} GPUs, {s.batch} examples per GPU, "
-          f"prompt {s.prompt_tokens} + completions {s.completion_tokens} tokens, bf16, "
-          f"{'gradient checkpointing' if s.checkpointing else 'no checkpointing'}, {s.scoring} scoring.")
+    print(
+        f"LLaMA-2-7B: {m.params / 1e9:.2f}B parameters; LoRA r={s.lora_r} on "
+        f"{', '.join(s.lora_targets)}: {lora / 1e6:.1f}M. {s.gpus} GPUs, {s.batch} examples per GPU, "
+        f"prompt {s.prompt_tokens} + completions {s.completion_tokens} tokens, bf16, "
+        f"{'gradient checkpointing' if s.checkpointing else 'no checkpointing'}, {s.scoring} scoring."
+    )
     for k in (3, 8):
         t, n = tokens(s, k)
         print(f"K={k}: {t} tokens per example through the policy, {n} logit positions")
     node = min(args.gpus_per_node, s.gpus)
-    for lora_, title in ((True, "S-DPO with LoRA (stage 2 from the SFT adapter; reference = frozen SFT adapter)"),
-                         (False, "S-DPO with full fine-tuning (live reference: a frozen copy)")):
+    for lora_, title in (
+        (True, "S-DPO with LoRA (stage 2 from the SFT adapter; reference = frozen SFT adapter)"),
+        (False, "S-DPO with full fine-tuning (live reference: a frozen copy)"),
+    ):
         print(f"\n{title}, GiB per GPU:\n")
         print(table(m, s, lora=lora_))
-        print(f"\nZeRO-3 + offload needs {cpu_per_node(m, s, lora_, node) / GIB:.1f} GiB of CPU memory per node "
-              f"({node} GPUs per node).")
+        print(
+            f"\nZeRO-3 + offload needs {cpu_per_node(m, s, lora_, node) / GIB:.1f} GiB of CPU memory per node "
+            f"({node} GPUs per node)."
+        )
     print("\nNot included: CUDA context and allocator fragmentation (~1-2 GiB per GPU).")
 
 

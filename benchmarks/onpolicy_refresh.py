@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=19, help="M, catalogue draws per row")
     parser.add_argument("--k", type=int, default=4, help="negatives per row")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the data (default: a temporary one)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="folder for the data (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="onpolicy_refresh_"))
     data = work / "data"
     if not (data / "train.json").is_file():
-        synthetic_main(["--out", str(data), "--config", str(REPO / "configs" / "quickstart_data.yaml")])
+        synthetic_main(
+            ["--out", str(data), "--config", str(REPO / "configs" / "quickstart_data.yaml")]
+        )
     catalogue = data / "catalogue.json"
     if not catalogue.is_file():
         files = [str(data / f"{s}.json") for s in ("train", "valid", "test")]
@@ -74,22 +78,36 @@ def main(argv: list[str] | None = None) -> int:
 
     sft = yaml.safe_load((REPO / "configs" / "quickstart_sft.yaml").read_text())
     sdpo = yaml.safe_load((REPO / "configs" / "quickstart_sdpo.yaml").read_text())
-    module = SDPOModule(source={"model_name_or_path": None, "tokenizer_path": str(data / "tokenizer"),
-                                "tiny_config": sft["model"]["source"]["tiny_config"]},
-                        lora=sdpo["model"]["lora"],
-                        objective={"name": "sdpo", "beta": 1.0, "num_negatives": args.k},
-                        scoring={"reference": "live"})
+    module = SDPOModule(
+        source={
+            "model_name_or_path": None,
+            "tokenizer_path": str(data / "tokenizer"),
+            "tiny_config": sft["model"]["source"]["tiny_config"],
+        },
+        lora=sdpo["model"]["lora"],
+        objective={"name": "sdpo", "beta": 1.0, "num_negatives": args.k},
+        scoring={"reference": "live"},
+    )
     module.configure_model()
-    dm = RecDataModule(train_file=str(data / "train.json"), prompt_templates="movies", num_negatives=args.k,
-                       batch_size=args.batch, max_length=512, train_protocol="all_item",
-                       catalogue_file=str(catalogue), catalogue_candidates=args.candidates)
+    dm = RecDataModule(
+        train_file=str(data / "train.json"),
+        prompt_templates="movies",
+        num_negatives=args.k,
+        batch_size=args.batch,
+        max_length=512,
+        train_protocol="all_item",
+        catalogue_file=str(catalogue),
+        catalogue_candidates=args.candidates,
+    )
     dm.connect(module.tokenizer)
     dm.setup("fit")
     train = dm.datasets["fit"]
     rows = min(args.rows, len(train))
     collate = make_collate(module.tokenizer.pad_token_id)
-    batches = [collate([train[(i, 0)] for i in range(s, min(s + args.batch, rows))])
-               for s in range(0, rows, args.batch)]
+    batches = [
+        collate([train[(i, 0)] for i in range(s, min(s + args.batch, rows))])
+        for s in range(0, rows, args.batch)
+    ]
 
     obj = module.hparams.objective
     opt = torch.optim.AdamW([p for p in module.policy.parameters() if p.requires_grad], lr=1e-3)
@@ -105,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
 
-    beam = CatalogueBeamNegatives(lambda: module.policy, dm.catalogue, module.tokenizer,
-                                  dm.train_prompts.completion_prefix, lambda: 0)
+    beam = CatalogueBeamNegatives(
+        lambda: module.policy,
+        dm.catalogue,
+        module.tokenizer,
+        dm.train_prompts.completion_prefix,
+        lambda: 0,
+    )
     module.policy.train()
     step(batches[0])  # warm-up (allocations, kernels)
     t_train = _timed(step, batches)
@@ -116,16 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     t_exact = _timed(lambda b: beam.beams(b, args.k), batches)
 
     n_train = len(train)
-    print(f"quickstart tiny LLaMA + LoRA r16, K={args.k}, M={args.candidates} catalogue draws, "
-          f"{len(dm.catalogue)} items, {rows} of {n_train} training rows, batch {args.batch}, "
-          f"{args.threads} thread(s)")
+    print(
+        f"quickstart tiny LLaMA + LoRA r16, K={args.k}, M={args.candidates} catalogue draws, "
+        f"{len(dm.catalogue)} items, {rows} of {n_train} training rows, batch {args.batch}, "
+        f"{args.threads} thread(s)"
+    )
     print("| pass | s over the rows | ms / row | x one training epoch | s per full epoch (est.) |")
     print("|---|---|---|---|---|")
-    for name, t in (("train step (S-DPO, live reference)", t_train),
-                    ("on_policy refresh (score M + 1 candidates)", t_scores),
-                    ("on_policy_beam refresh (beam search, width K + 1)", t_beam),
-                    (f"on_policy_beam refresh (exact, width {len(dm.catalogue)})", t_exact)):
-        print(f"| {name} | {t:.2f} | {1000 * t / rows:.2f} | {t / t_train:.2f} | {t * n_train / rows:.1f} |")
+    for name, t in (
+        ("train step (S-DPO, live reference)", t_train),
+        ("on_policy refresh (score M + 1 candidates)", t_scores),
+        ("on_policy_beam refresh (beam search, width K + 1)", t_beam),
+        (f"on_policy_beam refresh (exact, width {len(dm.catalogue)})", t_exact),
+    ):
+        print(
+            f"| {name} | {t:.2f} | {1000 * t / rows:.2f} | {t / t_train:.2f} | {t * n_train / rows:.1f} |"
+        )
     return 0
 
 

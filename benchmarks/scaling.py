@@ -32,7 +32,13 @@ sys.path.insert(0, str(REPO))
 from timing import _status_mb  # noqa: E402
 
 GGUF = REPO.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
 
@@ -68,10 +74,12 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     from sdpo_lightning.training.objectives import preference_loss
 
     out: dict[str, Any] = {}
-    module = SDPOModule(source=ModelArgs(tokenizer_path=cfg["tokenizer"], tiny_config=TINY),
-                        lora=LORA,
-                        scoring=ScoringArgs(reference="cached"),
-                        objective=ObjectiveArgs(num_negatives=cfg["k"]))
+    module = SDPOModule(
+        source=ModelArgs(tokenizer_path=cfg["tokenizer"], tiny_config=TINY),
+        lora=LORA,
+        scoring=ScoringArgs(reference="cached"),
+        objective=ObjectiveArgs(num_negatives=cfg["k"]),
+    )
     module.configure_model()
     tok = module.tokenizer
     bs, k = cfg["batch_size"], cfg["k"]
@@ -102,20 +110,30 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     steps, step_s, cache_s = cfg["steps"], [], 0.0
     for s in range(steps):
         t = time.perf_counter()
-        batch = collate([ds[i] for i in order[s * bs:(s + 1) * bs]])
+        batch = collate([ds[i] for i in order[s * bs : (s + 1) * bs]])
         c = time.perf_counter()
-        scores = cache.scores_for(module.reference_source(), "fit", batch) if cfg["mode"] == "new" else cache.tables["fit"][batch["index"]]
+        scores = (
+            cache.scores_for(module.reference_source(), "fit", batch)
+            if cfg["mode"] == "new"
+            else cache.tables["fit"][batch["index"]]
+        )
         cache_s += time.perf_counter() - c
         batch = select_completions(batch, negative_indices(batch, k, "random", 0, 0))
         ref = torch.gather(scores, 1, batch["completion_index"])
-        pol = module.score(batch, batch["completion_input_ids"], batch["completion_attention_mask"]).logps
-        loss = preference_loss("sdpo", pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], 1.0).losses.mean()
+        pol = module.score(
+            batch, batch["completion_input_ids"], batch["completion_attention_mask"]
+        ).logps
+        loss = preference_loss(
+            "sdpo", pol[:, 0], pol[:, 1:], ref[:, 0], ref[:, 1:], 1.0
+        ).losses.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         step_s.append(time.perf_counter() - t - (time.perf_counter() - c if False else 0))
         if s == 0:
-            out["first_step_s"] = out["first_batch_s"] + (out.get("cache_s", 0.0)) + (time.perf_counter() - t)
+            out["first_step_s"] = (
+                out["first_batch_s"] + (out.get("cache_s", 0.0)) + (time.perf_counter() - t)
+            )
     out["step_s"] = sorted(step_s)[len(step_s) // 2]
     if cfg["mode"] == "new":
         out["cache_s"] = cache_s  # the lazy cost of the rows these steps used
@@ -125,7 +143,9 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         for s in range(cfg["test_batches"]):
             b = collate([ds[i] for i in range(s * bs, (s + 1) * bs)])
-            module.score(b, b["candidate_input_ids"], b["candidate_attention_mask"], mode="shared_prefix")
+            module.score(
+                b, b["candidate_input_ids"], b["candidate_attention_mask"], mode="shared_prefix"
+            )
     out["test_s_per_row"] = (time.perf_counter() - t2) / (cfg["test_batches"] * bs)
     out["rows"] = len(ds)
     out["peak_rss_mb"] = _status_mb()["VmHWM"]
@@ -133,10 +153,20 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO),
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
-                          env=env, timeout=3600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": str(REPO),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {cfg['mode']} n={cfg['n']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -147,15 +177,28 @@ def _f(x: float | None, tilde: bool = False, spec: str = ".1f") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("/tmp/ml100k"), help="prepared MovieLens-100K directory")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", type=Path, default=Path("/tmp/ml100k"), help="prepared MovieLens-100K directory"
+    )
     ap.add_argument("--sizes", default="1000,10000,77287")
     ap.add_argument("--ks", default="1,3,7")
-    ap.add_argument("--old-max", type=int, default=10000, help="largest size whose old setup is measured")
-    ap.add_argument("--score-max", type=int, default=1000, help="largest size whose full cache build is measured")
+    ap.add_argument(
+        "--old-max", type=int, default=10000, help="largest size whose old setup is measured"
+    )
+    ap.add_argument(
+        "--score-max",
+        type=int,
+        default=1000,
+        help="largest size whose full cache build is measured",
+    )
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--prepare-seconds", type=float, default=None, help="measured `sdpo-prepare` time to print")
+    ap.add_argument(
+        "--prepare-seconds", type=float, default=None, help="measured `sdpo-prepare` time to print"
+    )
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sdpo_scaling")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -167,24 +210,36 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     total = len(json.loads((args.data / "train.json").read_text()))
     sizes = [min(n, total) for n in sizes]
-    base = dict(tokenizer=tokdir, work=str(args.work), batch_size=args.batch_size, steps=args.steps, test_batches=2)
+    base = dict(
+        tokenizer=tokdir,
+        work=str(args.work),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        test_batches=2,
+    )
     res: dict[tuple, dict] = {}
     for n in sizes:
         f = str(_subset(args.data, n, args.work)) if n < total else str(args.data / "train.json")
         res["new", n] = run({**base, "mode": "new", "n": n, "file": f, "k": 3, "score_all": False})
         if n <= args.old_max:
-            res["old", n] = run({**base, "mode": "old", "n": n, "file": f, "k": 3, "score_all": n <= args.score_max})
+            res["old", n] = run(
+                {**base, "mode": "old", "n": n, "file": f, "k": 3, "score_all": n <= args.score_max}
+            )
     bs = args.batch_size
     measured_old = [n for n in sizes if ("old", n) in res]
     ref_n = max(measured_old)
     score_n = max(n for n in measured_old if "cache_s" in res["old", n])
     per_row_cache = res["old", score_n]["cache_s"] / score_n
-    print(f"\nScaling on MovieLens-100K prepared train (first N rows), K=3, batch {bs}, tiny LLaMA "
-          f"(hidden 32, 2 layers) + SmolLM2 tokenizer, 1 thread; `~` = extrapolated linearly; prepare (whole "
-          f"dataset): {_f(args.prepare_seconds)} s\n")
-    print("| rows | first step old / new (s) | cache old: full build / new: rows of "
-          f"{args.steps} steps (s) | epoch, {args.steps} steps extrapolated (s) | test, ranking (s) | "
-          "peak RSS old / new (MB) |")
+    print(
+        f"\nScaling on MovieLens-100K prepared train (first N rows), K=3, batch {bs}, tiny LLaMA "
+        f"(hidden 32, 2 layers) + SmolLM2 tokenizer, 1 thread; `~` = extrapolated linearly; prepare (whole "
+        f"dataset): {_f(args.prepare_seconds)} s\n"
+    )
+    print(
+        "| rows | first step old / new (s) | cache old: full build / new: rows of "
+        f"{args.steps} steps (s) | epoch, {args.steps} steps extrapolated (s) | test, ranking (s) | "
+        "peak RSS old / new (MB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         new = res["new", n]
@@ -194,23 +249,36 @@ def main(argv: list[str] | None = None) -> int:
             rss_old, tilde = None, True
         else:
             cache_old = old.get("cache_s", per_row_cache * n)
-            first_old, rss_old, tilde = old["first_batch_s"] + cache_old, old["peak_rss_mb"], "cache_s" not in old
+            first_old, rss_old, tilde = (
+                old["first_batch_s"] + cache_old,
+                old["peak_rss_mb"],
+                "cache_s" not in old,
+            )
         cache_old = old["cache_s"] if old is not None and "cache_s" in old else per_row_cache * n
         epoch = new["step_s"] * (n // bs)
-        print(f"| {n} | {_f(first_old, tilde)} / {_f(new['first_step_s'])} | "
-              f"{_f(cache_old, old is None or 'cache_s' not in old)} / {_f(new['cache_s'], spec='.2f')} "
-              f"({new['cache_rows']} rows) | ~{epoch:.0f} | ~{new['test_s_per_row'] * n:.0f} | "
-              f"{_f(rss_old, spec='.0f')} / {new['peak_rss_mb']:.0f} |")
+        print(
+            f"| {n} | {_f(first_old, tilde)} / {_f(new['first_step_s'])} | "
+            f"{_f(cache_old, old is None or 'cache_s' not in old)} / {_f(new['cache_s'], spec='.2f')} "
+            f"({new['cache_rows']} rows) | ~{epoch:.0f} | ~{new['test_s_per_row'] * n:.0f} | "
+            f"{_f(rss_old, spec='.0f')} / {new['peak_rss_mb']:.0f} |"
+        )
     ks = [int(x) for x in args.ks.split(",")]
     n0 = sizes[0]
     f0 = str(_subset(args.data, n0, args.work)) if n0 < total else str(args.data / "train.json")
-    print(f"\nAgainst K ({n0} rows, new path): the cache scores all 20 candidates of a row whatever K is\n")
+    print(
+        f"\nAgainst K ({n0} rows, new path): the cache scores all 20 candidates of a row whatever K is\n"
+    )
     print("| K | first step (s) | step (s) | lazy cache, per row (ms) |")
     print("|---:|---:|---:|---:|")
     for k in ks:
-        r = res["new", n0] if k == 3 else run({**base, "mode": "new", "n": n0, "file": f0, "k": k,
-                                               "score_all": False})
-        print(f"| {k} | {r['first_step_s']:.2f} | {r['step_s']:.3f} | {1000 * r['cache_s'] / max(1, r['cache_rows']):.1f} |")
+        r = (
+            res["new", n0]
+            if k == 3
+            else run({**base, "mode": "new", "n": n0, "file": f0, "k": k, "score_all": False})
+        )
+        print(
+            f"| {k} | {r['first_step_s']:.2f} | {r['step_s']:.3f} | {1000 * r['cache_s'] / max(1, r['cache_rows']):.1f} |"
+        )
     return 0
 
 

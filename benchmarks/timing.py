@@ -52,5 +52,13 @@ def timed(step, zero_grad, repeats: int, budget: float) -> dict[str, Any]:
     peak = _status_mb()["VmHWM"]
     import torch
 
-    return {"threads": torch.get_num_threads(), "seconds": seconds, "cpu_seconds": cpu, "loss": losses[0], "losses": losses, "rss_before_mb": before,
-            "peak_rss_mb": peak if can_reset else None, "step_mb": peak - before if can_reset else None}
+    return {
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "loss": losses[0],
+        "losses": losses,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak if can_reset else None,
+        "step_mb": peak - before if can_reset else None,
+    }

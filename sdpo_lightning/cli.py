@@ -87,12 +87,19 @@ class SDPOCLI(LightningCLI):
         except UserError:
             raise
         except ArgumentError as err:
-            raise ConfigError(f"the hyperparameters stored in --ckpt_path do not fit this config: {err}") from err
+            raise ConfigError(
+                f"the hyperparameters stored in --ckpt_path do not fit this config: {err}"
+            ) from err
         except Exception as err:
-            raise checkpoint_io.unreadable(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+            raise checkpoint_io.unreadable(
+                self.config[self.config.subcommand].get("ckpt_path"), err
+            ) from err
         after = self._model_settings()
-        changed = [f"model.{k}: {before[k]!r} -> {after[k]!r}" for k in sorted(after)
-                   if k in before and before[k] != after[k]]
+        changed = [
+            f"model.{k}: {before[k]!r} -> {after[k]!r}"
+            for k in sorted(after)
+            if k in before and before[k] != after[k]
+        ]
         if changed:
             ckpt = self.config[self.config.subcommand].get("ckpt_path")
             log.warning(
@@ -100,7 +107,10 @@ class SDPOCLI(LightningCLI):
                 "config's: %s. To resume its weights and optimizer under the config's model settings, "
                 "save a copy of the checkpoint without its 'hyper_parameters' entry "
                 "(benchmarks/quality/lastfm_study.py: resume_state); for the weights alone, "
-                "--model.source.init_adapter <its export>.", ckpt, "; ".join(changed))
+                "--model.source.init_adapter <its export>.",
+                ckpt,
+                "; ".join(changed),
+            )
 
     def _apply_ckpt_hparams(self) -> None:
         """LightningCLI's reading of ``--ckpt_path``'s hyperparameters over the config, with the
@@ -122,8 +132,9 @@ class SDPOCLI(LightningCLI):
         if is_flat(hparams):
             log.info("--ckpt_path %s: hyperparameters of the flat layout regrouped", ckpt_path)
             hparams = grouped_kwargs(hparams)
-        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}},
-                                               self.config)
+        self.config = self.parser.parse_object(
+            {self.config.subcommand: {"model": hparams}}, self.config
+        )
 
     def _model_settings(self) -> dict[str, Any]:
         """The parsed config's model arguments (plain values, dotted keys below the groups), or
@@ -136,7 +147,11 @@ class SDPOCLI(LightningCLI):
     @staticmethod
     def _subcommand_in(args: Any) -> str:
         argv = sys.argv[1:] if args is None else args
-        return next((a for a in argv if a in ("fit", "validate", "test", "predict")), "") if isinstance(argv, list) else ""
+        return (
+            next((a for a in argv if a in ("fit", "validate", "test", "predict")), "")
+            if isinstance(argv, list)
+            else ""
+        )
 
     def before_instantiate_classes(self) -> None:
         objective = self._get(self.config, "model", default={}).get("objective") or {}
@@ -148,7 +163,9 @@ class SDPOCLI(LightningCLI):
             except ValueError as err:
                 raise ConfigError(f"model.objective.beta: {err}") from None
         if self.subcommand is not None and not is_secondary_rank():
-            root = self._get(self.config, "trainer", default={}).get("default_root_dir") or os.getcwd()
+            root = (
+                self._get(self.config, "trainer", default={}).get("default_root_dir") or os.getcwd()
+            )
             self._held.enter_context(RunLock(root))
 
     def instantiate_classes(self) -> None:
@@ -177,7 +194,10 @@ class SDPOCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in callbacks
         ):
             extra.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
-        if not any(isinstance(c, RichProgressBar) for c in callbacks) and config.get("enable_progress_bar", True) is not False:
+        if (
+            not any(isinstance(c, RichProgressBar) for c in callbacks)
+            and config.get("enable_progress_bar", True) is not False
+        ):
             extra.append(RichProgressBar(leave=True))
         if extra:
             config["callbacks"] = callbacks + extra
@@ -212,9 +232,9 @@ def _refuse_flat_model_keys(argv: Any) -> None:
     for i, arg in enumerate(args):
         if not arg.startswith("--model."):
             continue
-        key, eq, value = arg[len("--model."):].partition("=")
+        key, eq, value = arg[len("--model.") :].partition("=")
         if key.startswith("init_args."):
-            key = key[len("init_args."):]
+            key = key[len("init_args.") :]
         if key not in FLAT_KEYS:
             continue
         if not eq:
@@ -242,7 +262,7 @@ def _config_files(argv: Any) -> list[str]:
     """The files given with ``-c`` / ``--config`` in ``argv``."""
     if not isinstance(argv, list):
         return []
-    files = [b for a, b in zip(argv, argv[1:]) if a in ("-c", "--config")]
+    files = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("-c", "--config")]
     return files + [a.split("=", 1)[1] for a in argv if str(a).startswith("--config=")]
 
 

@@ -102,13 +102,17 @@ def render() -> str:
     for name, cls, nullable in _groups():
         summary = inspect.getdoc(cls).splitlines()[0]
         off = " Default `null` (off)." if nullable else ""
-        parts.append(f"\n## `model.{name}` ({cls.__name__})\n\n{summary}{off}\n\n"
-                     "| Field | Type | Default | Description |\n|---|---|---|---|\n")
+        parts.append(
+            f"\n## `model.{name}` ({cls.__name__})\n\n{summary}{off}\n\n"
+            "| Field | Type | Default | Description |\n|---|---|---|---|\n"
+        )
         hints = typing.get_type_hints(cls)
         docs = _descriptions(cls)
         for f in dataclasses.fields(cls):
-            parts.append(f"| `model.{name}.{f.name}` | `{_cell(format_type(hints[f.name]))}` "
-                         f"| `{_cell(_default(f))}` | {_cell(docs.get(f.name, ''))} |\n")
+            parts.append(
+                f"| `model.{name}.{f.name}` | `{_cell(format_type(hints[f.name]))}` "
+                f"| `{_cell(_default(f))}` | {_cell(docs.get(f.name, ''))} |\n"
+            )
     return "".join(parts)
 
 

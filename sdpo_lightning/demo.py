@@ -58,7 +58,7 @@ class GeneratorRule(Scorer):
         super().__init__(seed)
         self.items = list(items)
 
-    def fit(self, train_examples: Sequence[Example]) -> "GeneratorRule":
+    def fit(self, train_examples: Sequence[Example]) -> GeneratorRule:
         self.fitted = True
         return self
 
@@ -82,12 +82,28 @@ def _baselines(root: Path) -> tuple[dict[str, Path], int]:
     runs = {}
     for name, label in (("random", "random"), ("most_popular", "most popular")):
         out = root / "baselines" / name
-        run_baseline(name, train, test, out, seed=0, dataset="synthetic", meta={"data_file": str(data / "test.json")})
+        run_baseline(
+            name,
+            train,
+            test,
+            out,
+            seed=0,
+            dataset="synthetic",
+            meta={"data_file": str(data / "test.json")},
+        )
         runs[label] = out
     out = root / "baselines" / "generator_rule"
     scorer = GeneratorRule(json.loads((data / "items.json").read_text())).fit(train)
-    write_report(prediction_records(scorer, test), out, {"run": "generator_rule", "method": scorer.method,
-                                                         "dataset": "synthetic", "model": "baseline:generator_rule"})
+    write_report(
+        prediction_records(scorer, test),
+        out,
+        {
+            "run": "generator_rule",
+            "method": scorer.method,
+            "dataset": "synthetic",
+            "model": "baseline:generator_rule",
+        },
+    )
     runs["generator rule"] = out
     return runs, len(test[0].candidates)
 
@@ -95,7 +111,7 @@ def _baselines(root: Path) -> tuple[dict[str, Path], int]:
 def hits(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Per-example generation and ranking hits, ordered by example index."""
     by_index = hits_by_index(run_dir / "predictions.jsonl")
-    gen, rank = zip(*(by_index[i] for i in sorted(by_index)))
+    gen, rank = zip(*(by_index[i] for i in sorted(by_index)), strict=False)
     return np.array(gen), np.array(rank)
 
 
@@ -103,36 +119,51 @@ def paired_deltas(run: Path, base: Path) -> dict[str, tuple[float, float, float]
     """``run`` − ``base`` HR@1 on the same rows per protocol: (delta, low, high) of a paired
     bootstrap (:data:`N_BOOT_PAIRED` resamples, seed 0)."""
     a, b = hits(run), hits(base)
-    return {p: paired_bootstrap_ci(a[i], b[i], n_boot=N_BOOT_PAIRED, seed=0) for i, p in enumerate(PROTOCOLS)}
+    return {
+        p: paired_bootstrap_ci(a[i], b[i], n_boot=N_BOOT_PAIRED, seed=0)
+        for i, p in enumerate(PROTOCOLS)
+    }
 
 
 def results_table(runs: dict[str, Path], n_candidates: int) -> str:
     """The results block: one row per run with bootstrap intervals, then S-DPO − SFT paired."""
     summaries = {k: json.loads((d / "summary.json").read_text()) for k, d in runs.items()}
     n = next(iter(summaries.values()))["n_examples"]
-    lines = [f"Quick start results: synthetic test split, {n} rows, {n_candidates} candidates "
-             f"(chance HR@1 {1 / n_candidates:.4f})",
-             f"{'method':15} {'gen HR@1 [95% CI]':>24} {'ValidRatio':>10} {'rank HR@1 [95% CI]':>24} {'MRR':>7}"]
+    lines = [
+        f"Quick start results: synthetic test split, {n} rows, {n_candidates} candidates "
+        f"(chance HR@1 {1 / n_candidates:.4f})",
+        f"{'method':15} {'gen HR@1 [95% CI]':>24} {'ValidRatio':>10} {'rank HR@1 [95% CI]':>24} {'MRR':>7}",
+    ]
 
     def cell(m: dict) -> str:
         return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
 
     for name, s in summaries.items():
         g, r = s["protocols"]["generation"], s["protocols"]["ranking"]
-        lines.append(f"{name:15} {cell(g['hr@1']):>24} {g['valid_ratio']['value']:>10.4f} "
-                     f"{cell(r['hr@1']):>24} {r['mrr']['value']:>7.4f}")
+        lines.append(
+            f"{name:15} {cell(g['hr@1']):>24} {g['valid_ratio']['value']:>10.4f} "
+            f"{cell(r['hr@1']):>24} {r['mrr']['value']:>7.4f}"
+        )
     deltas = paired_deltas(runs["S-DPO"], runs["SFT"])
-    lines.append(f"S-DPO - SFT on the same rows, paired bootstrap 95% ({N_BOOT_PAIRED} resamples, seed 0):")
+    lines.append(
+        f"S-DPO - SFT on the same rows, paired bootstrap 95% ({N_BOOT_PAIRED} resamples, seed 0):"
+    )
     for protocol in PROTOCOLS:
         d, lo, hi = deltas[protocol]
         lines.append(f"  {protocol + ' HR@1':16} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-    lines.append("Baselines: gen HR@1 is their top-scored candidate. Models: greedy generation "
-                 "constrained to the candidates; rank = completion log-likelihood.")
+    lines.append(
+        "Baselines: gen HR@1 is their top-scored candidate. Models: greedy generation "
+        "constrained to the candidates; rank = completion log-likelihood."
+    )
     return "\n".join(lines)
 
 
-def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str] | None = None,
-        seed: int | None = None) -> str:
+def run(
+    root: str = "runs/quickstart",
+    configs: str = "configs",
+    extra: list[str] | None = None,
+    seed: int | None = None,
+) -> str:
     """Run the whole demo; returns the printed results block.
 
     Args:
@@ -152,16 +183,47 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
         extra = [f"--seed_everything={seed}", *extra]
     times = {}
     if not (rootp / "data" / "tokenizer" / "tokenizer.json").is_file():
-        make_synthetic(["--out", str(rootp / "data"), "--config", f"{configs}/quickstart_data.yaml",
-                        *([] if seed is None else ["--seed", str(seed)])])
+        make_synthetic(
+            [
+                "--out",
+                str(rootp / "data"),
+                "--config",
+                f"{configs}/quickstart_data.yaml",
+                *([] if seed is None else ["--seed", str(seed)]),
+            ]
+        )
     times["sft fit"] = _stage("SFT", ["fit", "-c", sft_cfg, *extra])
     times["sft test"] = _stage(
-        "test SFT", ["test", "-c", sft_cfg, "--model.source.model_name_or_path", f"{root}/sft/export",
-                     "--model.output.method", "SFT", "--trainer.default_root_dir", f"{root}/sft", *extra])
+        "test SFT",
+        [
+            "test",
+            "-c",
+            sft_cfg,
+            "--model.source.model_name_or_path",
+            f"{root}/sft/export",
+            "--model.output.method",
+            "SFT",
+            "--trainer.default_root_dir",
+            f"{root}/sft",
+            *extra,
+        ],
+    )
     times["sdpo fit"] = _stage("S-DPO", ["fit", "-c", sdpo_cfg, *extra])
     times["sdpo test"] = _stage(
-        "test S-DPO", ["test", "-c", sdpo_cfg, "--model.source.init_adapter", f"{root}/sdpo/export",
-                       "--model.output.method", "S-DPO", "--trainer.default_root_dir", f"{root}/sdpo", *extra])
+        "test S-DPO",
+        [
+            "test",
+            "-c",
+            sdpo_cfg,
+            "--model.source.init_adapter",
+            f"{root}/sdpo/export",
+            "--model.output.method",
+            "S-DPO",
+            "--trainer.default_root_dir",
+            f"{root}/sdpo",
+            *extra,
+        ],
+    )
     start = time.perf_counter()
     runs, n_candidates = _baselines(rootp)
     runs.update({"SFT": rootp / "sft", "S-DPO": rootp / "sdpo"})
@@ -174,17 +236,31 @@ def run(root: str = "runs/quickstart", configs: str = "configs", extra: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="configs", help="directory of the quickstart YAML files")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the data and of both stages (default: the configs' seed, 0)")
-    parser.add_argument("--kernels", choices=("pinned", "native"), default="pinned",
-                        help="pinned: portable CPU kernel paths, the same numbers on every x86-64 "
-                             "machine (the README's block); native: each library's fastest path")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--configs", default="configs", help="directory of the quickstart YAML files"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the data and of both stages (default: the configs' seed, 0)",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("pinned", "native"),
+        default="pinned",
+        help="pinned: portable CPU kernel paths, the same numbers on every x86-64 "
+        "machine (the README's block); native: each library's fastest path",
+    )
     args, extra = parser.parse_known_args(argv)
     reexec_pinned(args.kernels)  # before any float is computed; restarts the process if needed
     print(describe(), flush=True)
-    run("runs/quickstart", args.configs, extra, seed=args.seed)  # the configs read runs/quickstart/data
+    run(
+        "runs/quickstart", args.configs, extra, seed=args.seed
+    )  # the configs read runs/quickstart/data
     return 0
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 #: Exit status of a run stopped by a user error (argparse uses 2 for usage errors too).
 EXIT_USER_ERROR = 2

@@ -71,8 +71,10 @@ def reexec_pinned(setting: KernelSetting = "pinned") -> None:
     if setting == "native" or is_pinned():
         return
     if os.environ.get(_MARK):
-        raise RuntimeError("could not pin the CPU kernels: the restarted process lost its "
-                           f"environment ({', '.join(sorted(PINNED))})")
+        raise RuntimeError(
+            "could not pin the CPU kernels: the restarted process lost its "
+            f"environment ({', '.join(sorted(PINNED))})"
+        )
     env = pinned_env()
     env[_MARK] = "1"
     sys.stdout.flush()
@@ -86,5 +88,7 @@ def describe() -> str:
 
     cap = torch.backends.cpu.get_cpu_capability()
     state = "pinned" if is_pinned() else "native"
-    return (f"CPU kernels: {state} (ATen {cap}, MKL_CBWR={os.environ.get('MKL_CBWR', 'auto')}, "
-            f"threads {torch.get_num_threads()})")
+    return (
+        f"CPU kernels: {state} (ATen {cap}, MKL_CBWR={os.environ.get('MKL_CBWR', 'auto')}, "
+        f"threads {torch.get_num_threads()})"
+    )

@@ -18,7 +18,13 @@ SHARED = REPO.parent / "shared"
 GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LASTFM = SHARED / "data" / "lastfm"
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 
 
 def require_shared(path: Path) -> Path:
@@ -93,20 +99,42 @@ def tiny_config(tmp: Path, synthetic_dir: Path, name: str, **model) -> Path:
     cfg = {
         "seed_everything": 0,
         "trainer": {
-            "default_root_dir": str(tmp / name), "accelerator": "cpu", "devices": 1,
-            "max_steps": 4, "limit_val_batches": 1, "val_check_interval": 2, "limit_test_batches": 2, "log_every_n_steps": 1,
-            "enable_progress_bar": False, "num_sanity_val_steps": 0, "enable_model_summary": False,
+            "default_root_dir": str(tmp / name),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "limit_val_batches": 1,
+            "val_check_interval": 2,
+            "limit_test_batches": 2,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "enable_model_summary": False,
         },
-        "model": grouped_kwargs({
-            "model_name_or_path": None, "tokenizer_path": str(synthetic_dir / "tokenizer"),
-            "tiny_config": TINY, "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
-                                          "target_modules": ["q_proj", "v_proj"]},
-            "learning_rate": 1e-2, "max_new_tokens": 6, "num_negatives": 3,
-            "eval_protocols": ["generation", "ranking"], **model,
-        }),
+        "model": grouped_kwargs(
+            {
+                "model_name_or_path": None,
+                "tokenizer_path": str(synthetic_dir / "tokenizer"),
+                "tiny_config": TINY,
+                "lora": {
+                    "r": 4,
+                    "alpha": 8,
+                    "dropout": 0.0,
+                    "target_modules": ["q_proj", "v_proj"],
+                },
+                "learning_rate": 1e-2,
+                "max_new_tokens": 6,
+                "num_negatives": 3,
+                "eval_protocols": ["generation", "ranking"],
+                **model,
+            }
+        ),
         "data": {
-            "train_file": str(synthetic_dir / "train.json"), "val_file": str(synthetic_dir / "valid.json"),
-            "test_file": str(synthetic_dir / "test.json"), "batch_size": 2, "eval_batch_size": 4,
+            "train_file": str(synthetic_dir / "train.json"),
+            "val_file": str(synthetic_dir / "valid.json"),
+            "test_file": str(synthetic_dir / "test.json"),
+            "batch_size": 2,
+            "eval_batch_size": 4,
             "max_length": 256,
         },
     }

@@ -39,7 +39,7 @@ TOL = 1e-6
 SRC = {
     "dynamicpo": "xingyuHuxingyu/DynamicPO@1d82aa35 trainer/dynamicpo_trainer.py:46-203",
     "dmpo_repo": "BZX667/DMPO@fe6ecb5b src/llmtuner/train/dpo/trainer.py:149-156 + "
-                 "huggingface/trl@v0.8.1 (8534f0ed) trl/trainer/dpo_trainer.py dpo_loss",
+    "huggingface/trl@v0.8.1 (8534f0ed) trl/trainer/dpo_trainer.py dpo_loss",
     "trl_ipo": "huggingface/trl@f2cd5771 trl/trainer/dpo_trainer.py:1440-1451",
     "simpo": "princeton-nlp/SimPO@1b3e8f35 scripts/simpo_trainer.py:560-595, 648-683",
     "recpo": "HoytWen/RecPO@0594d545 trainer/rec_cpo_trainer.py:397-479 (loss_type simpo, ln)",
@@ -53,8 +53,10 @@ def theirs_dmpo(pc, pr: dict, rc, rr: dict, beta):
     chosen_logratios = pc - rc
     rejected_logratios = {key: pr[key] - rr[key] for key in pr}
     K = len(rejected_logratios.keys())
-    return -F.logsigmoid(beta * chosen_logratios
-                         - sum(beta * rejected_logratios[key] for key in rejected_logratios) / K)
+    return -F.logsigmoid(
+        beta * chosen_logratios
+        - sum(beta * rejected_logratios[key] for key in rejected_logratios) / K
+    )
 
 
 def theirs_dmpo_repo(pc, pr, rc, rr, beta):
@@ -141,8 +143,9 @@ def theirs_dynamicpo(pc, pr: dict, rc, rr: dict, beta):
             c = policy[j] - disc_mean
             adj = torch.tanh((a - c - 2.0) / (abs(c) + abs(a))) * 0.5
             beta_j = float((beta * (1 + adj)).detach())
-            terms.append(beta_j * chosen_logratios[i] / len(border)
-                         - beta_j * logratio[j] / len(border))
+            terms.append(
+                beta_j * chosen_logratios[i] / len(border) - beta_j * logratio[j] / len(border)
+            )
         losses.append(-F.logsigmoid(sum(terms)))
         masks.append([j in border for j in range(len(keys))])
     return torch.stack(losses), torch.tensor(masks)
@@ -164,8 +167,9 @@ class Row:
         return self.d_loss <= TOL and self.d_grad is not None and self.d_grad <= TOL
 
 
-def _compare(f_ours: Callable, f_theirs: Callable,
-             inputs: list[torch.Tensor]) -> tuple[float, float]:
+def _compare(
+    f_ours: Callable, f_theirs: Callable, inputs: list[torch.Tensor]
+) -> tuple[float, float]:
     """Max |loss difference| and max |gradient difference| (w.r.t. every input)."""
     a = [t.detach().clone().requires_grad_() for t in inputs]
     b = [t.detach().clone().requires_grad_() for t in inputs]
@@ -182,10 +186,12 @@ def _compare(f_ours: Callable, f_theirs: Callable,
 
 def _logps(gen, b, k):
     """Summed log-probs of chosen (B,) and K rejected (B, K), policy and reference."""
-    return (-torch.rand(b, generator=gen, dtype=torch.float64) * 20,
-            -torch.rand(b, k, generator=gen, dtype=torch.float64) * 20,
-            -torch.rand(b, generator=gen, dtype=torch.float64) * 20,
-            -torch.rand(b, k, generator=gen, dtype=torch.float64) * 20)
+    return (
+        -torch.rand(b, generator=gen, dtype=torch.float64) * 20,
+        -torch.rand(b, k, generator=gen, dtype=torch.float64) * 20,
+        -torch.rand(b, generator=gen, dtype=torch.float64) * 20,
+        -torch.rand(b, k, generator=gen, dtype=torch.float64) * 20,
+    )
 
 
 def _tokens(gen, b, n, t=8):
@@ -208,8 +214,16 @@ def _sums(p, mask):
 def _ours_ipo(mask, beta):
     def f(p, r):
         (lp, n), (lr, _) = _sums(p, mask), _sums(r, mask)
-        return ipo_loss(lp[:, 0], lp[:, 1:], lr[:, 0], lr[:, 1:], beta,
-                        chosen_lengths=n[:, 0], rejected_lengths=n[:, 1:]).losses
+        return ipo_loss(
+            lp[:, 0],
+            lp[:, 1:],
+            lr[:, 0],
+            lr[:, 1:],
+            beta,
+            chosen_lengths=n[:, 0],
+            rejected_lengths=n[:, 1:],
+        ).losses
+
     return f
 
 
@@ -220,8 +234,17 @@ def _theirs_ipo(mask, beta):
 def _ours_simpo(mask, beta, gamma):
     def f(p):
         lp, n = _sums(p, mask)
-        return simpo_loss(lp[:, 0], lp[:, 1], None, None, beta, chosen_lengths=n[:, 0],
-                          rejected_lengths=n[:, 1], gamma=gamma).losses
+        return simpo_loss(
+            lp[:, 0],
+            lp[:, 1],
+            None,
+            None,
+            beta,
+            chosen_lengths=n[:, 0],
+            rejected_lengths=n[:, 1],
+            gamma=gamma,
+        ).losses
+
     return f
 
 
@@ -232,8 +255,17 @@ def _theirs_simpo(mask, beta, ratio):
 def _ours_softmax_simpo(mask, beta, gamma):
     def f(p):
         lp, n = _sums(p, mask)
-        return softmax_simpo_loss(lp[:, 0], lp[:, 1:], None, None, beta, chosen_lengths=n[:, 0],
-                                  rejected_lengths=n[:, 1:], gamma=gamma).losses
+        return softmax_simpo_loss(
+            lp[:, 0],
+            lp[:, 1:],
+            None,
+            None,
+            beta,
+            chosen_lengths=n[:, 0],
+            rejected_lengths=n[:, 1:],
+            gamma=gamma,
+        ).losses
+
     return f
 
 
@@ -249,41 +281,93 @@ def run(n: int, seed: int) -> list[Row]:
     # DMPO against DynamicPO's 'DMPO' branch
     for k in (1, 3, 5, 19):
         x = _logps(gen, n, k)
-        out.append(Row("dmpo", SRC["dynamicpo"] + " (filter_mode DMPO)", k, n, *_compare(
-            lambda pc, pr, rc, rr: dmpo_loss(pc, pr, rc, rr, beta).losses,
-            lambda pc, pr, rc, rr: theirs_dmpo(pc, _as_dict(pr), rc, _as_dict(rr), beta), list(x))))
+        out.append(
+            Row(
+                "dmpo",
+                SRC["dynamicpo"] + " (filter_mode DMPO)",
+                k,
+                n,
+                *_compare(
+                    lambda pc, pr, rc, rr: dmpo_loss(pc, pr, rc, rr, beta).losses,
+                    lambda pc, pr, rc, rr: theirs_dmpo(pc, _as_dict(pr), rc, _as_dict(rr), beta),
+                    list(x),
+                ),
+            )
+        )
 
     # BZX667/DMPO's code path: what it computes is our DPO with ref_rejected := ref_chosen
     x = _logps(gen, n, 1)
-    out.append(Row("dpo (ref_rejected := ref_chosen)", SRC["dmpo_repo"], 1, n, *_compare(
-        lambda pc, pr, rc, rr: dpo_loss(pc, pr, rc, rc.unsqueeze(-1), beta).losses,
-        lambda pc, pr, rc, rr: theirs_dmpo_repo(pc, pr[:, 0], rc, rr[:, 0], beta), list(x)),
-        note="the repo's code is pairwise and drops the rejected reference; not DMPO's formula"))
+    out.append(
+        Row(
+            "dpo (ref_rejected := ref_chosen)",
+            SRC["dmpo_repo"],
+            1,
+            n,
+            *_compare(
+                lambda pc, pr, rc, rr: dpo_loss(pc, pr, rc, rc.unsqueeze(-1), beta).losses,
+                lambda pc, pr, rc, rr: theirs_dmpo_repo(pc, pr[:, 0], rc, rr[:, 0], beta),
+                list(x),
+            ),
+            note="the repo's code is pairwise and drops the rejected reference; not DMPO's formula",
+        )
+    )
     theirs = theirs_dmpo_repo(x[0], x[1][:, 0], x[2], x[3][:, 0], beta)
     d_dmpo = float((dmpo_loss(*x, beta).losses - theirs).abs().max())
-    out.append(Row("dmpo", SRC["dmpo_repo"], 1, n, d_dmpo, None,
-                   note="differs (expected: the repo's rejected side has no reference)"))
+    out.append(
+        Row(
+            "dmpo",
+            SRC["dmpo_repo"],
+            1,
+            n,
+            d_dmpo,
+            None,
+            note="differs (expected: the repo's rejected side has no reference)",
+        )
+    )
 
     for b_ipo in (0.1, 1.0):  # IPO, token-mean, against TRL
         per_tok, mask = _tokens(gen, n, 2)
         ref_tok, _ = _tokens(gen, n, 2)
-        out.append(Row(f"ipo (token_mean, beta={b_ipo})", SRC["trl_ipo"], 1, n,
-                       *_compare(_ours_ipo(mask, b_ipo), _theirs_ipo(mask, b_ipo),
-                                 [per_tok, ref_tok])))
+        out.append(
+            Row(
+                f"ipo (token_mean, beta={b_ipo})",
+                SRC["trl_ipo"],
+                1,
+                n,
+                *_compare(_ours_ipo(mask, b_ipo), _theirs_ipo(mask, b_ipo), [per_tok, ref_tok]),
+            )
+        )
     for b_s, ratio in ((2.0, 0.25), (10.0, 0.3)):  # SimPO: its defaults; Llama-3-Instruct v2
         per_tok, mask = _tokens(gen, n, 2)
-        out.append(Row(f"simpo (beta={b_s}, gamma={b_s * ratio:g})", SRC["simpo"], 1, n,
-                       *_compare(_ours_simpo(mask, b_s, b_s * ratio),
-                                 _theirs_simpo(mask, b_s, ratio), [per_tok])))
+        out.append(
+            Row(
+                f"simpo (beta={b_s}, gamma={b_s * ratio:g})",
+                SRC["simpo"],
+                1,
+                n,
+                *_compare(
+                    _ours_simpo(mask, b_s, b_s * ratio), _theirs_simpo(mask, b_s, ratio), [per_tok]
+                ),
+            )
+        )
     for k in (1, 3, 5):  # softmax SimPO against RecPO's multi-negative simpo
         per_tok, mask = _tokens(gen, n, 1 + k)
-        out.append(Row("softmax_simpo (beta=1, gamma=0.5)", SRC["recpo"], k, n,
-                       *_compare(_ours_softmax_simpo(mask, 1.0, 0.5),
-                                 _theirs_recpo(mask, 1.0, 0.5), [per_tok])))
+        out.append(
+            Row(
+                "softmax_simpo (beta=1, gamma=0.5)",
+                SRC["recpo"],
+                k,
+                n,
+                *_compare(
+                    _ours_softmax_simpo(mask, 1.0, 0.5), _theirs_recpo(mask, 1.0, 0.5), [per_tok]
+                ),
+            )
+        )
 
     # DynamicPO: rows with a boundary negative, and rows that fall back to k-means
     try:
         import sklearn  # noqa: F401
+
         have_sklearn = True
     except ImportError:
         have_sklearn = False
@@ -296,8 +380,17 @@ def run(n: int, seed: int) -> list[Row]:
             else:
                 pc = pr.max(1).values + torch.rand(n, generator=gen, dtype=torch.float64) + 0.01
                 if not have_sklearn:
-                    out.append(Row("dynamicpo", SRC["dynamicpo"], k, 0, float("nan"), None,
-                                   note=f"{regime}: skipped, scikit-learn not installed"))
+                    out.append(
+                        Row(
+                            "dynamicpo",
+                            SRC["dynamicpo"],
+                            k,
+                            0,
+                            float("nan"),
+                            None,
+                            note=f"{regime}: skipped, scikit-learn not installed",
+                        )
+                    )
                     continue
             _, their_masks = theirs_dynamicpo(pc, _as_dict(pr), rc, _as_dict(rr), beta)
             ours_masks, _ = boundary_negatives(pc, pr)
@@ -305,15 +398,28 @@ def run(n: int, seed: int) -> list[Row]:
             note = regime
             if not same.all():
                 worse = _sse_not_lower(pr[~same])
-                note += (f"; {int((~same).sum())} rows grouped otherwise by KMeans (ours has the "
-                         f"lower k-means cost in {worse} of them), compared on the rest")
+                note += (
+                    f"; {int((~same).sum())} rows grouped otherwise by KMeans (ours has the "
+                    f"lower k-means cost in {worse} of them), compared on the rest"
+                )
             idx = same.nonzero().squeeze(-1)
             sub = [t[idx] for t in (pc, pr, rc, rr)]
-            out.append(Row("dynamicpo", SRC["dynamicpo"], k, int(same.sum()), *_compare(
-                lambda pc, pr, rc, rr: dynamicpo_loss(pc, pr, rc, rr, beta).losses,
-                lambda pc, pr, rc, rr: theirs_dynamicpo(pc, _as_dict(pr), rc, _as_dict(rr),
-                                                        beta)[0],
-                sub), note=note))
+            out.append(
+                Row(
+                    "dynamicpo",
+                    SRC["dynamicpo"],
+                    k,
+                    int(same.sum()),
+                    *_compare(
+                        lambda pc, pr, rc, rr: dynamicpo_loss(pc, pr, rc, rr, beta).losses,
+                        lambda pc, pr, rc, rr: theirs_dynamicpo(
+                            pc, _as_dict(pr), rc, _as_dict(rr), beta
+                        )[0],
+                        sub,
+                    ),
+                    note=note,
+                )
+            )
     return out
 
 
@@ -342,9 +448,11 @@ def _best_split_cost(v: np.ndarray) -> float:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| objective (ours) | authors' code | K | rows | max abs diff loss "
-             "| max abs diff grad | result | note |",
-             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| objective (ours) | authors' code | K | rows | max abs diff loss "
+        "| max abs diff grad | result | note |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         if r.rows == 0:
             result = "skipped"
@@ -353,8 +461,10 @@ def table(rows: list[Row]) -> str:
         else:
             result = "agrees" if r.ok else "FAILS"
         grad = "n/a" if r.d_grad is None else f"{r.d_grad:.2e}"
-        lines.append(f"| {r.objective} | {r.source} | {r.k} | {r.rows} | {r.d_loss:.2e} | {grad} "
-                     f"| {result} | {r.note} |")
+        lines.append(
+            f"| {r.objective} | {r.source} | {r.k} | {r.rows} | {r.d_loss:.2e} | {grad} "
+            f"| {result} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -368,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     checked = [r for r in rows if r.rows and "differs" not in r.note]
     bad = [r for r in checked if not r.ok]
     skipped = sum(1 for r in rows if not r.rows)
-    print(f"\n{len(checked) - len(bad)} of {len(checked)} checks agree to {TOL:g}; "
-          f"{len(rows) - len(checked) - skipped} shown as differing on purpose; {skipped} skipped"
-          + (f"; {len(bad)} FAIL" if bad else ""))
+    print(
+        f"\n{len(checked) - len(bad)} of {len(checked)} checks agree to {TOL:g}; "
+        f"{len(rows) - len(checked) - skipped} shown as differing on purpose; {skipped} skipped"
+        + (f"; {len(bad)} FAIL" if bad else "")
+    )
     return 1 if bad else 0
 
 

@@ -67,25 +67,77 @@ ALIGN: list[tuple[str, str, str, int, float, float, list[str]]] = [
     ("sdpo_k3_b0.5_lr5e-4", "S-DPO (K=3, β=0.5, lr 5e-4)", "sdpo", 3, 0.5, 5e-4, []),
     ("sdpo_k3_b2_lr5e-4", "S-DPO (K=3, β=2, lr 5e-4)", "sdpo", 3, 2.0, 5e-4, []),
     # hard negatives: the K candidates the reference (the SFT adapter) scores highest
-    ("sdpo_k3_hard_lr5e-4", "S-DPO (K=3, hard negatives, lr 5e-4)", "sdpo", 3, 1.0, 5e-4,
-     ["--data.negative_sampling", "hard"]),
+    (
+        "sdpo_k3_hard_lr5e-4",
+        "S-DPO (K=3, hard negatives, lr 5e-4)",
+        "sdpo",
+        3,
+        1.0,
+        5e-4,
+        ["--data.negative_sampling", "hard"],
+    ),
     # listwise: every other candidate a negative (K=19 of 20), two epochs; made for the
     # unseen selection rows (--align-data select), against SFT continued with the same budget
-    ("sdpo_k19_e2_lr2e-4", "S-DPO (K=19, 2 epochs, lr 2e-4)", "sdpo", 19, 1.0, 2e-4, ["--trainer.max_epochs", "2"]),
+    (
+        "sdpo_k19_e2_lr2e-4",
+        "S-DPO (K=19, 2 epochs, lr 2e-4)",
+        "sdpo",
+        19,
+        1.0,
+        2e-4,
+        ["--trainer.max_epochs", "2"],
+    ),
     ("sdpo_k19_e2", "S-DPO (K=19, 2 epochs)", "sdpo", 19, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
-    ("sft_cont_e2_lr2e-4", "SFT (continued, 2 epochs, lr 2e-4)", "sft", 3, 1.0, 2e-4, ["--trainer.max_epochs", "2"]),
-    ("sft_cont_e2", "SFT (continued, 2 epochs)", "sft", 3, 1.0, 1e-4, ["--trainer.max_epochs", "2"]),
+    (
+        "sft_cont_e2_lr2e-4",
+        "SFT (continued, 2 epochs, lr 2e-4)",
+        "sft",
+        3,
+        1.0,
+        2e-4,
+        ["--trainer.max_epochs", "2"],
+    ),
+    (
+        "sft_cont_e2",
+        "SFT (continued, 2 epochs)",
+        "sft",
+        3,
+        1.0,
+        1e-4,
+        ["--trainer.max_epochs", "2"],
+    ),
     # S-DPO plus λ = 1 times the chosen title's NLL (model.objective.sft_weight), the same two epochs
-    ("sdpo_k19_e2_nll", "S-DPO (K=19, 2 epochs, + NLL)", "sdpo", 19, 1.0, 1e-4,
-     ["--trainer.max_epochs", "2", "--model.objective.sft_weight", "1.0"]),
+    (
+        "sdpo_k19_e2_nll",
+        "S-DPO (K=19, 2 epochs, + NLL)",
+        "sdpo",
+        19,
+        1.0,
+        1e-4,
+        ["--trainer.max_epochs", "2", "--model.objective.sft_weight", "1.0"],
+    ),
 ]
 
 #: each alignment run's "SFT continued" control: the same rows, epochs and learning rate
 CONTROL: dict[str, str] = {
-    **{n: "sft_cont" for n in ("sdpo_k3", "dpo", "dpo_k3", "sdpo_k8", "sdpo_k3_b0.5", "sdpo_k3_b2")},
-    **{n: "sft_cont_lr5e-4" for n in ("sdpo_k3_lr5e-4", "sdpo_k8_lr5e-4", "dpo_lr5e-4", "dpo_k3_lr5e-4",
-                                      "sdpo_k3_b0.5_lr5e-4", "sdpo_k3_b2_lr5e-4", "sdpo_k3_hard_lr5e-4")},
-    "sdpo_k19_e2": "sft_cont_e2", "sdpo_k19_e2_nll": "sft_cont_e2", "sdpo_k19_e2_lr2e-4": "sft_cont_e2_lr2e-4",
+    **{
+        n: "sft_cont" for n in ("sdpo_k3", "dpo", "dpo_k3", "sdpo_k8", "sdpo_k3_b0.5", "sdpo_k3_b2")
+    },
+    **{
+        n: "sft_cont_lr5e-4"
+        for n in (
+            "sdpo_k3_lr5e-4",
+            "sdpo_k8_lr5e-4",
+            "dpo_lr5e-4",
+            "dpo_k3_lr5e-4",
+            "sdpo_k3_b0.5_lr5e-4",
+            "sdpo_k3_b2_lr5e-4",
+            "sdpo_k3_hard_lr5e-4",
+        )
+    },
+    "sdpo_k19_e2": "sft_cont_e2",
+    "sdpo_k19_e2_nll": "sft_cont_e2",
+    "sdpo_k19_e2_lr2e-4": "sft_cont_e2_lr2e-4",
 }
 
 #: objectives for the last epochs of the SFT run: each resumes the 6-epoch SFT (``sft_e6``) from
@@ -97,10 +149,24 @@ CONTROL: dict[str, str] = {
 SWITCH_EPOCH = 3
 SWITCH: list[tuple[str, str, str, int, float, list[str]]] = [
     ("sdpo_k3_ep4", "S-DPO (K=3) for SFT epochs 4–6", "sdpo", 3, 1.0, []),
-    ("sdpo_k3_nll_ep4", "S-DPO (K=3) + NLL for SFT epochs 4–6", "sdpo", 3, 1.0, ["--model.objective.sft_weight", "1.0"]),
+    (
+        "sdpo_k3_nll_ep4",
+        "S-DPO (K=3) + NLL for SFT epochs 4–6",
+        "sdpo",
+        3,
+        1.0,
+        ["--model.objective.sft_weight", "1.0"],
+    ),
     # the listwise form: every other candidate a negative (the ranking protocol's softmax)
     ("sdpo_k19_ep4", "S-DPO (K=19) for SFT epochs 4–6", "sdpo", 19, 1.0, []),
-    ("sdpo_k19_nll_ep4", "S-DPO (K=19) + NLL for SFT epochs 4–6", "sdpo", 19, 1.0, ["--model.objective.sft_weight", "1.0"]),
+    (
+        "sdpo_k19_nll_ep4",
+        "S-DPO (K=19) + NLL for SFT epochs 4–6",
+        "sdpo",
+        19,
+        1.0,
+        ["--model.objective.sft_weight", "1.0"],
+    ),
 ]
 CONTROL.update({name: "sft_e6" for name, *_ in SWITCH})
 
@@ -119,10 +185,17 @@ def seed_base(adapter: Path, export: Path, marker: Path) -> None:
     stage's export directory and mark the stage done; an export already there must match."""
     files = ("adapter_config.json", "adapter_model.safetensors")
     if not all((adapter / f).is_file() for f in files):
-        raise SystemExit(f"--base-adapter {adapter}: not a peft adapter directory (needs {' and '.join(files)})")
+        raise SystemExit(
+            f"--base-adapter {adapter}: not a peft adapter directory (needs {' and '.join(files)})"
+        )
     if export.is_dir() and any(export.iterdir()):
-        if any(not (export / f).is_file() or (export / f).read_bytes() != (adapter / f).read_bytes() for f in files):
-            raise SystemExit(f"--base-adapter {adapter}: {export} already holds a different adapter")
+        if any(
+            not (export / f).is_file() or (export / f).read_bytes() != (adapter / f).read_bytes()
+            for f in files
+        ):
+            raise SystemExit(
+                f"--base-adapter {adapter}: {export} already holds a different adapter"
+            )
     else:
         export.mkdir(parents=True, exist_ok=True)
         for f in files:
@@ -164,12 +237,16 @@ def collect(run_dir: Path, name: str) -> None:
         compact_file(run_dir / "predictions.jsonl", dest / "predictions.jsonl.gz", keep_source=True)
         (dest / "predictions.jsonl").unlink(missing_ok=True)  # an older full copy
     # the fit logs csv/version_0 (and one more version per resume), the test the last version
-    metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1]))
+    metrics = sorted(
+        run_dir.glob("csv/version_*/metrics.csv"), key=lambda m: int(m.parent.name.split("_")[1])
+    )
     if metrics:
         shutil.copy2(metrics[-1], dest / "metrics.csv")
     rows, fields = fit_rows(metrics[:-1] if len(metrics) > 1 else metrics)
     curve = learning_curve(rows)
-    if curve or any(r.get("train/loss") for r in rows):  # the fit's training (and validation) curves
+    if curve or any(
+        r.get("train/loss") for r in rows
+    ):  # the fit's training (and validation) curves
         with (dest / "fit_metrics.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
@@ -214,34 +291,76 @@ def learning_curve(rows: list[dict], batch_size: int = 4) -> list[dict]:
     for r in rows:
         if r.get("val/rank/hr@1"):
             step = int(float(r["step"])) + 1
-            out.append({"step": step, "examples_seen": step * batch_size, "val_loss": r.get("val/loss", ""),
-                        "val_rank_hr@1": r["val/rank/hr@1"], "val_rank_mrr": r.get("val/rank/mrr", "")})
+            out.append(
+                {
+                    "step": step,
+                    "examples_seen": step * batch_size,
+                    "val_loss": r.get("val/loss", ""),
+                    "val_rank_hr@1": r["val/rank/hr@1"],
+                    "val_rank_mrr": r.get("val/rank/mrr", ""),
+                }
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_study", help="work directory (outside the repo)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO.parent / "sdpo_study",
+        help="work directory (outside the repo)",
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--select-frac", type=float, default=0.1, help="share of train users held out for selection")
-    p.add_argument("--align-rows", type=int, default=480, help="fit rows of every alignment run (one epoch)")
+    p.add_argument(
+        "--select-frac", type=float, default=0.1, help="share of train users held out for selection"
+    )
+    p.add_argument(
+        "--align-rows", type=int, default=480, help="fit rows of every alignment run (one epoch)"
+    )
     p.add_argument("--only", nargs="*", help="run names to do (e.g. sft sdpo_k3); default: all")
-    p.add_argument("--base", default="sft", choices=sorted(SFT_RUNS), help="the SFT run the alignment runs start from")
-    p.add_argument("--stage-args", default="", help="extra arguments for every stage, e.g. '--trainer.accelerator gpu'")
-    p.add_argument("--align-data", default="align", choices=["align", "select"],
-                   help="rows of the alignment runs: `align` (--align-rows of the SFT's fit rows) or "
-                        "`select` (the held-out selection users' rows, unseen by SFT; runs named <run>_sel)")
-    p.add_argument("--private-cache", action="store_true",
-                   help="a reference cache per run (for runners in parallel) instead of one shared by all")
-    p.add_argument("--base-adapter", type=Path,
-                   help="start the alignment runs from this adapter (e.g. benchmarks/quality/adapters/sft, the "
-                        "committed SFT) instead of training --base: it becomes <out>/runs/<base>/export and "
-                        "fit_<base> is marked done")
-    p.add_argument("--eval-trunk", action="store_true",
-                   help="test stages keep the test rows' frozen lower layers in <out>/eval_trunk "
-                        "(model.scoring.eval_trunk_dir): every test after the first runs the top layers only")
+    p.add_argument(
+        "--base",
+        default="sft",
+        choices=sorted(SFT_RUNS),
+        help="the SFT run the alignment runs start from",
+    )
+    p.add_argument(
+        "--stage-args",
+        default="",
+        help="extra arguments for every stage, e.g. '--trainer.accelerator gpu'",
+    )
+    p.add_argument(
+        "--align-data",
+        default="align",
+        choices=["align", "select"],
+        help="rows of the alignment runs: `align` (--align-rows of the SFT's fit rows) or "
+        "`select` (the held-out selection users' rows, unseen by SFT; runs named <run>_sel)",
+    )
+    p.add_argument(
+        "--private-cache",
+        action="store_true",
+        help="a reference cache per run (for runners in parallel) instead of one shared by all",
+    )
+    p.add_argument(
+        "--base-adapter",
+        type=Path,
+        help="start the alignment runs from this adapter (e.g. benchmarks/quality/adapters/sft, the "
+        "committed SFT) instead of training --base: it becomes <out>/runs/<base>/export and "
+        "fit_<base> is marked done",
+    )
+    p.add_argument(
+        "--eval-trunk",
+        action="store_true",
+        help="test stages keep the test rows' frozen lower layers in <out>/eval_trunk "
+        "(model.scoring.eval_trunk_dir): every test after the first runs the top layers only",
+    )
     p.add_argument("--table", action="store_true", help="only render the table from the results")
-    p.add_argument("--last", help="with --table: the run compared with every other row (Rel.Ipv, paired p)")
+    p.add_argument(
+        "--last", help="with --table: the run compared with every other row (Rel.Ipv, paired p)"
+    )
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args(argv)
     if a.table:
@@ -253,15 +372,35 @@ def main(argv: list[str] | None = None) -> int:
     files = split_data(out, a.seed, a.select_frac, a.align_rows, test_rows=10**9)
     run = Runner(out, a.dry_run)
     runs = out / "runs"
-    data = ["--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
-            *shlex.split(a.stage_args)]
+    data = [
+        "--data.val_file",
+        str(files["select"]),
+        "--data.test_file",
+        str(files["test"]),
+        *shlex.split(a.stage_args),
+    ]
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
     trunk = ["--model.scoring.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def test(name: str, cfg: str, method: str, adapter: Path) -> None:
-        run.stage(f"test_{name}", ["test", "-c", cfg, *data, "--trainer.default_root_dir", str(runs / name),
-                                   "--model.source.init_adapter", str(adapter), "--model.output.method", method,
-                                   "--model.output.run_name", name, *trunk])
+        run.stage(
+            f"test_{name}",
+            [
+                "test",
+                "-c",
+                cfg,
+                *data,
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--model.source.init_adapter",
+                str(adapter),
+                "--model.output.method",
+                method,
+                "--model.output.run_name",
+                name,
+                *trunk,
+            ],
+        )
         if not a.dry_run and (out / "done" / f"test_{name}").exists():
             collect(runs / name, name)
 
@@ -269,10 +408,24 @@ def main(argv: list[str] | None = None) -> int:
     for sft, extra in SFT_RUNS.items():
         if wanted(sft):
             # every epoch's checkpoint is kept (runs/<sft>/epochs): the SWITCH runs resume one
-            keep = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                    f"--trainer.callbacks.dirpath={runs / sft / 'epochs'}", "--trainer.callbacks.save_top_k=-1"]
-            run.stage(f"fit_{sft}", ["fit", "-c", SFT_CFG, *fit_data, "--trainer.default_root_dir", str(runs / sft),
-                                     *extra, *keep])
+            keep = [
+                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                f"--trainer.callbacks.dirpath={runs / sft / 'epochs'}",
+                "--trainer.callbacks.save_top_k=-1",
+            ]
+            run.stage(
+                f"fit_{sft}",
+                [
+                    "fit",
+                    "-c",
+                    SFT_CFG,
+                    *fit_data,
+                    "--trainer.default_root_dir",
+                    str(runs / sft),
+                    *extra,
+                    *keep,
+                ],
+            )
             test(sft, SFT_CFG, SFT_LABELS[sft], runs / sft / "export")
     switch(a, run, runs, fit_data, wanted, test)
     base = a.base
@@ -282,7 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     for short, method, objective, k, beta, lr, extra in ALIGN:
         if a.align_data == "select":
             short = f"{short}_sel"
-            method = f"{method[:-1]}, unseen rows)" if method.endswith(")") else f"{method} (unseen rows)"
+            method = (
+                f"{method[:-1]}, unseen rows)"
+                if method.endswith(")")
+                else f"{method} (unseen rows)"
+            )
         name = short if base == "sft" else f"{base}.{short}"
         if not wanted(name):
             continue
@@ -290,18 +447,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[wait] {name}: needs fit_{base}")
             continue
         cache = out / "reference_cache" / (name if a.private_cache else base)
-        run.stage(f"fit_{name}", [
-            "fit", "-c", ALIGN_CFG, *data, "--data.train_file", str(files[a.align_data]),
-            "--trainer.default_root_dir", str(runs / name), "--model.source.init_adapter", str(sft_adapter),
-            "--model.objective.name", objective, "--model.objective.num_negatives", str(k), "--model.objective.beta", str(beta),
-            "--model.optim.learning_rate", str(lr), "--model.scoring.reference_cache_dir", str(cache), *extra])
+        run.stage(
+            f"fit_{name}",
+            [
+                "fit",
+                "-c",
+                ALIGN_CFG,
+                *data,
+                "--data.train_file",
+                str(files[a.align_data]),
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--model.source.init_adapter",
+                str(sft_adapter),
+                "--model.objective.name",
+                objective,
+                "--model.objective.num_negatives",
+                str(k),
+                "--model.objective.beta",
+                str(beta),
+                "--model.optim.learning_rate",
+                str(lr),
+                "--model.scoring.reference_cache_dir",
+                str(cache),
+                *extra,
+            ],
+        )
         test(name, ALIGN_CFG, method, runs / name / "export")
     if not a.dry_run:
         save_timings(run)
     return 0
 
 
-def switch(a: argparse.Namespace, run: Runner, runs: Path, fit_data: list[str], wanted, test) -> None:
+def switch(
+    a: argparse.Namespace, run: Runner, runs: Path, fit_data: list[str], wanted, test
+) -> None:
     """The ``SWITCH`` runs: export the SFT at epoch ``SWITCH_EPOCH`` (and test it), then resume
     the SFT run there with each objective up to its last epoch."""
     names = [f"sft_e6.{n}" for n, *_ in SWITCH]
@@ -310,27 +490,62 @@ def switch(a: argparse.Namespace, run: Runner, runs: Path, fit_data: list[str], 
         return
     state = None if a.dry_run else resume_state(runs / "sft_e6" / "epochs", SWITCH_EPOCH)
     if state is None and not a.dry_run:
-        print(f"[wait] {start}: needs {runs / 'sft_e6' / 'epochs'}/epoch={SWITCH_EPOCH - 1}-step=*.ckpt "
-              "(the checkpoints of fit_sft_e6 run by this script, not seeded with --base-adapter)")
+        print(
+            f"[wait] {start}: needs {runs / 'sft_e6' / 'epochs'}/epoch={SWITCH_EPOCH - 1}-step=*.ckpt "
+            "(the checkpoints of fit_sft_e6 run by this script, not seeded with --base-adapter)"
+        )
         return
     resume = ["--ckpt_path", str(state)]
     # the ended epoch's export: a fit resumed at its end with max_epochs there trains nothing
-    run.stage(f"fit_{start}", ["fit", "-c", SFT_CFG, *fit_data, "--trainer.default_root_dir", str(runs / start),
-                               "--trainer.max_epochs", str(SWITCH_EPOCH), *resume])
+    run.stage(
+        f"fit_{start}",
+        [
+            "fit",
+            "-c",
+            SFT_CFG,
+            *fit_data,
+            "--trainer.default_root_dir",
+            str(runs / start),
+            "--trainer.max_epochs",
+            str(SWITCH_EPOCH),
+            *resume,
+        ],
+    )
     if wanted(start):
         test(start, SFT_CFG, f"SFT (epoch {SWITCH_EPOCH} of 6)", runs / start / "export")
     sft = yaml.safe_load((REPO / SFT_CFG).read_text())["model"]["optim"]
-    schedule = [f"--model.optim.{k}={sft[k]}"
-                for k in ("learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay")]
-    for (short, method, objective, k, beta, extra), name in zip(SWITCH, names):
+    schedule = [
+        f"--model.optim.{k}={sft[k]}"
+        for k in ("learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay")
+    ]
+    for (_short, method, objective, k, beta, extra), name in zip(SWITCH, names, strict=False):
         if not wanted(name) or (not a.dry_run and not (run.out / "done" / f"fit_{start}").exists()):
             continue
-        run.stage(f"fit_{name}", [
-            "fit", "-c", ALIGN_CFG, *fit_data, "--trainer.default_root_dir", str(runs / name),
-            "--model.source.init_adapter", str(runs / start / "export"), "--model.objective.name", objective,
-            "--model.objective.num_negatives", str(k), "--model.objective.beta", str(beta), *schedule,
-            *SFT_RUNS["sft_e6"], "--model.scoring.reference_cache_dir", str(run.out / "reference_cache" / name),
-            *resume, *extra])
+        run.stage(
+            f"fit_{name}",
+            [
+                "fit",
+                "-c",
+                ALIGN_CFG,
+                *fit_data,
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--model.source.init_adapter",
+                str(runs / start / "export"),
+                "--model.objective.name",
+                objective,
+                "--model.objective.num_negatives",
+                str(k),
+                "--model.objective.beta",
+                str(beta),
+                *schedule,
+                *SFT_RUNS["sft_e6"],
+                "--model.scoring.reference_cache_dir",
+                str(run.out / "reference_cache" / name),
+                *resume,
+                *extra,
+            ],
+        )
         test(name, ALIGN_CFG, method, runs / name / "export")
 
 
@@ -340,16 +555,23 @@ def render(last: str | None = None) -> int:
     gets the Rel.Ipv column with paired p-values against every other row."""
     from sdpo_lightning.evaluation.report import comparison_table
 
-    order = ([f"baselines/{b}" for b in ("random", "most_popular", "item_knn")]
-             + [f"baselines/{m}_lastfm/seed0" for m in ("gru4rec", "caser", "sasrec")]
-             + [base for base in SFT_RUNS]
-             + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN]
-             + [f"{base}.{n}_sel" for base in SFT_RUNS for n, *_ in ALIGN]
-             + [f"sft_e6_ep{SWITCH_EPOCH}"] + [f"sft_e6.{n}" for n, *_ in SWITCH])
+    order = (
+        [f"baselines/{b}" for b in ("random", "most_popular", "item_knn")]
+        + [f"baselines/{m}_lastfm/seed0" for m in ("gru4rec", "caser", "sasrec")]
+        + [base for base in SFT_RUNS]
+        + [n if base == "sft" else f"{base}.{n}" for base in SFT_RUNS for n, *_ in ALIGN]
+        + [f"{base}.{n}_sel" for base in SFT_RUNS for n, *_ in ALIGN]
+        + [f"sft_e6_ep{SWITCH_EPOCH}"]
+        + [f"sft_e6.{n}" for n, *_ in SWITCH]
+    )
     if last:
         order = [n for n in order if n != last] + [last]
     have = [n for n in order if (RESULTS / n / "summary.json").is_file()]
-    print(comparison_table([str(RESULTS / n / "summary.json") for n in have], baseline_last=bool(last)))
+    print(
+        comparison_table(
+            [str(RESULTS / n / "summary.json") for n in have], baseline_last=bool(last)
+        )
+    )
     print()
     print(detail_table(have))
     print()
@@ -370,12 +592,14 @@ def _deltas(mine: dict, theirs: dict) -> tuple[int, list[str]]:
     idx = sorted(set(mine) & set(theirs))
     cells = []
     for j in (0, 1):  # generation, ranking
-        d, lo, hi = paired_bootstrap_ci([mine[i][j] for i in idx], [theirs[i][j] for i in idx], n_boot=10_000, seed=0)
+        d, lo, hi = paired_bootstrap_ci(
+            [mine[i][j] for i in idx], [theirs[i][j] for i in idx], n_boot=10_000, seed=0
+        )
         cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
     return len(idx), cells
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hits(name: str) -> dict:
     """A run's per-example hits, each predictions file read once."""
     from sdpo_lightning.evaluation.report import hits_by_index
@@ -393,7 +617,10 @@ def has_predictions(name: str) -> bool:
 def paired_table(last: str, others: list[str]) -> str:
     """Paired-bootstrap 95% intervals of ``last`` minus each other run, on the rows both cover,
     for generation and ranking HR@1."""
-    lines = [f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|---:|---:|---:|"]
+    lines = [
+        f"| `{last}` minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |",
+        "|:---|---:|---:|---:|",
+    ]
     for n in others:
         if has_predictions(n):
             rows, cells = _deltas(_hits(last), _hits(n))
@@ -405,24 +632,35 @@ def pairs_table(have: list[str], base: str = "sft_e6") -> str:
     """Each alignment run minus the SFT it starts from and minus its "SFT continued" control
     (``CONTROL``: same rows, epochs and lr), generation and ranking HR@1 (see ``_deltas``), and
     the discordant rows of generation against the control: hits of the run only / the control only."""
-    lines = [f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control "
-             "| gen discordant (run / control) |",
-             "|:---|:---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| run | its control | gen Δ vs `{base}` | rank Δ vs `{base}` | gen Δ vs control | rank Δ vs control "
+        "| gen discordant (run / control) |",
+        "|:---|:---|---:|---:|---:|---:|---:|",
+    ]
     for run in have:
         short = run.removeprefix(f"{base}.")
         control = _control_of(run, base)
         if control is None:
             continue  # not an alignment run of base, or an SFT-continued control itself
-        cells = [c for other in (base, control)
-                 for c in (_deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"])]
+        cells = [
+            c
+            for other in (base, control)
+            for c in (
+                _deltas(_hits(run), _hits(other))[1] if other in have else ["not run", "not run"]
+            )
+        ]
         if control in have:
             mine, theirs = _hits(run), _hits(control)
-            only = [sum(1 for i in mine.keys() & theirs.keys() if a[i][0] and not b[i][0])
-                    for a, b in ((mine, theirs), (theirs, mine))]
+            only = [
+                sum(1 for i in mine.keys() & theirs.keys() if a[i][0] and not b[i][0])
+                for a, b in ((mine, theirs), (theirs, mine))
+            ]
             cells.append(f"{only[0]} / {only[1]}")
         else:
             cells.append("not run")
-        lines.append(f"| `{short}` | `{control.removeprefix(base + '.')}` | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| `{short}` | `{control.removeprefix(base + '.')}` | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -433,7 +671,11 @@ def _control_of(run: str, base: str = "sft_e6") -> str | None:
     control = CONTROL.get(short.removesuffix("_sel"))
     if run == short or control is None:
         return None
-    return control if control == base else f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
+    return (
+        control
+        if control == base
+        else f"{base}.{control}" + ("_sel" if short.endswith("_sel") else "")
+    )
 
 
 def pooled(pairs: list[tuple[dict, dict]], protocol: int) -> tuple[int, float, float, float, float]:
@@ -473,13 +715,18 @@ def pooled_table(have: list[str], base: str = "sft_e6") -> str:
         if control in have:
             obj = objective[run.removeprefix(f"{base}.").removesuffix("_sel")]
             groups.setdefault(obj, []).append((_hits(run), _hits(control)))
-    lines = ["| objective | pairs | rows | gen Δ vs control, pooled [95% CI] | rank Δ vs control, pooled [95% CI] "
-             "| one pair's detectable Δ (gen / rank) |", "|:---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| objective | pairs | rows | gen Δ vs control, pooled [95% CI] | rank Δ vs control, pooled [95% CI] "
+        "| one pair's detectable Δ (gen / rank) |",
+        "|:---|---:|---:|---:|---:|---:|",
+    ]
     for obj in ("sdpo", "dpo", "dpo_k"):
         if obj in groups:
             (n, *g), (_, *r) = pooled(groups[obj], 0), pooled(groups[obj], 1)
-            lines.append(f"| {obj} | {len(groups[obj])} | {n} | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] "
-                         f"| {r[0]:+.4f} [{r[1]:+.4f}, {r[2]:+.4f}] | {g[3]:.3f} / {r[3]:.3f} |")
+            lines.append(
+                f"| {obj} | {len(groups[obj])} | {n} | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] "
+                f"| {r[0]:+.4f} [{r[1]:+.4f}, {r[2]:+.4f}] | {g[3]:.3f} / {r[3]:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -493,8 +740,10 @@ def detail_table(names: list[str], timings: dict[str, float] | None = None) -> s
     def cell(m: dict) -> str:
         return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
 
-    lines = ["| method | run | gen HR@1 [95% CI] | ValidRatio | rank HR@1 [95% CI] | rank MRR | fit s | test s |",
-             "|:---|:---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | run | gen HR@1 [95% CI] | ValidRatio | rank HR@1 [95% CI] | rank MRR | fit s | test s |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|",
+    ]
     for n in names:
         summ = json.loads((RESULTS / n / "summary.json").read_text())
         g, r = summ["protocols"].get("generation"), summ["protocols"]["ranking"]

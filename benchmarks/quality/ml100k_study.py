@@ -52,7 +52,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lastfm_study import (  # noqa: E402
-    _deltas, _hits, collect, detail_table, has_predictions, save_timings,
+    _deltas,
+    _hits,
+    collect,
+    detail_table,
+    has_predictions,
+    save_timings,
 )
 from run import GGUF, REPO, SHARED, Runner, write_rows  # noqa: E402
 
@@ -68,8 +73,15 @@ ALIGN: list[tuple[str, str, str, int]] = [
     ("sdpo_k19", "S-DPO (K=19)", "sdpo", 19),
 ]
 #: (row, row it is compared with): the paired differences ``--table`` prints
-PAIRS = [("sdpo_k3", "sft_cont"), ("sdpo_k19", "sft_cont"), ("sdpo_k3", "sft"), ("sdpo_k19", "sft"),
-         ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows"), ("sft", "baselines/most_popular")]
+PAIRS = [
+    ("sdpo_k3", "sft_cont"),
+    ("sdpo_k19", "sft_cont"),
+    ("sdpo_k3", "sft"),
+    ("sdpo_k19", "sft"),
+    ("sft_cont", "sft"),
+    ("sft", "baselines/most_popular_lm_rows"),
+    ("sft", "baselines/most_popular"),
+]
 BASELINES = ("random", "most_popular", "item_knn")
 #: each baseline fitted on all of train.json and on the LM's rows (results/ml100k[/<half>]/<name>)
 BASELINE_RUNS = [f"baselines/{b}{s}" for s in ("", "_lm_rows") for b in BASELINES]
@@ -84,18 +96,43 @@ def confirm_rows(test: list[dict], seed: int, per_user: int) -> dict[str, list[d
         by_user.setdefault(r["user_id"], []).append(i)
     users = sorted(by_user, key=int)
     rng.shuffle(users)
-    keep = {u: rng.sample(by_user[u], min(per_user, len(by_user[u]))) for u in sorted(by_user, key=int)}
-    halves = (users[: len(users) // 2], users[len(users) // 2:])
-    return {f"confirm{h + 1}": [test[i] for i in sorted(i for u in half for i in keep[u])] for h, half in enumerate(halves)}
+    keep = {
+        u: rng.sample(by_user[u], min(per_user, len(by_user[u]))) for u in sorted(by_user, key=int)
+    }
+    halves = (users[: len(users) // 2], users[len(users) // 2 :])
+    return {
+        f"confirm{h + 1}": [test[i] for i in sorted(i for u in half for i in keep[u])]
+        for h, half in enumerate(halves)
+    }
 
 
-def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, val_rows: int = 100,
-          per_user: int = 21) -> dict[str, Path]:
+def split(
+    out: Path,
+    seed: int,
+    sft_rows: int,
+    align_rows: int,
+    test_rows: int,
+    val_rows: int = 100,
+    per_user: int = 21,
+) -> dict[str, Path]:
     """Write the study's files under ``out/ml100k`` (seeded; by training user, see the module doc)."""
     full = out / "ml100k_full"
     if not (full / "valid.json").is_file():
-        subprocess.run([sys.executable, "-m", "sdpo_lightning.data.prepare", "movielens-100k", "--raw", str(RAW),
-                        "--out", str(full), "-q"], check=True, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdpo_lightning.data.prepare",
+                "movielens-100k",
+                "--raw",
+                str(RAW),
+                "--out",
+                str(full),
+                "-q",
+            ],
+            check=True,
+            cwd=REPO,
+        )
     train = json.loads((full / "train.json").read_text())
     valid = json.loads((full / "valid.json").read_text())
     rng = random.Random(seed)
@@ -105,35 +142,74 @@ def split(out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int, 
     sft_pool = [r for r in train if r["user_id"] in sft_users]
     rest = [r for r in train if r["user_id"] not in sft_users]
     held = rng.sample(rest, align_rows + val_rows)
-    files = {"sft": rng.sample(sft_pool, sft_rows), "align": held[:align_rows], "val": held[align_rows:],
-             "test": [valid[i] for i in sorted(rng.sample(range(len(valid)), test_rows))], "train_full": train}
+    files = {
+        "sft": rng.sample(sft_pool, sft_rows),
+        "align": held[:align_rows],
+        "val": held[align_rows:],
+        "test": [valid[i] for i in sorted(rng.sample(range(len(valid)), test_rows))],
+        "train_full": train,
+    }
     files["lm_rows"] = files["sft"] + files["align"]
     if not (full / "test.json").is_file():  # the confirmation rows' source (sdpo-prepare writes it)
         raise SystemExit(f"{full / 'test.json'}: missing; remove {full} to prepare the data again")
     files |= confirm_rows(json.loads((full / "test.json").read_text()), seed, per_user)
-    paths = write_rows(out / "ml100k", files)  # the directory name is the dataset column of the report
-    counts = {k: len(v) for k, v in files.items()} | {"sft_users": len(sft_users), "other_users": len(users) - len(sft_users)}
+    paths = write_rows(
+        out / "ml100k", files
+    )  # the directory name is the dataset column of the report
+    counts = {k: len(v) for k, v in files.items()} | {
+        "sft_users": len(sft_users),
+        "other_users": len(users) - len(sft_users),
+    }
     (out / "split.json").write_text(json.dumps(counts))
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_ml100k", help="work directory (outside the repo)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO.parent / "sdpo_ml100k",
+        help="work directory (outside the repo)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sft-rows", type=int, default=2000)
     p.add_argument("--align-rows", type=int, default=500)
-    p.add_argument("--test-rows", type=int, default=650, help="seeded sample of valid.json (LastFM's test size)")
-    p.add_argument("--only", nargs="*", help="stages' run names (baselines, sft, sft_cont, sdpo_k3, ...)")
+    p.add_argument(
+        "--test-rows",
+        type=int,
+        default=650,
+        help="seeded sample of valid.json (LastFM's test size)",
+    )
+    p.add_argument(
+        "--only", nargs="*", help="stages' run names (baselines, sft, sft_cont, sdpo_k3, ...)"
+    )
     p.add_argument("--stage-args", default="", help="extra arguments for every sdpo stage")
-    p.add_argument("--eval-trunk", action="store_true", help="as in lastfm_study.py (model.scoring.eval_trunk_dir)")
-    p.add_argument("--fits-only", action="store_true",
-                   help="run the fit stages only (a second runner's share while the first test persists the eval trunk)")
-    p.add_argument("--confirm", type=int, choices=(1, 2),
-                   help="only the baselines and the SFT continued, S-DPO K=3, SFT (and, once fitted, S-DPO K=19) "
-                        "adapters on this half of the confirmation rows")
-    p.add_argument("--confirm-per-user", type=int, default=21, help="confirmation rows per test.json user")
-    p.add_argument("--table", action="store_true", help="only print the rows and their paired differences")
+    p.add_argument(
+        "--eval-trunk",
+        action="store_true",
+        help="as in lastfm_study.py (model.scoring.eval_trunk_dir)",
+    )
+    p.add_argument(
+        "--fits-only",
+        action="store_true",
+        help="run the fit stages only (a second runner's share while the first test persists the eval trunk)",
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        choices=(1, 2),
+        help="only the baselines and the SFT continued, S-DPO K=3, SFT (and, once fitted, S-DPO K=19) "
+        "adapters on this half of the confirmation rows",
+    )
+    p.add_argument(
+        "--confirm-per-user", type=int, default=21, help="confirmation rows per test.json user"
+    )
+    p.add_argument(
+        "--table", action="store_true", help="only print the rows and their paired differences"
+    )
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args(argv)
     if a.table:
@@ -145,12 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out.resolve()
     files = split(out, a.seed, a.sft_rows, a.align_rows, a.test_rows, per_user=a.confirm_per_user)
     if not a.dry_run:  # each test row's user, by index: the table's bootstrap over users
-        write_rows(RESULTS / PREFIX / "users", {k: [r["user_id"] for r in json.loads(files[k].read_text())]
-                                                for k in ("test", "confirm1", "confirm2")})
+        write_rows(
+            RESULTS / PREFIX / "users",
+            {
+                k: [r["user_id"] for r in json.loads(files[k].read_text())]
+                for k in ("test", "confirm1", "confirm2")
+            },
+        )
     run, runs = Runner(out, a.dry_run), out / "runs"
     done = lambda stage: a.dry_run or (out / "done" / stage).exists()  # noqa: E731
     wanted = lambda name: not a.only or name in a.only  # noqa: E731
-    data = ["--data.val_file", str(files["val"]), *shlex.split(a.stage_args)]  # + the stage's --data.test_file
+    data = [
+        "--data.val_file",
+        str(files["val"]),
+        *shlex.split(a.stage_args),
+    ]  # + the stage's --data.test_file
     trunk = ["--model.scoring.eval_trunk_dir", str(out / "eval_trunk")] if a.eval_trunk else []
 
     def baselines(part: str = "test") -> None:
@@ -161,9 +246,24 @@ def main(argv: list[str] | None = None) -> int:
         for b in BASELINES:
             for train, suffix in ((files["train_full"], ""), (files["lm_rows"], "_lm_rows")):
                 dest = RESULTS / _part_dir(part) / "baselines" / f"{b}{suffix}"
-                run.stage(f"fit_{b}{suffix}{at}", [
-                    b, "--train", str(train), "--test", str(files[part]), "--out", str(dest),
-                    "--seed", "0", "-q", "--dataset", "ml100k"], module="sdpo_lightning.baselines")
+                run.stage(
+                    f"fit_{b}{suffix}{at}",
+                    [
+                        b,
+                        "--train",
+                        str(train),
+                        "--test",
+                        str(files[part]),
+                        "--out",
+                        str(dest),
+                        "--seed",
+                        "0",
+                        "-q",
+                        "--dataset",
+                        "ml100k",
+                    ],
+                    module="sdpo_lightning.baselines",
+                )
                 if not a.dry_run and (dest / "predictions.jsonl").is_file():  # committed compact
                     compact_file(dest / "predictions.jsonl")
 
@@ -175,9 +275,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stage, root = f"test_{name}@{part}", runs / part / name
             lower = ["--model.scoring.eval_trunk_dir", str(out / f"eval_trunk_{part}")]
-        run.stage(stage, ["test", "-c", cfg, *data, "--data.test_file", str(files[part]),
-                          "--trainer.default_root_dir", str(root), "--model.source.init_adapter", str(runs / name / "export"),
-                          "--model.output.method", method, "--model.output.run_name", name, *lower])
+        run.stage(
+            stage,
+            [
+                "test",
+                "-c",
+                cfg,
+                *data,
+                "--data.test_file",
+                str(files[part]),
+                "--trainer.default_root_dir",
+                str(root),
+                "--model.source.init_adapter",
+                str(runs / name / "export"),
+                "--model.output.method",
+                method,
+                "--model.output.run_name",
+                name,
+                *lower,
+            ],
+        )
         if not a.dry_run and done(stage):
             collect(root, f"{_part_dir(part)}/{name}")
 
@@ -185,9 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         half = f"confirm{a.confirm}"
         if wanted("baselines"):
             baselines(half)
-        for name, cfg, method in (("sft_cont", ALIGN_CFG, "SFT (continued)"), ("sdpo_k3", ALIGN_CFG, "S-DPO (K=3)"),
-                                  ("sft", SFT_CFG, "SFT"), ("sdpo_k19", ALIGN_CFG, "S-DPO (K=19)")):
-            if not wanted(name) or (name == "sdpo_k19" and not done("fit_sdpo_k19")):  # K=19: a later, optional row
+        for name, cfg, method in (
+            ("sft_cont", ALIGN_CFG, "SFT (continued)"),
+            ("sdpo_k3", ALIGN_CFG, "S-DPO (K=3)"),
+            ("sft", SFT_CFG, "SFT"),
+            ("sdpo_k19", ALIGN_CFG, "S-DPO (K=19)"),
+        ):
+            if not wanted(name) or (
+                name == "sdpo_k19" and not done("fit_sdpo_k19")
+            ):  # K=19: a later, optional row
                 continue
             if not done(f"fit_{name}"):
                 raise SystemExit(f"--confirm needs the fitted {name} adapter (stage fit_{name})")
@@ -200,19 +323,49 @@ def main(argv: list[str] | None = None) -> int:
         baselines()
 
     if wanted("sft"):
-        run.stage("fit_sft", ["fit", "-c", SFT_CFG, *data, "--data.test_file", str(files["test"]),
-                              "--data.train_file", str(files["sft"]),
-                              "--trainer.default_root_dir", str(runs / "sft")])
+        run.stage(
+            "fit_sft",
+            [
+                "fit",
+                "-c",
+                SFT_CFG,
+                *data,
+                "--data.test_file",
+                str(files["test"]),
+                "--data.train_file",
+                str(files["sft"]),
+                "--trainer.default_root_dir",
+                str(runs / "sft"),
+            ],
+        )
         if done("fit_sft") and not a.fits_only:
             test("sft", SFT_CFG, "SFT")
     for name, method, objective, k in ALIGN:
         if not wanted(name) or not done("fit_sft"):
             continue
-        run.stage(f"fit_{name}", [
-            "fit", "-c", ALIGN_CFG, *data, "--data.test_file", str(files["test"]), "--data.train_file", str(files["align"]),
-            "--trainer.default_root_dir", str(runs / name), "--model.source.init_adapter", str(runs / "sft" / "export"),
-            "--model.objective.name", objective, "--model.objective.num_negatives", str(k),
-            "--model.scoring.reference_cache_dir", str(out / "reference_cache" / name)])
+        run.stage(
+            f"fit_{name}",
+            [
+                "fit",
+                "-c",
+                ALIGN_CFG,
+                *data,
+                "--data.test_file",
+                str(files["test"]),
+                "--data.train_file",
+                str(files["align"]),
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--model.source.init_adapter",
+                str(runs / "sft" / "export"),
+                "--model.objective.name",
+                objective,
+                "--model.objective.num_negatives",
+                str(k),
+                "--model.scoring.reference_cache_dir",
+                str(out / "reference_cache" / name),
+            ],
+        )
         if done(f"fit_{name}") and not a.fits_only:
             test(name, ALIGN_CFG, method)
     if not a.dry_run:
@@ -224,8 +377,12 @@ def table() -> str:
     """Every collected row (both protocols, intervals, wall times) and the paired differences."""
     names = BASELINE_RUNS + ["sft"] + [n for n, *_ in ALIGN]
     have = [n for n in names if (RESULTS / PREFIX / n / "summary.json").is_file()]
-    lines = [detail_table([f"{PREFIX}/{n}" for n in have], _timings()), "",
-             "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |", "|:---|:---|---:|---:|---:|"]
+    lines = [
+        detail_table([f"{PREFIX}/{n}" for n in have], _timings()),
+        "",
+        "| row | minus | rows | gen HR@1 Δ [95% CI] | rank HR@1 Δ [95% CI] |",
+        "|:---|:---|---:|---:|---:|",
+    ]
     for mine, other in PAIRS:
         if mine in have and other in have:
             n, cells = _deltas(_hits(f"{PREFIX}/{mine}"), _hits(f"{PREFIX}/{other}"))
@@ -251,7 +408,7 @@ def _part_dir(part: str) -> str:
     return PREFIX if part == "test" else f"{PREFIX}/{part}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _users(part: str) -> list[str]:
     return json.loads((RESULTS / PREFIX / "users" / f"{part}.json").read_text())
 
@@ -262,44 +419,82 @@ def user_table(parts: list[str], pairs: list[tuple[str, str]] = PAIRS[:5]) -> st
     bootstrap over users (10,000 resamples, seed 0) and one over rows."""
     from sdpo_lightning.evaluation.bootstrap import bootstrap_ci, cluster_bootstrap_ci
 
-    where = {"test": "the 650 valid.json rows", "confirm1": "confirmation half 1", "confirm2": "confirmation half 2"}
-    lines = [f"Paired differences on {' + '.join(where[p] for p in parts)}: 95% intervals over users and over rows",
-             "", "| row | minus | users | rows | gen Δ [users] | gen Δ [rows] | rank Δ [users] | rank Δ [rows] |",
-             "|:---|:---|---:|---:|---:|---:|---:|---:|"]
+    where = {
+        "test": "the 650 valid.json rows",
+        "confirm1": "confirmation half 1",
+        "confirm2": "confirmation half 2",
+    }
+    lines = [
+        f"Paired differences on {' + '.join(where[p] for p in parts)}: 95% intervals over users and over rows",
+        "",
+        "| row | minus | users | rows | gen Δ [users] | gen Δ [rows] | rank Δ [users] | rank Δ [rows] |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|",
+    ]
     for mine, other in pairs:
         if not all(has_predictions(f"{_part_dir(p)}/{n}") for p in parts for n in (mine, other)):
             continue
         diffs: list[tuple[float, float]] = []
         users: list[str] = []
         for part in parts:
-            a, b, who = _hits(f"{_part_dir(part)}/{mine}"), _hits(f"{_part_dir(part)}/{other}"), _users(part)
+            a, b, who = (
+                _hits(f"{_part_dir(part)}/{mine}"),
+                _hits(f"{_part_dir(part)}/{other}"),
+                _users(part),
+            )
             for i in sorted(set(a) & set(b)):
                 diffs.append((a[i][0] - b[i][0], a[i][1] - b[i][1]))
                 users.append(f"{part}/{who[i]}")
         cells = []
         for j in (0, 1):  # generation, ranking
             d = [x[j] for x in diffs]
-            for mean, lo, hi in (cluster_bootstrap_ci(d, users, n_boot=10_000, seed=0),  # over users
-                                 bootstrap_ci(d, n_boot=10_000, seed=0)):  # over rows
+            for mean, lo, hi in (
+                cluster_bootstrap_ci(d, users, n_boot=10_000, seed=0),  # over users
+                bootstrap_ci(d, n_boot=10_000, seed=0),
+            ):  # over rows
                 cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-        lines.append(f"| `{mine}` | `{other}` | {len(set(users))} | {len(diffs)} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| `{mine}` | `{other}` | {len(set(users))} | {len(diffs)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def confirm_table() -> str:
     """The confirmation on new users (module doc, step 5): each half's rows, then the paired
     differences on both halves together (the first line is the primary analysis)."""
-    halves = [h for h in ("confirm1", "confirm2") if (RESULTS / PREFIX / h / "sft_cont" / "summary.json").is_file()]
+    halves = [
+        h
+        for h in ("confirm1", "confirm2")
+        if (RESULTS / PREFIX / h / "sft_cont" / "summary.json").is_file()
+    ]
     if not halves:
         return "Confirmation on new users: not run yet (--confirm 1, --confirm 2)"
     names = BASELINE_RUNS + ["sft", "sft_cont", "sdpo_k3", "sdpo_k19"]
-    have = [f"{PREFIX}/{h}/{n}" for h in halves for n in names if (RESULTS / PREFIX / h / n / "summary.json").is_file()]
-    pairs = [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft"), ("sft_cont", "sft"), ("sft", "baselines/most_popular_lm_rows"),
-             ("sdpo_k19", "sft_cont"), ("sdpo_k19", "sft")]
+    have = [
+        f"{PREFIX}/{h}/{n}"
+        for h in halves
+        for n in names
+        if (RESULTS / PREFIX / h / n / "summary.json").is_file()
+    ]
+    pairs = [
+        ("sdpo_k3", "sft_cont"),
+        ("sdpo_k3", "sft"),
+        ("sft_cont", "sft"),
+        ("sft", "baselines/most_popular_lm_rows"),
+        ("sdpo_k19", "sft_cont"),
+        ("sdpo_k19", "sft"),
+    ]
     lines = [detail_table(have, _timings()), "", user_table(halves, pairs)]
-    if len(halves) == 2:  # every scored row: the best estimate of the effect, not the test fixed in advance
-        lines += ["", "All test rows together (an estimate over every row scored; not the test fixed in advance)", "",
-                  user_table(["test", *halves], [p for p in pairs if not p[1].startswith("baselines/")])]
+    if (
+        len(halves) == 2
+    ):  # every scored row: the best estimate of the effect, not the test fixed in advance
+        lines += [
+            "",
+            "All test rows together (an estimate over every row scored; not the test fixed in advance)",
+            "",
+            user_table(["test", *halves], [p for p in pairs if not p[1].startswith("baselines/")]),
+        ]
     return "\n".join(lines)
 
 

@@ -47,20 +47,29 @@ ALIGN = [  # (run name, method label, objective, K)
 ]
 
 
-def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_rows: int) -> dict[str, Path]:
+def split_data(
+    out: Path, seed: int, select_frac: float, align_rows: int, test_rows: int
+) -> dict[str, Path]:
     """Write the fit / selection / alignment / test files (seeded, by user for train)."""
     data = out / "lastfm"  # the directory name is the dataset column of the report
     data.mkdir(parents=True, exist_ok=True)
     train = json.loads((LASTFM / "train.json").read_text())
     rng = random.Random(seed)
+
     # the rows carry no user id, but a user's rows are consecutive sliding windows: a row
     # continues the previous one iff its history is the previous history + target (last 10)
-    hist = lambda r: r["historyList"].split("::") if isinstance(r["historyList"], str) else r["historyList"]  # noqa: E731
+    def hist(r):
+        return (
+            r["historyList"].split("::") if isinstance(r["historyList"], str) else r["historyList"]
+        )  # noqa: E731
+
     groups: list[list[dict]] = []
     for r in train:
         if groups:
             prev = groups[-1][-1]
-            if hist(r) == (hist(prev) + [prev["trueSelection"]])[-len(hist(r)):] and len(hist(r)) >= len(hist(prev)):
+            if hist(r) == (hist(prev) + [prev["trueSelection"]])[-len(hist(r)) :] and len(
+                hist(r)
+            ) >= len(hist(prev)):
                 groups[-1].append(r)
                 continue
         groups.append([r])
@@ -74,7 +83,9 @@ def split_data(out: Path, seed: int, select_frac: float, align_rows: int, test_r
     test = json.loads((LASTFM / "valid.json").read_text())
     test = [test[i] for i in sorted(rng.sample(range(len(test)), min(test_rows, len(test))))]
     files = {"fit": fit, "select": select, "align": align[:align_rows], "test": test}
-    (out / "split.json").write_text(json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)}))
+    (out / "split.json").write_text(
+        json.dumps({k: len(v) for k, v in files.items()} | {"user_groups": len(groups)})
+    )
     return write_rows(data, files)
 
 
@@ -110,7 +121,9 @@ class Runner:
     def __init__(self, out: Path, dry_run: bool = False, tick: float = 60.0) -> None:
         self.out, self.dry_run, self.tick = out, dry_run, tick
         self.timings_path = out / "timings.json"
-        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self.timings = (
+            json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        )
         self.ran: dict[str, float] = {}  # the stages this runner ran, and their times
 
     def _lock(self, name: str) -> bool:
@@ -177,13 +190,19 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_quality", help="artefact directory")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=REPO.parent / "sdpo_quality", help="artefact directory"
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sft-steps", type=int, default=100)
     p.add_argument("--align-steps", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--align-rows", type=int, default=512, help="training rows for the alignment runs")
+    p.add_argument(
+        "--align-rows", type=int, default=512, help="training rows for the alignment runs"
+    )
     p.add_argument("--test-rows", type=int, default=160, help="seeded sample of valid.json")
     p.add_argument("--select-frac", type=float, default=0.1, help="share of train users held out")
     p.add_argument("--lora-r", type=int, default=8)
@@ -193,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--dry-run", action="store_true", help="print the stages only")
-    p.add_argument("--reverse", action="store_true",
-                   help="run the alignment methods in reverse order (a second runner shares the work)")
+    p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="run the alignment methods in reverse order (a second runner shares the work)",
+    )
     a = p.parse_args(argv)
     if not GGUF.is_file() or not (LASTFM / "train.json").is_file():
         print(f"quality benchmark needs {GGUF} and {LASTFM}/train.json", file=sys.stderr)
@@ -204,16 +226,42 @@ def main(argv: list[str] | None = None) -> int:
     run = Runner(out, a.dry_run)
     lora = f"{{r: {a.lora_r}, alpha: {2 * a.lora_r}, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj, o_proj]}}"
     common = [
-        "--seed_everything", str(a.seed),
-        "--model.source.model_name_or_path", str(GGUF), "--model.source.dtype", "float32",
-        "--model.source.gradient_checkpointing", "false", "--model.eval.max_new_tokens", str(a.max_new_tokens),
-        "--model.eval.eval_protocols", "[generation, ranking]",
-        "--trainer.precision", "32", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.accumulate_grad_batches", "1",
-        "--data.val_file", str(files["select"]), "--data.test_file", str(files["test"]),
-        "--data.batch_size", str(a.batch_size), "--data.eval_batch_size", "8",
-        "--data.max_length", str(a.max_length), "--data.limit_val_examples", "64",
-        "--trainer.log_every_n_steps", "4",
+        "--seed_everything",
+        str(a.seed),
+        "--model.source.model_name_or_path",
+        str(GGUF),
+        "--model.source.dtype",
+        "float32",
+        "--model.source.gradient_checkpointing",
+        "false",
+        "--model.eval.max_new_tokens",
+        str(a.max_new_tokens),
+        "--model.eval.eval_protocols",
+        "[generation, ranking]",
+        "--trainer.precision",
+        "32",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accumulate_grad_batches",
+        "1",
+        "--data.val_file",
+        str(files["select"]),
+        "--data.test_file",
+        str(files["test"]),
+        "--data.batch_size",
+        str(a.batch_size),
+        "--data.eval_batch_size",
+        "8",
+        "--data.max_length",
+        str(a.max_length),
+        "--data.limit_val_examples",
+        "64",
+        "--trainer.log_every_n_steps",
+        "4",
     ]
     sft_cfg, sdpo_cfg = "configs/lastfm/sft.yaml", "configs/lastfm/sdpo.yaml"
     runs = out / "runs"
@@ -222,31 +270,93 @@ def main(argv: list[str] | None = None) -> int:
         if name != "vanilla" and not a.dry_run and not (out / "done" / f"fit_{name}").exists():
             print(f"[wait] test_{name} (its fit runs in another runner)")
             return
-        run.stage(f"test_{name}", ["test", "-c", cfg, *common, "--trainer.default_root_dir", str(runs / name),
-                                   "--model.output.method", method, "--model.output.run_name", name, *extra])
+        run.stage(
+            f"test_{name}",
+            [
+                "test",
+                "-c",
+                cfg,
+                *common,
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--model.output.method",
+                method,
+                "--model.output.run_name",
+                name,
+                *extra,
+            ],
+        )
 
     test("vanilla", sft_cfg, "Vanilla", ["--model.lora", "null"])
-    run.stage("fit_sft", [
-        "fit", "-c", sft_cfg, *common, "--trainer.default_root_dir", str(runs / "sft"),
-        "--data.train_file", str(files["fit"]), "--model.lora", lora,
-        "--model.optim.learning_rate", str(a.sft_lr), "--model.optim.warmup_steps", "10",
-        "--trainer.max_steps", str(a.sft_steps), "--trainer.val_check_interval", str(a.sft_steps // 2),
-        "--trainer.max_epochs", "-1"])
+    run.stage(
+        "fit_sft",
+        [
+            "fit",
+            "-c",
+            sft_cfg,
+            *common,
+            "--trainer.default_root_dir",
+            str(runs / "sft"),
+            "--data.train_file",
+            str(files["fit"]),
+            "--model.lora",
+            lora,
+            "--model.optim.learning_rate",
+            str(a.sft_lr),
+            "--model.optim.warmup_steps",
+            "10",
+            "--trainer.max_steps",
+            str(a.sft_steps),
+            "--trainer.val_check_interval",
+            str(a.sft_steps // 2),
+            "--trainer.max_epochs",
+            "-1",
+        ],
+    )
     sft_adapter = runs / "sft" / "export"
     test("sft", sft_cfg, "SFT", ["--model.source.init_adapter", str(sft_adapter)])
-    for name, method, objective, k in (ALIGN[::-1] if a.reverse else ALIGN):
-        run.stage(f"fit_{name}", [
-            "fit", "-c", sdpo_cfg, *common, "--trainer.default_root_dir", str(runs / name),
-            "--data.train_file", str(files["align"]), "--model.source.init_adapter", str(sft_adapter),
-            "--model.objective.name", objective, "--model.objective.num_negatives", str(k), "--model.objective.beta", str(a.beta),
-            "--model.scoring.reference", "cached", "--model.scoring.reference_cache_dir", str(out / "reference_cache"),
-            "--model.optim.learning_rate", str(a.align_lr), "--model.optim.warmup_steps", "8",
-            "--trainer.max_steps", str(a.align_steps), "--trainer.val_check_interval", str(a.align_steps // 2),
-            "--trainer.max_epochs", "-1"])
+    for name, method, objective, k in ALIGN[::-1] if a.reverse else ALIGN:
+        run.stage(
+            f"fit_{name}",
+            [
+                "fit",
+                "-c",
+                sdpo_cfg,
+                *common,
+                "--trainer.default_root_dir",
+                str(runs / name),
+                "--data.train_file",
+                str(files["align"]),
+                "--model.source.init_adapter",
+                str(sft_adapter),
+                "--model.objective.name",
+                objective,
+                "--model.objective.num_negatives",
+                str(k),
+                "--model.objective.beta",
+                str(a.beta),
+                "--model.scoring.reference",
+                "cached",
+                "--model.scoring.reference_cache_dir",
+                str(out / "reference_cache"),
+                "--model.optim.learning_rate",
+                str(a.align_lr),
+                "--model.optim.warmup_steps",
+                "8",
+                "--trainer.max_steps",
+                str(a.align_steps),
+                "--trainer.val_check_interval",
+                str(a.align_steps // 2),
+                "--trainer.max_epochs",
+                "-1",
+            ],
+        )
         test(name, sdpo_cfg, method, ["--model.source.init_adapter", str(runs / name / "export")])
     if a.dry_run:
         return 0
-    if not all((out / "done" / f"test_{n}").exists() for n in ["vanilla", "sft"] + [n for n, *_ in ALIGN]):
+    if not all(
+        (out / "done" / f"test_{n}").exists() for n in ["vanilla", "sft"] + [n for n, *_ in ALIGN]
+    ):
         print("other stages are still running in another runner; it renders the tables")
         return 0
     order = ["vanilla", "sft"] + [n for n, *_ in ALIGN]
@@ -268,17 +378,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def ranking_table(summaries: list[str]) -> str:
     """Markdown: method × (generation HR@1, ValidRatio, ranking HR@1/3/5, NDCG@5/10, MRR) with CIs."""
-    cols = [("generation", "hr@1"), ("generation", "valid_ratio"), ("ranking", "hr@1"), ("ranking", "hr@3"),
-            ("ranking", "ndcg@5"), ("ranking", "ndcg@10"), ("ranking", "mrr")]
-    head = "| method | " + " | ".join(f"{dict(generation='gen', ranking='rank')[p]} {m}" for p, m in cols) + " |"
+    cols = [
+        ("generation", "hr@1"),
+        ("generation", "valid_ratio"),
+        ("ranking", "hr@1"),
+        ("ranking", "hr@3"),
+        ("ranking", "ndcg@5"),
+        ("ranking", "ndcg@10"),
+        ("ranking", "mrr"),
+    ]
+    head = (
+        "| method | "
+        + " | ".join(f"{dict(generation='gen', ranking='rank')[p]} {m}" for p, m in cols)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for path in summaries:
         s = json.loads(Path(path).read_text())
         cells = []
         for proto, metric in cols:
             m = s["protocols"].get(proto, {}).get(metric)
-            cells.append("–" if not m or m["value"] is None else
-                         f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+            cells.append(
+                "–"
+                if not m or m["value"] is None
+                else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+            )
         lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

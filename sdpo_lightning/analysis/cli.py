@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from sdpo_lightning.analysis._deps import MissingExtraError, require_pyplot
 
@@ -29,11 +29,19 @@ FIGURES: dict[str, tuple[str, tuple[str, str]]] = {
 }
 
 
-def render_figures(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
-                   names: Sequence[str] | None = None, smooth: float = 0.0,
-                   x: str = "step", source: str = "auto",
-                   num_negatives: Mapping[str, int] | None = None, fmt: str = "png",
-                   dpi: int = 120, log: Callable[[str], None] | None = None) -> list[Path]:
+def render_figures(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    smooth: float = 0.0,
+    x: str = "step",
+    source: str = "auto",
+    num_negatives: Mapping[str, int] | None = None,
+    fmt: str = "png",
+    dpi: int = 120,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Renders every available figure for ``run_dirs`` into ``out_dir``.
 
     Figures whose metrics no run logged are skipped (and reported through ``log``);
@@ -68,8 +76,7 @@ def render_figures(run_dirs: Sequence[str | Path], out_dir: str | Path, *,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             save(getattr(plots, helper)(df, smooth=smooth, x=x), stem)
-    table = run_table(run_dirs, names, num_negatives=num_negatives,
-                      source=source, metrics=df)  # type: ignore[arg-type]
+    table = run_table(run_dirs, names, num_negatives=num_negatives, source=source, metrics=df)  # type: ignore[arg-type]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -92,8 +99,9 @@ def _output_dir(out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory; give a directory for the "
-                          "figures")
+        raise ConfigError(
+            f"--out {out}: exists and is not a directory; give a directory for the figures"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -117,20 +125,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdpo-plots",
         description="Render S-DPO reward curves, losses, HR@1 and the HR@1-vs-negatives "
-                    "chart of Lightning runs (CSV or TensorBoard logs) to image files.")
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run directories (searched recursively for logs; globs ok)")
+        "chart of Lightning runs (CSV or TensorBoard logs) to image files.",
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (searched recursively for logs; globs ok)",
+    )
     parser.add_argument("--out", "-o", required=True, help="output directory")
-    parser.add_argument("--smooth", type=float, default=0.0,
-                        help="EMA smoothing weight in [0, 1) for training curves (default 0)")
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        help="EMA smoothing weight in [0, 1) for training curves (default 0)",
+    )
     parser.add_argument("--names", nargs="+", help="run names (default: directory names)")
     parser.add_argument("--x", choices=("step", "epoch"), default="step", help="x axis")
-    parser.add_argument("--source", choices=("auto", "csv", "tensorboard"), default="auto",
-                        help="which logger's files to read (default: both, CSV first)")
-    parser.add_argument("--negatives", nargs="+", default=[], metavar="RUN=K",
-                        help="number of negatives per run, overriding config.yaml")
-    parser.add_argument("--format", dest="fmt", choices=("png", "pdf", "svg"),
-                        default="png", help="image format (default png)")
+    parser.add_argument(
+        "--source",
+        choices=("auto", "csv", "tensorboard"),
+        default="auto",
+        help="which logger's files to read (default: both, CSV first)",
+    )
+    parser.add_argument(
+        "--negatives",
+        nargs="+",
+        default=[],
+        metavar="RUN=K",
+        help="number of negatives per run, overriding config.yaml",
+    )
+    parser.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("png", "pdf", "svg"),
+        default="png",
+        help="image format (default png)",
+    )
     parser.add_argument("--dpi", type=int, default=120, help="resolution (default 120)")
     return parser
 
@@ -151,11 +182,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
     try:
         negatives = _negatives(args.negatives)
-        files = render_figures(args.runs, args.out, names=args.names, smooth=args.smooth,
-                               x=args.x, source=args.source, num_negatives=negatives,
-                               fmt=args.fmt, dpi=args.dpi)
-    except (FileNotFoundError, ValueError, argparse.ArgumentTypeError,
-            MissingExtraError, UserError) as err:
+        files = render_figures(
+            args.runs,
+            args.out,
+            names=args.names,
+            smooth=args.smooth,
+            x=args.x,
+            source=args.source,
+            num_negatives=negatives,
+            fmt=args.fmt,
+            dpi=args.dpi,
+        )
+    except (
+        FileNotFoundError,
+        ValueError,
+        argparse.ArgumentTypeError,
+        MissingExtraError,
+        UserError,
+    ) as err:
         return report("sdpo-plots", err)
     for path in files:
         print(path)

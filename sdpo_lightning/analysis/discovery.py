@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 
 class NoLogsError(FileNotFoundError):
@@ -97,16 +97,19 @@ def expand_runs(patterns: Sequence[str | Path]) -> list[tuple[Path, str]]:
     for pattern in patterns:
         text = str(pattern)
         if glob.has_magic(text):
-            matches = sorted((Path(p) for p in glob.glob(text) if Path(p).is_dir()),
-                             key=natural_key)
+            matches = sorted(
+                (Path(p) for p in glob.glob(text) if Path(p).is_dir()), key=natural_key
+            )
             if not matches:
                 raise FileNotFoundError(f"no run directory matches {text!r}")
         else:
             matches = [Path(text)]
         for given in matches:
             base = given.resolve().name
-            out += [(run, base if run == given else f"{base}/{run.relative_to(given)}")
-                    for run in find_runs(given)]
+            out += [
+                (run, base if run == given else f"{base}/{run.relative_to(given)}")
+                for run in find_runs(given)
+            ]
     return out
 
 
@@ -115,15 +118,18 @@ def expand_run_dirs(patterns: Sequence[str | Path]) -> list[Path]:
     return [run for run, _ in expand_runs(patterns)]
 
 
-def named_runs(patterns: Sequence[str | Path],
-               names: Sequence[str] | None = None) -> list[tuple[Path, str]]:
+def named_runs(
+    patterns: Sequence[str | Path], names: Sequence[str] | None = None
+) -> list[tuple[Path, str]]:
     """:func:`expand_runs` with ``names`` applied, or default names made unique."""
     runs = expand_runs(patterns)
     if names is not None:
         if len(names) != len(runs):
-            raise ValueError(f"{len(names)} names given for {len(runs)} runs: "
-                             + ", ".join(str(run) for run, _ in runs))
-        return [(run, name) for (run, _), name in zip(runs, names)]
+            raise ValueError(
+                f"{len(names)} names given for {len(runs)} runs: "
+                + ", ".join(str(run) for run, _ in runs)
+            )
+        return [(run, name) for (run, _), name in zip(runs, names, strict=False)]
     out: list[tuple[Path, str]] = []
     for run, name in runs:
         parts = run.resolve().parts

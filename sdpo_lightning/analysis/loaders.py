@@ -15,12 +15,17 @@ the layout below a run directory does not matter.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from sdpo_lightning.analysis._deps import require_pandas
 from sdpo_lightning.analysis.discovery import (
-    NoLogsError, natural_key, discover_logs, find_runs, named_runs,
+    NoLogsError,
+    discover_logs,
+    find_runs,
+    named_runs,
+    natural_key,
 )
 from sdpo_lightning.errors import UserError
 
@@ -28,8 +33,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["run", "split", "metric", "step", "epoch", "value", "source"]
-SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test",
-          "predict": "predict"}
+SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test", "predict": "predict"}
+
+
 class MetricsFileError(UserError, ValueError):
     """A ``metrics.csv`` cannot be read as a Lightning CSV log; the message names the file."""
 
@@ -53,15 +59,17 @@ def _tidy(raw: pd.DataFrame, run: str, source: str) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS})
     parts = [split_name(n) for n in raw["name"]]
-    out = pd.DataFrame({
-        "run": run,
-        "split": [p[0] for p in parts],
-        "metric": [p[1] for p in parts],
-        "step": raw["step"].astype("int64").to_numpy(),
-        "epoch": raw["epoch"].astype("float64").to_numpy(),
-        "value": raw["value"].astype("float64").to_numpy(),
-        "source": source,
-    })
+    out = pd.DataFrame(
+        {
+            "run": run,
+            "split": [p[0] for p in parts],
+            "metric": [p[1] for p in parts],
+            "step": raw["step"].astype("int64").to_numpy(),
+            "epoch": raw["epoch"].astype("float64").to_numpy(),
+            "value": raw["value"].astype("float64").to_numpy(),
+            "source": source,
+        }
+    )
     return out[COLUMNS]
 
 
@@ -90,8 +98,9 @@ def read_csv_metrics(path: str | Path, run: str = "") -> pd.DataFrame:
     try:
         return _tidy(long[["name", "step", "epoch", "value"]], run, "csv")
     except (ValueError, TypeError) as err:
-        raise MetricsFileError(f"{path}: a metrics.csv with a value that is not a number "
-                               f"({_first_line(err)})") from err
+        raise MetricsFileError(
+            f"{path}: a metrics.csv with a value that is not a number ({_first_line(err)})"
+        ) from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -134,8 +143,7 @@ def read_tensorboard_metrics(path: str | Path, run: str = "") -> pd.DataFrame:
     """
     pd = require_pandas()
     path = Path(path)
-    files = sorted(path.glob("events.out.tfevents*"), key=natural_key) if path.is_dir() \
-        else [path]
+    files = sorted(path.glob("events.out.tfevents*"), key=natural_key) if path.is_dir() else [path]
     rows = [r for f in files for r in _scalar_events(f)]
     events = pd.DataFrame(rows, columns=["name", "step", "value"])
     epochs = events[events["name"] == "epoch"].drop_duplicates("step", keep="last")
@@ -146,14 +154,16 @@ def read_tensorboard_metrics(path: str | Path, run: str = "") -> pd.DataFrame:
     else:
         order = metrics.reset_index(drop=True).reset_index().sort_values("step")
         merged = pd.merge_asof(
-            order, epochs[["step", "value"]].rename(columns={"value": "epoch"})
-            .sort_values("step"), on="step", direction="backward")
+            order,
+            epochs[["step", "value"]].rename(columns={"value": "epoch"}).sort_values("step"),
+            on="step",
+            direction="backward",
+        )
         metrics = merged.sort_values("index").drop(columns="index")
     return _tidy(metrics[["name", "step", "epoch", "value"]], run, "tensorboard")
 
 
-def load_run(run_dir: str | Path, name: str | None = None,
-             source: Source = "auto") -> pd.DataFrame:
+def load_run(run_dir: str | Path, name: str | None = None, source: Source = "auto") -> pd.DataFrame:
     """Loads every metric of one run into the tidy table.
 
     Args:
@@ -176,7 +186,8 @@ def load_run(run_dir: str | Path, name: str | None = None,
     if len(runs) > 1:
         raise ValueError(
             f"{run_dir} holds the logs of other runs ({', '.join(str(r) for r in runs)}): "
-            "pass one of them, or load them all with load_runs")
+            "pass one of them, or load them all with load_runs"
+        )
     name = name or Path(run_dir).resolve().name
     if source not in ("auto", "csv", "tensorboard"):
         raise ValueError(f"source must be 'auto', 'csv' or 'tensorboard', not {source!r}")
@@ -189,16 +200,20 @@ def load_run(run_dir: str | Path, name: str | None = None,
         raise NoLogsError(f"no {source} logs under {run_dir}")
     keys = ["split", "metric", "step"]
     # Later logger versions override earlier ones within a source; CSV beats TensorBoard.
-    parts = [pd.concat(nonempty).drop_duplicates(keys, keep="last")
-             for nonempty in ([f for f in g if len(f)] for g in groups) if nonempty]
+    parts = [
+        pd.concat(nonempty).drop_duplicates(keys, keep="last")
+        for nonempty in ([f for f in g if len(f)] for g in groups)
+        if nonempty
+    ]
     if not parts:
         return _tidy(pd.DataFrame(), name, source)
     table = pd.concat(parts).drop_duplicates(keys, keep="first")
     return table.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def load_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None = None,
-              source: Source = "auto") -> pd.DataFrame:
+def load_runs(
+    run_dirs: Sequence[str | Path], names: Sequence[str] | None = None, source: Source = "auto"
+) -> pd.DataFrame:
     """Loads several runs into one tidy table.
 
     Args:

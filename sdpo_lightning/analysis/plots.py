@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def smooth(values: Sequence[float], weight: float) -> np.ndarray:
     for i, v in enumerate(values):
         if np.isfinite(v):
             last, count = last * weight + (1.0 - weight) * v, count + 1
-        out[i] = last / (1.0 - weight ** count) if count else np.nan
+        out[i] = last / (1.0 - weight**count) if count else np.nan
     return out
 
 
@@ -66,8 +67,9 @@ def has_metric(df: pd.DataFrame, split: str, metric: str) -> bool:
     return resolve_metric(df, split, metric) is not None
 
 
-def series(df: pd.DataFrame, run: str, split: str, metric: str,
-           x: XAxis = "step") -> tuple[np.ndarray, np.ndarray]:
+def series(
+    df: pd.DataFrame, run: str, split: str, metric: str, x: XAxis = "step"
+) -> tuple[np.ndarray, np.ndarray]:
     """One run's curve as ``(x, y)`` arrays (empty when not logged).
 
     With ``x="epoch"`` the values are averaged per epoch.
@@ -87,12 +89,10 @@ def _new_axes(ax: Axes | None) -> Axes:
     return plt.subplots(figsize=(6.4, 4.0), layout="constrained")[1]
 
 
-def _draw(ax: Axes, x: np.ndarray, y: np.ndarray, weight: float, label: str,
-          **style: Any) -> None:
+def _draw(ax: Axes, x: np.ndarray, y: np.ndarray, weight: float, label: str, **style: Any) -> None:
     """Plots one curve; with ``weight`` > 0 the raw values stay faint behind the EMA."""
     if weight > 0 and len(y) > 1:
-        raw = {**style, "alpha": 0.25 * style.get("alpha", 1.0), "linewidth": 0.8,
-               "gid": None}
+        raw = {**style, "alpha": 0.25 * style.get("alpha", 1.0), "linewidth": 0.8, "gid": None}
         ax.plot(x, y, label="_raw", **raw)
         y = smooth(y, weight)
     marker = {"marker": "o", "markersize": 3} if len(y) <= 30 else {}
@@ -112,10 +112,18 @@ def _finish(ax: Axes, drawn: int, title: str, ylabel: str, x: XAxis) -> Axes:
     return ax
 
 
-def plot_metric(df: pd.DataFrame, metric: str, splits: Sequence[str] = ("train",), *,
-                runs: Sequence[str] | None = None, smooth: float = 0.0,
-                x: XAxis = "step", ax: Axes | None = None, title: str | None = None,
-                ylabel: str | None = None) -> Axes:
+def plot_metric(
+    df: pd.DataFrame,
+    metric: str,
+    splits: Sequence[str] = ("train",),
+    *,
+    runs: Sequence[str] | None = None,
+    smooth: float = 0.0,
+    x: XAxis = "step",
+    ax: Axes | None = None,
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
     """Plots ``split/metric`` for every run and split.
 
     Args:
@@ -137,8 +145,16 @@ def plot_metric(df: pd.DataFrame, metric: str, splits: Sequence[str] = ("train",
             if len(ys):
                 label = f"{run} · {split}" if many_splits else run
                 star = {"marker": "*", "markersize": 11} if split == "test" else {}
-                _draw(ax, xs, ys, smooth if split == "train" else 0.0, label,
-                      color=colors[run], linestyle=LINESTYLES.get(split, "-"), **star)
+                _draw(
+                    ax,
+                    xs,
+                    ys,
+                    smooth if split == "train" else 0.0,
+                    label,
+                    color=colors[run],
+                    linestyle=LINESTYLES.get(split, "-"),
+                    **star,
+                )
                 drawn += 1
     return _finish(ax, drawn, title or f"{'/'.join(splits)} {metric}", ylabel or metric, x)
 
@@ -163,15 +179,13 @@ def plot_accuracies(df: pd.DataFrame, split: str = "train", **kw: Any) -> Axes:
     return ax
 
 
-def plot_losses(df: pd.DataFrame, splits: Sequence[str] = ("train", "val"),
-                **kw: Any) -> Axes:
+def plot_losses(df: pd.DataFrame, splits: Sequence[str] = ("train", "val"), **kw: Any) -> Axes:
     """Training and validation loss (the validation curve is never smoothed)."""
     kw.setdefault("title", "loss")
     return plot_metric(df, "loss", splits, ylabel="loss", **kw)
 
 
-def plot_val_hr1(df: pd.DataFrame, splits: Sequence[str] = ("val", "test"),
-                 **kw: Any) -> Axes:
+def plot_val_hr1(df: pd.DataFrame, splits: Sequence[str] = ("val", "test"), **kw: Any) -> Axes:
     """Validation HR@1 over training (and the test HR@1 point, when logged)."""
     kw.setdefault("title", "HR@1 (validation; ★ test)" if "test" in splits else "HR@1")
     ax = plot_metric(df, "hr@1", splits, ylabel="HR@1", **kw)
@@ -179,9 +193,16 @@ def plot_val_hr1(df: pd.DataFrame, splits: Sequence[str] = ("val", "test"),
     return ax
 
 
-def plot_logps(df: pd.DataFrame, split: str = "train", *,
-               runs: Sequence[str] | None = None, smooth: float = 0.0, x: XAxis = "step",
-               ax: Axes | None = None, title: str | None = None) -> Axes:
+def plot_logps(
+    df: pd.DataFrame,
+    split: str = "train",
+    *,
+    runs: Sequence[str] | None = None,
+    smooth: float = 0.0,
+    x: XAxis = "step",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
     """Policy log-likelihood of the chosen (solid) and rejected (dashed) completions."""
     ax, colors, drawn = _new_axes(ax), _colors(df), 0
     weight = smooth if split == "train" else 0.0
@@ -189,11 +210,11 @@ def plot_logps(df: pd.DataFrame, split: str = "train", *,
         for which, style in (("chosen", "-"), ("rejected", "--")):
             xs, ys = series(df, run, split, f"logps/{which}", x)
             if len(ys):
-                _draw(ax, xs, ys, weight, f"{run} · {which}", color=colors[run],
-                      linestyle=style)
+                _draw(ax, xs, ys, weight, f"{run} · {which}", color=colors[run], linestyle=style)
                 drawn += 1
-    return _finish(ax, drawn, title or f"{split}: log πθ of chosen vs rejected",
-                   "log-probability", x)
+    return _finish(
+        ax, drawn, title or f"{split}: log πθ of chosen vs rejected", "log-probability", x
+    )
 
 
 def negative_indices(df: pd.DataFrame, split: str = "train") -> list[int]:
@@ -202,10 +223,17 @@ def negative_indices(df: pd.DataFrame, split: str = "train") -> list[int]:
     return sorted({int(m.group(1)) for n in names if (m := _PER_NEGATIVE.match(n))})
 
 
-def plot_rejected_rewards(df: pd.DataFrame, split: str = "train", *,
-                          per_negative: bool = True, runs: Sequence[str] | None = None,
-                          smooth: float = 0.0, x: XAxis = "step", ax: Axes | None = None,
-                          title: str | None = None) -> Axes:
+def plot_rejected_rewards(
+    df: pd.DataFrame,
+    split: str = "train",
+    *,
+    per_negative: bool = True,
+    runs: Sequence[str] | None = None,
+    smooth: float = 0.0,
+    x: XAxis = "step",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
     """Rewards of the dispreferred items: the mean (thick) and each negative (thin).
 
     Per-negative curves (``rewards/rejected_k0`` …) are drawn when logged; without them
@@ -221,25 +249,41 @@ def plot_rejected_rewards(df: pd.DataFrame, split: str = "train", *,
     for run in names:
         xs, ys = series(df, run, split, "rewards/rejected", x)
         if len(ys):
-            _draw(ax, xs, ys, weight, f"{run} · mean", color=colors[run], linewidth=2.2,
-                  gid=f"{run}/mean")
+            _draw(
+                ax,
+                xs,
+                ys,
+                weight,
+                f"{run} · mean",
+                color=colors[run],
+                linewidth=2.2,
+                gid=f"{run}/mean",
+            )
             drawn += 1
         ks = negative_indices(df[df["run"] == run], split) if per_negative else []
         for i, k in enumerate(ks):
             xs, ys = series(df, run, split, f"rewards/rejected_k{k}", x)
             single = len(names) == 1
-            _draw(ax, xs, ys, weight, f"k{k}" if single else "_per_negative",
-                  color=cmap(i / max(len(ks) - 1, 1)) if single else colors[run],
-                  linewidth=0.9, alpha=0.8 if single else 0.45, gid=f"{run}/k{k}")
+            _draw(
+                ax,
+                xs,
+                ys,
+                weight,
+                f"k{k}" if single else "_per_negative",
+                color=cmap(i / max(len(ks) - 1, 1)) if single else colors[run],
+                linewidth=0.9,
+                alpha=0.8 if single else 0.45,
+                gid=f"{run}/k{k}",
+            )
             drawn += 1
     if len(names) > 1 and any(line.get_label() == "_per_negative" for line in ax.get_lines()):
         ax.plot([], [], color="grey", linewidth=0.9, alpha=0.6, label="thin: each negative")
-    return _finish(ax, drawn, title or f"{split}: rewards of the dispreferred items",
-                   "reward", x)
+    return _finish(ax, drawn, title or f"{split}: rewards of the dispreferred items", "reward", x)
 
 
-def plot_overview(df: pd.DataFrame, *, smooth: float = 0.0, x: XAxis = "step",
-                  runs: Sequence[str] | None = None) -> Figure:
+def plot_overview(
+    df: pd.DataFrame, *, smooth: float = 0.0, x: XAxis = "step", runs: Sequence[str] | None = None
+) -> Figure:
     """A 2×3 dashboard: loss, chosen, rejected, margins, accuracies, HR@1."""
     require_pandas()
     plt = require_pyplot()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from sdpo_lightning.analysis._deps import require_pandas
 from sdpo_lightning.analysis.discovery import named_runs
@@ -20,8 +21,16 @@ if TYPE_CHECKING:
     import pandas as pd
 
 HR1Source = Literal["auto", "summary", "test", "val"]
-RUN_TABLE_COLUMNS = ["run", "path", "objective", "method", "num_negatives", "beta", "hr@1",
-                     "hr@1_source"]
+RUN_TABLE_COLUMNS = [
+    "run",
+    "path",
+    "objective",
+    "method",
+    "num_negatives",
+    "beta",
+    "hr@1",
+    "hr@1_source",
+]
 _KEYS = {
     "num_negatives": ("num_negatives", "n_negatives", "num_neg"),
     "objective": ("objective", "loss_type"),
@@ -121,8 +130,9 @@ def _last(metrics: pd.DataFrame, split: str, metric: str) -> float | None:
     return None if rows.empty else float(rows.sort_values("step")["value"].iloc[-1])
 
 
-def run_hr1(run_dir: str | Path, metrics: pd.DataFrame | None = None,
-            prefer: HR1Source = "auto") -> tuple[float | None, str | None]:
+def run_hr1(
+    run_dir: str | Path, metrics: pd.DataFrame | None = None, prefer: HR1Source = "auto"
+) -> tuple[float | None, str | None]:
     """A run's HR@1 and where it came from.
 
     Args:
@@ -151,11 +161,16 @@ def run_hr1(run_dir: str | Path, metrics: pd.DataFrame | None = None,
     return None, None
 
 
-def run_table(run_dirs: Sequence[str | Path], names: Sequence[str] | None = None, *,
-              num_negatives: Mapping[str, int] | None = None,
-              objectives: Mapping[str, str] | None = None,
-              hr1: HR1Source = "auto", source: Source = "auto",
-              metrics: pd.DataFrame | None = None) -> pd.DataFrame:
+def run_table(
+    run_dirs: Sequence[str | Path],
+    names: Sequence[str] | None = None,
+    *,
+    num_negatives: Mapping[str, int] | None = None,
+    objectives: Mapping[str, str] | None = None,
+    hr1: HR1Source = "auto",
+    source: Source = "auto",
+    metrics: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per run: objective, number of negatives, β and HR@1.
 
     The table drives :func:`~sdpo_lightning.analysis.plot_hr1_vs_negatives`; values
@@ -180,13 +195,18 @@ def run_table(run_dirs: Sequence[str | Path], names: Sequence[str] | None = None
         else:
             logged = None if hr1 == "summary" else load_run(run_dir, name, source)
         value, origin = run_hr1(run_dir, logged, hr1)
-        rows.append({
-            "run": name, "path": str(run_dir),
-            "objective": (objectives or {}).get(name, info["objective"]),
-            "method": info["method"] or read_summary_method(run_dir),
-            "num_negatives": (num_negatives or {}).get(name, info["num_negatives"]),
-            "beta": info["beta"], "hr@1": value, "hr@1_source": origin,
-        })
+        rows.append(
+            {
+                "run": name,
+                "path": str(run_dir),
+                "objective": (objectives or {}).get(name, info["objective"]),
+                "method": info["method"] or read_summary_method(run_dir),
+                "num_negatives": (num_negatives or {}).get(name, info["num_negatives"]),
+                "beta": info["beta"],
+                "hr@1": value,
+                "hr@1_source": origin,
+            }
+        )
     table = pd.DataFrame(rows, columns=RUN_TABLE_COLUMNS)
     table["num_negatives"] = table["num_negatives"].astype("Int64")
     return table

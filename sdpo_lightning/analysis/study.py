@@ -24,22 +24,36 @@ def _aggregate(table: pd.DataFrame, hue: str) -> pd.DataFrame:
         warnings.warn(
             "runs without a number of negatives or an HR@1 are left out of the "
             f"negatives study: {', '.join(left_out)} (pass num_negatives={{run: K}} to "
-            "run_table, or fill the table's columns)", stacklevel=3)
+            "run_table, or fill the table's columns)",
+            stacklevel=3,
+        )
     if usable.empty:
         raise ValueError(
             "no run has both a number of negatives and an HR@1: the chart needs "
             "`num_negatives` (config.yaml or an override) and an HR@1 (summary.json, "
-            "test/hr@1 or val/hr@1)")
+            "test/hr@1 or val/hr@1)"
+        )
     labels = usable[hue].fillna(usable["objective"]) if hue != "objective" else usable[hue]
-    usable = usable.assign(series=labels.fillna("unknown").astype(str),
-                           num_negatives=usable["num_negatives"].astype(int))
-    return (usable.groupby(["series", "num_negatives"], sort=True)["hr@1"]
-            .agg(["mean", "min", "max", "count"]).reset_index())
+    usable = usable.assign(
+        series=labels.fillna("unknown").astype(str),
+        num_negatives=usable["num_negatives"].astype(int),
+    )
+    return (
+        usable.groupby(["series", "num_negatives"], sort=True)["hr@1"]
+        .agg(["mean", "min", "max", "count"])
+        .reset_index()
+    )
 
 
-def plot_hr1_vs_negatives(table: pd.DataFrame, *, kind: Literal["bar", "line"] = "bar",
-                          hue: str = "objective", ax: Axes | None = None,
-                          title: str | None = None, annotate: bool = True) -> Axes:
+def plot_hr1_vs_negatives(
+    table: pd.DataFrame,
+    *,
+    kind: Literal["bar", "line"] = "bar",
+    hue: str = "objective",
+    ax: Axes | None = None,
+    title: str | None = None,
+    annotate: bool = True,
+) -> Axes:
     """HR@1 as a function of the number of negatives, one series per objective.
 
     Args:
@@ -74,18 +88,26 @@ def plot_hr1_vs_negatives(table: pd.DataFrame, *, kind: Literal["bar", "line"] =
         err = np.vstack([mean - rows["min"].to_numpy(), rows["max"].to_numpy() - mean])
         err = err if (rows["count"] > 1).any() else None
         if kind == "bar":
-            xs = np.array([ks.index(k) for k in rows["num_negatives"]]) \
+            xs = (
+                np.array([ks.index(k) for k in rows["num_negatives"]])
                 + (j - (len(names) - 1) / 2) * width
-            ax.bar(xs, mean, width=width * 0.95, yerr=err, capsize=3, label=name,
-                   color=f"C{j % 10}")
+            )
+            ax.bar(
+                xs, mean, width=width * 0.95, yerr=err, capsize=3, label=name, color=f"C{j % 10}"
+            )
         else:
             xs = rows["num_negatives"].to_numpy()
-            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=name,
-                        color=f"C{j % 10}")
+            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=name, color=f"C{j % 10}")
         if annotate:
-            for xv, yv in zip(xs, mean):
-                ax.annotate(f"{yv:.3f}", (xv, yv), textcoords="offset points",
-                            xytext=(0, 4), ha="center", fontsize="small")
+            for xv, yv in zip(xs, mean, strict=False):
+                ax.annotate(
+                    f"{yv:.3f}",
+                    (xv, yv),
+                    textcoords="offset points",
+                    xytext=(0, 4),
+                    ha="center",
+                    fontsize="small",
+                )
     if kind == "bar":
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
     else:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -24,8 +24,9 @@ def default_hr1(objective: str, num_negatives: int) -> float:
     return round(base + bonus, 4)
 
 
-def _train_metrics(rng: np.random.Generator, objective: str, k: int, t: float,
-                   beta: float, per_negative: bool) -> dict[str, float]:
+def _train_metrics(
+    rng: np.random.Generator, objective: str, k: int, t: float, beta: float, per_negative: bool
+) -> dict[str, float]:
     noise = lambda scale=0.08: float(rng.normal(0.0, scale))  # noqa: E731
     rising = 1.0 - math.exp(-3.0 * t)
     chosen = (0.9 if objective == "sdpo" else -0.4) * rising + noise()
@@ -49,12 +50,20 @@ def _train_metrics(rng: np.random.Generator, objective: str, k: int, t: float,
     return metrics
 
 
-def write_synthetic_run(run_dir: str | Path, *, objective: str = "sdpo",
-                        num_negatives: int = 3, steps: int = 40, steps_per_epoch: int = 10,
-                        beta: float = 1.0, per_negative: bool = True,
-                        loggers: Sequence[str] = ("csv", "tensorboard"),
-                        hr1: float | None = None, write_summary: bool = True,
-                        seed: int = 0) -> Path:
+def write_synthetic_run(
+    run_dir: str | Path,
+    *,
+    objective: str = "sdpo",
+    num_negatives: int = 3,
+    steps: int = 40,
+    steps_per_epoch: int = 10,
+    beta: float = 1.0,
+    per_negative: bool = True,
+    loggers: Sequence[str] = ("csv", "tensorboard"),
+    hr1: float | None = None,
+    write_summary: bool = True,
+    seed: int = 0,
+) -> Path:
     """Writes a fake run's logs under ``run_dir`` (``csv/version_0``, ``tb/version_0``).
 
     Args:
@@ -77,8 +86,10 @@ def write_synthetic_run(run_dir: str | Path, *, objective: str = "sdpo",
 
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    made = {"csv": lambda: CSVLogger(root, name="csv", version=0),
-            "tensorboard": lambda: TensorBoardLogger(root, name="tb", version=0)}
+    made = {
+        "csv": lambda: CSVLogger(root, name="csv", version=0),
+        "tensorboard": lambda: TensorBoardLogger(root, name="tb", version=0),
+    }
     unknown = set(loggers) - set(made)
     if unknown or not loggers:
         raise ValueError(f"loggers must be a non-empty subset of {sorted(made)}")
@@ -96,8 +107,9 @@ def write_synthetic_run(run_dir: str | Path, *, objective: str = "sdpo",
         if (step + 1) % steps_per_epoch == 0 or step + 1 == steps:
             val = _train_metrics(rng, objective, num_negatives, t, beta, False)
             val = {f"val/{k}": v for k, v in val.items()}
-            val.update({"val/hr@1": hr1 * math.sqrt(t), "val/valid_ratio": 0.9 + 0.1 * t,
-                        "epoch": epoch})
+            val.update(
+                {"val/hr@1": hr1 * math.sqrt(t), "val/valid_ratio": 0.9 + 0.1 * t, "epoch": epoch}
+            )
             for logger in active:
                 logger.log_metrics(val, step=step)
     test = {"test/hr@1": hr1, "test/valid_ratio": 1.0, "epoch": (steps - 1) // steps_per_epoch}

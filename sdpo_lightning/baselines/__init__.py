@@ -16,6 +16,12 @@ from sdpo_lightning.baselines.registry import SCORERS, make_scorer
 from sdpo_lightning.baselines.runner import prediction_records, run_baseline
 
 __all__ = [
-    "SCORERS", "ItemKNNScorer", "MostPopularScorer", "RandomScorer", "Scorer",
-    "make_scorer", "prediction_records", "run_baseline",
+    "SCORERS",
+    "ItemKNNScorer",
+    "MostPopularScorer",
+    "RandomScorer",
+    "Scorer",
+    "make_scorer",
+    "prediction_records",
+    "run_baseline",
 ]

@@ -32,12 +32,17 @@ def check_targets(examples: Sequence[Example], catalogue: Catalogue, source: str
     """Every target must be a catalogue item (``DataFormatError`` naming the file and record)."""
     for index, ex in enumerate(examples):
         if ex.target is not None and ex.target not in catalogue.index:
-            raise DataFormatError(source, f"record {index}", f"target {ex.target!r} is not in the "
-                                  f"catalogue {catalogue.source} ({len(catalogue)} items)")
+            raise DataFormatError(
+                source,
+                f"record {index}",
+                f"target {ex.target!r} is not in the "
+                f"catalogue {catalogue.source} ({len(catalogue)} items)",
+            )
 
 
-def top_n_items(scores: np.ndarray, exclude: Sequence[int], top_n: int,
-                tie_key: np.ndarray | None = None) -> np.ndarray:
+def top_n_items(
+    scores: np.ndarray, exclude: Sequence[int], top_n: int, tie_key: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the ``top_n`` highest ``scores`` (best first) outside ``exclude``.
 
     Args:
@@ -56,8 +61,13 @@ def top_n_items(scores: np.ndarray, exclude: Sequence[int], top_n: int,
     return order[:top_n]
 
 
-def all_item_records(examples: Sequence[Example], scores: Sequence[np.ndarray] | np.ndarray,
-                     catalogue: Catalogue, top_n: int, seed: int) -> tuple[list[dict[str, Any]], int]:
+def all_item_records(
+    examples: Sequence[Example],
+    scores: Sequence[np.ndarray] | np.ndarray,
+    catalogue: Catalogue,
+    top_n: int,
+    seed: int,
+) -> tuple[list[dict[str, Any]], int]:
     """Prediction records of the all-item protocol from one catalogue score vector per row.
 
     Returns:
@@ -75,8 +85,10 @@ def all_item_records(examples: Sequence[Example], scores: Sequence[np.ndarray] |
         exclude = sorted({catalogue.index[t] for t in ex.history if t in catalogue.index})
         tie_key = history_rng(seed, ex.history, "all-item-tie-break").random(len(catalogue))
         items = top_n_items(row, exclude, top_n, tie_key).tolist()
-        part: dict[str, Any] = {"items": [catalogue.titles[i] for i in items],
-                                "scores": [round(float(row[i]), 6) for i in items]}
+        part: dict[str, Any] = {
+            "items": [catalogue.titles[i] for i in items],
+            "scores": [round(float(row[i]), 6) for i in items],
+        }
         if ex.target is not None:
             t = catalogue.index[ex.target]
             part["target_rank"] = items.index(t) + 1 if t in items else None
@@ -93,15 +105,22 @@ def all_item_meta(catalogue: Catalogue, top_n: int, n_target_in_history: int) ->
     """The summary's ``catalogue`` entry (as :meth:`AllItemProtocol.meta
     <sdpo_lightning.evaluation.all_item.AllItemProtocol.meta>`; no beam: every item is scored)."""
     pop = catalogue.popularity
-    return {"file": catalogue.source, "n_items": len(catalogue),
-            "total_popularity": None if pop is None else int(pop.sum()),
-            "top_n": top_n, "beam_width": None, "length_penalty": None,
-            "scored": "every item", "history_rule": "excluded",
-            "n_target_in_history": n_target_in_history}
+    return {
+        "file": catalogue.source,
+        "n_items": len(catalogue),
+        "total_popularity": None if pop is None else int(pop.sum()),
+        "top_n": top_n,
+        "beam_width": None,
+        "length_penalty": None,
+        "scored": "every item",
+        "history_rule": "excluded",
+        "n_target_in_history": n_target_in_history,
+    }
 
 
-def scorer_all_item_records(scorer: Scorer, examples: Sequence[Example], catalogue: Catalogue,
-                            top_n: int) -> tuple[list[dict[str, Any]], int]:
+def scorer_all_item_records(
+    scorer: Scorer, examples: Sequence[Example], catalogue: Catalogue, top_n: int
+) -> tuple[list[dict[str, Any]], int]:
     """:func:`all_item_records` of a fitted non-neural scorer."""
     scores = [scorer.score_titles(ex.history, catalogue.titles) for ex in examples]
     return all_item_records(examples, scores, catalogue, top_n, scorer.seed)

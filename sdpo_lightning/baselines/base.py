@@ -39,7 +39,7 @@ class Scorer(ABC):
         self.fitted = False
 
     @abstractmethod
-    def fit(self, train_examples: Sequence[Example]) -> "Scorer":
+    def fit(self, train_examples: Sequence[Example]) -> Scorer:
         """Learn from the training rows; returns ``self``."""
 
     @abstractmethod

@@ -68,33 +68,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdpo-baseline",
         usage="%(prog)s {item_knn,most_popular,random} --train TRAIN --test TEST --out OUT ...\n"
-              "       %(prog)s {fit,validate,test} -c configs/baselines/MODEL_DATA.yaml ...",
+        "       %(prog)s {fit,validate,test} -c configs/baselines/MODEL_DATA.yaml ...",
         description="Fit a baseline on a training candidate-list file and write its report\n"
         "(summary.json, predictions.jsonl): a non-neural scorer (random, most_popular,\n"
         "item_knn; arguments below) or a sequential recommender (GRU4Rec, Caser, SASRec;\n"
         "the fit / validate / test subcommands below).",
-        epilog=SEQREC_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=SEQREC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=sorted(SCORERS), help="non-neural scorer")
     parser.add_argument("--train", type=Path, required=True, help="training file (.json/.jsonl)")
     parser.add_argument("--test", type=Path, required=True, help="evaluation file")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="scorer / tie-break / split seed")
-    parser.add_argument("--dataset", default=None,
-                        help="summary's dataset name (default: the test file's folder name)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="summary's dataset name (default: the test file's folder name)",
+    )
     parser.add_argument("--run", default=None, help="run name (default NAME-seedSEED)")
-    parser.add_argument("--param", type=_param, action="append", default=[],
-                        metavar="KEY=VALUE", help="fixed scorer hyperparameter (repeatable)")
-    parser.add_argument("--no-select", action="store_true",
-                        help="do not search the selection grid (use defaults / --param)")
-    parser.add_argument("--selection-fraction", type=float, default=0.2,
-                        help="share of training users held out for selection")
-    parser.add_argument("--protocol", choices=("candidates", "all_item"), default="candidates",
-                        help="candidates: rank each row's candidate list (default); all_item: "
-                        "rank the whole --catalogue, history items excluded (docs/all_item.md)")
-    parser.add_argument("--catalogue", type=Path, default=None,
-                        help="catalogue.json of the all_item protocol (sdpo-prepare writes it)")
-    parser.add_argument("--top_n", "--top-n", type=int, default=20,
-                        help="items returned per row in the all_item protocol")
+    parser.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed scorer hyperparameter (repeatable)",
+    )
+    parser.add_argument(
+        "--no-select",
+        action="store_true",
+        help="do not search the selection grid (use defaults / --param)",
+    )
+    parser.add_argument(
+        "--selection-fraction",
+        type=float,
+        default=0.2,
+        help="share of training users held out for selection",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("candidates", "all_item"),
+        default="candidates",
+        help="candidates: rank each row's candidate list (default); all_item: "
+        "rank the whole --catalogue, history items excluded (docs/all_item.md)",
+    )
+    parser.add_argument(
+        "--catalogue",
+        type=Path,
+        default=None,
+        help="catalogue.json of the all_item protocol (sdpo-prepare writes it)",
+    )
+    parser.add_argument(
+        "--top_n",
+        "--top-n",
+        type=int,
+        default=20,
+        help="items returned per row in the all_item protocol",
+    )
     parser.add_argument("--lenient", action="store_true", help="skip (and count) bad records")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     return parser
@@ -125,14 +156,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             catalogue = load_catalogue(args.catalogue)
         summary = run_baseline(
-            args.name, train.examples, test.examples, args.out, seed=args.seed,
+            args.name,
+            train.examples,
+            test.examples,
+            args.out,
+            seed=args.seed,
             dataset=args.dataset or args.test.resolve().parent.name,
-            select=not args.no_select, selection_fraction=args.selection_fraction,
-            run=args.run, meta={"train_file": str(args.train), "data_file": str(args.test),
-                                "skipped": {"train": len(train.skipped),
-                                            "test": len(test.skipped)}},
-            protocol=args.protocol, catalogue=catalogue, top_n=args.top_n,
-            **dict(args.param))
+            select=not args.no_select,
+            selection_fraction=args.selection_fraction,
+            run=args.run,
+            meta={
+                "train_file": str(args.train),
+                "data_file": str(args.test),
+                "skipped": {"train": len(train.skipped), "test": len(test.skipped)},
+            },
+            protocol=args.protocol,
+            catalogue=catalogue,
+            top_n=args.top_n,
+            **dict(args.param),
+        )
     except (DataFormatError, ValueError, TypeError) as err:
         print(f"sdpo-baseline: error: {err}", file=sys.stderr)
         return 2

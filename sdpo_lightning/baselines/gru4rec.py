@@ -34,10 +34,20 @@ class GRU4Rec(SeqRecModule):
 
     method_name = "GRU4Rec"
 
-    def __init__(self, num_items: int, max_len: int = 10, d: int = 64, hidden: int = 64, num_layers: int = 1,
-                 dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 0.0,
-                 report_dir: str | None = None, method: str | None = None,
-                 item_table_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int = 10,
+        d: int = 64,
+        hidden: int = 64,
+        num_layers: int = 1,
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        report_dir: str | None = None,
+        method: str | None = None,
+        item_table_dir: str | None = None,
+    ) -> None:
         super().__init__(num_items, lr, weight_decay, report_dir, method, item_table_dir)
         self.save_hyperparameters()
         self.embed = nn.Embedding(num_items, d, padding_idx=0)

@@ -55,8 +55,14 @@ class ItemKNNScorer(Scorer):
     name = "item_knn"
     method = "Item-kNN (co-occurrence)"
 
-    def __init__(self, seed: int = 0, window: int = 3, symmetric: bool = False,
-                 decay: float = 0.7, pop_weight: float = 0.1) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        window: int = 3,
+        symmetric: bool = False,
+        decay: float = 0.7,
+        pop_weight: float = 0.1,
+    ) -> None:
         super().__init__(seed)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -69,13 +75,13 @@ class ItemKNNScorer(Scorer):
         self.pop: Counter[str] = Counter()
         self.cooc: dict[str, Counter[str]] = defaultdict(Counter)
 
-    def fit(self, train_examples: Sequence[Example]) -> "ItemKNNScorer":
+    def fit(self, train_examples: Sequence[Example]) -> ItemKNNScorer:
         """Count target popularity and history → target co-occurrences."""
         self.pop = Counter()
         self.cooc = defaultdict(Counter)
         for ex in train_examples:
             self.pop[ex.target] += 1
-            for h in ex.history[-self.window:]:
+            for h in ex.history[-self.window :]:
                 if h == ex.target:
                     continue
                 self.cooc[h][ex.target] += 1
@@ -101,13 +107,19 @@ class ItemKNNScorer(Scorer):
             for c, count in row.items():
                 for i in position.get(c, ()):
                     co[i] += w * count
-        pop = np.array([self.pop_weight * math.log1p(self.pop.get(c, 0)) for c in titles],
-                       dtype=np.float64)
+        pop = np.array(
+            [self.pop_weight * math.log1p(self.pop.get(c, 0)) for c in titles], dtype=np.float64
+        )
         return co + pop
 
     def config(self) -> dict[str, object]:
         """Weights and fit statistics."""
-        return {"seed": self.seed, "window": self.window, "symmetric": self.symmetric,
-                "decay": self.decay, "pop_weight": self.pop_weight,
-                "n_items_counted": len(self.pop),
-                "n_pairs": sum(len(r) for r in self.cooc.values())}
+        return {
+            "seed": self.seed,
+            "window": self.window,
+            "symmetric": self.symmetric,
+            "decay": self.decay,
+            "pop_weight": self.pop_weight,
+            "n_items_counted": len(self.pop),
+            "n_pairs": sum(len(r) for r in self.cooc.values()),
+        }

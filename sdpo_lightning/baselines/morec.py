@@ -44,8 +44,13 @@ DEFAULT_ENCODER = "../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @torch.no_grad()
-def encode_titles(titles: Sequence[str], model: nn.Module, tokenizer: Any, batch_size: int = 64,
-                  max_tokens: int = 32) -> Tensor:
+def encode_titles(
+    titles: Sequence[str],
+    model: nn.Module,
+    tokenizer: Any,
+    batch_size: int = 64,
+    max_tokens: int = 32,
+) -> Tensor:
     """(len(titles), H) float32: each title's mean-pooled last hidden layer of ``model`` (a
     causal LM; its decoder's output, after the final norm). No special tokens are added."""
     decoder = getattr(model, "model", model)
@@ -58,9 +63,15 @@ def encode_titles(titles: Sequence[str], model: nn.Module, tokenizer: Any, batch
     out: list[Tensor] = []
     try:
         for i in range(0, len(order), batch_size):
-            batch = [titles[j] for j in order[i:i + batch_size]]
-            enc = tokenizer(batch, add_special_tokens=False, padding=True,
-                            truncation=True, max_length=max_tokens, return_tensors="pt")
+            batch = [titles[j] for j in order[i : i + batch_size]]
+            enc = tokenizer(
+                batch,
+                add_special_tokens=False,
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                return_tensors="pt",
+            )
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (B, T, H)
             m = mask.unsqueeze(-1).float()
@@ -73,8 +84,9 @@ def encode_titles(titles: Sequence[str], model: nn.Module, tokenizer: Any, batch
     return result
 
 
-def _encoder_key(encoder: str | None, tokenizer_path: str | None, tiny_config: dict | None,
-                 max_tokens: int) -> dict[str, Any]:
+def _encoder_key(
+    encoder: str | None, tokenizer_path: str | None, tiny_config: dict | None, max_tokens: int
+) -> dict[str, Any]:
     key: dict[str, Any] = {"pooling": "mean_last_hidden", "max_tokens": max_tokens}
     if encoder is None:
         key.update(tiny_config=tiny_config or {}, tokenizer=tokenizer_path)
@@ -84,9 +96,14 @@ def _encoder_key(encoder: str | None, tokenizer_path: str | None, tiny_config: d
     return key
 
 
-def embedding_cache_path(cache_dir: str | os.PathLike, titles: Sequence[str], encoder: str | None,
-                         tokenizer_path: str | None = None, tiny_config: dict | None = None,
-                         max_tokens: int = 32) -> Path:
+def embedding_cache_path(
+    cache_dir: str | os.PathLike,
+    titles: Sequence[str],
+    encoder: str | None,
+    tokenizer_path: str | None = None,
+    tiny_config: dict | None = None,
+    max_tokens: int = 32,
+) -> Path:
     """``<cache_dir>/<encoder name>-<hash of encoder settings>-<hash of titles>.pt``."""
     key = json.dumps(_encoder_key(encoder, tokenizer_path, tiny_config, max_tokens), sort_keys=True)
     k = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -95,9 +112,16 @@ def embedding_cache_path(cache_dir: str | os.PathLike, titles: Sequence[str], en
     return Path(cache_dir) / f"{name}-{k}-{len(titles)}items-{t}.pt"
 
 
-def title_embeddings(titles: Sequence[str], encoder: str | None, tokenizer_path: str | None = None,
-                     tiny_config: dict | None = None, cache_dir: str | os.PathLike | None = None,
-                     batch_size: int = 64, max_tokens: int = 32, init_seed: int = 0) -> Tensor:
+def title_embeddings(
+    titles: Sequence[str],
+    encoder: str | None,
+    tokenizer_path: str | None = None,
+    tiny_config: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    max_tokens: int = 32,
+    init_seed: int = 0,
+) -> Tensor:
     """The titles' text embeddings (:func:`encode_titles`), read from / written to the cache.
 
     Args:
@@ -108,7 +132,9 @@ def title_embeddings(titles: Sequence[str], encoder: str | None, tokenizer_path:
     """
     path = None
     if cache_dir is not None:
-        path = embedding_cache_path(cache_dir, titles, encoder, tokenizer_path, tiny_config, max_tokens)
+        path = embedding_cache_path(
+            cache_dir, titles, encoder, tokenizer_path, tiny_config, max_tokens
+        )
         if path.exists():
             data = torch.load(path, map_location="cpu", weights_only=True)
             if data["titles"] == list(titles):
@@ -124,10 +150,21 @@ def title_embeddings(titles: Sequence[str], encoder: str | None, tokenizer_path:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"titles": list(titles), "embeddings": emb,
-                    "key": _encoder_key(encoder, tokenizer_path, tiny_config, max_tokens)}, tmp)
+        torch.save(
+            {
+                "titles": list(titles),
+                "embeddings": emb,
+                "key": _encoder_key(encoder, tokenizer_path, tiny_config, max_tokens),
+            },
+            tmp,
+        )
         os.replace(tmp, path)
-        log.info("MoRec: text embeddings of %d titles (H=%d) cached in %s", len(titles), emb.shape[1], path)
+        log.info(
+            "MoRec: text embeddings of %d titles (H=%d) cached in %s",
+            len(titles),
+            emb.shape[1],
+            path,
+        )
     return emb
 
 
@@ -150,15 +187,37 @@ class MoRec(SASRec):
 
     method_name = "MoRec"
 
-    def __init__(self, num_items: int, max_len: int = 10, d: int = 64, num_blocks: int = 2,
-                 num_heads: int = 1, dropout: float = 0.2, lr: float = 1e-3,
-                 weight_decay: float = 0.0, report_dir: str | None = None,
-                 method: str | None = None, encoder: str | None = DEFAULT_ENCODER,
-                 tokenizer_path: str | None = None, tiny_config: dict[str, Any] | None = None,
-                 embedding_cache_dir: str | None = "runs/morec_cache", encode_batch_size: int = 64,
-                 max_title_tokens: int = 32) -> None:
-        super().__init__(num_items, max_len, d, num_blocks, num_heads, dropout, lr, weight_decay,
-                         report_dir, method)
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int = 10,
+        d: int = 64,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        report_dir: str | None = None,
+        method: str | None = None,
+        encoder: str | None = DEFAULT_ENCODER,
+        tokenizer_path: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        embedding_cache_dir: str | None = "runs/morec_cache",
+        encode_batch_size: int = 64,
+        max_title_tokens: int = 32,
+    ) -> None:
+        super().__init__(
+            num_items,
+            max_len,
+            d,
+            num_blocks,
+            num_heads,
+            dropout,
+            lr,
+            weight_decay,
+            report_dir,
+            method,
+        )
         self.save_hyperparameters()
         del self.embed  # the item table comes from the text embeddings
         self.d = d
@@ -187,8 +246,15 @@ class MoRec(SASRec):
         vocab = self.trainer.datamodule.vocab
         titles = sorted(vocab.ids, key=vocab.ids.get)  # ids 2, 3, ...
         hp = self.hparams
-        emb = title_embeddings(titles, hp.encoder, hp.tokenizer_path, hp.tiny_config,
-                               hp.embedding_cache_dir, hp.encode_batch_size, hp.max_title_tokens)
+        emb = title_embeddings(
+            titles,
+            hp.encoder,
+            hp.tokenizer_path,
+            hp.tiny_config,
+            hp.embedding_cache_dir,
+            hp.encode_batch_size,
+            hp.max_title_tokens,
+        )
         self.set_text_embeddings(torch.cat([torch.zeros(2, emb.shape[1]), emb]))
 
     def item_table(self) -> Tensor:

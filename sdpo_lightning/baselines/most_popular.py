@@ -51,7 +51,7 @@ class MostPopularScorer(Scorer):
         self.count_history = bool(count_history)
         self.counts: Counter[str] = Counter()
 
-    def fit(self, train_examples: Sequence[Example]) -> "MostPopularScorer":
+    def fit(self, train_examples: Sequence[Example]) -> MostPopularScorer:
         """Count item interactions in the training rows."""
         self.counts = item_counts(train_examples, self.count_history)
         self.fitted = True
@@ -66,5 +66,8 @@ class MostPopularScorer(Scorer):
 
     def config(self) -> dict[str, object]:
         """Counting rule and catalogue size."""
-        return {"seed": self.seed, "count": "target+first_history" if self.count_history
-                else "target", "n_items_counted": len(self.counts)}
+        return {
+            "seed": self.seed,
+            "count": "target+first_history" if self.count_history else "target",
+            "n_items_counted": len(self.counts),
+        }

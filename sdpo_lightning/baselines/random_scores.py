@@ -23,7 +23,7 @@ class RandomScorer(Scorer):
     name = "random"
     method = "Random"
 
-    def fit(self, train_examples: Sequence[Example]) -> "RandomScorer":
+    def fit(self, train_examples: Sequence[Example]) -> RandomScorer:
         """Nothing to learn; kept for the common interface."""
         self.n_train = len(train_examples)
         self.fitted = True

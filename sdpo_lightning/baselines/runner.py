@@ -48,25 +48,36 @@ def records_from_scores(
     if len(scores) != len(test_examples):
         raise ValueError(f"{len(scores)} score lists for {len(test_examples)} examples")
     records = []
-    for index, (ex, row) in enumerate(zip(test_examples, scores)):
+    for index, (ex, row) in enumerate(zip(test_examples, scores, strict=False)):
         row = [float(s) for s in row]
         if len(row) != len(ex.candidates):
-            raise ValueError(f"example {index}: {len(row)} scores for {len(ex.candidates)} candidates")
+            raise ValueError(
+                f"example {index}: {len(row)} scores for {len(ex.candidates)} candidates"
+            )
         top, n_tied = _top_choice(row, seed, ex)
         title = ex.candidates[top]
-        records.append({
-            "index": index, "target": ex.target, "generated": title, "parsed": title,
-            "valid": True, "correct": title == ex.target,
-            "target_rank": target_rank(row, ex.target_index), "top_item": title,
-            "n_tied_top": n_tied, "scores": [round(s, 6) for s in row],
-        })
+        records.append(
+            {
+                "index": index,
+                "target": ex.target,
+                "generated": title,
+                "parsed": title,
+                "valid": True,
+                "correct": title == ex.target,
+                "target_rank": target_rank(row, ex.target_index),
+                "top_item": title,
+                "n_tied_top": n_tied,
+                "scores": [round(s, 6) for s in row],
+            }
+        )
     return records
 
 
 def prediction_records(scorer: Scorer, test_examples: Sequence[Example]) -> list[dict[str, Any]]:
     """Per-example records (both protocols) of a fitted scorer."""
-    return records_from_scores(test_examples, [scorer.score(ex) for ex in test_examples],
-                               scorer.seed)
+    return records_from_scores(
+        test_examples, [scorer.score(ex) for ex in test_examples], scorer.seed
+    )
 
 
 def write_report(
@@ -133,11 +144,20 @@ def run_baseline(
     grid = {k: v for k, v in selection_grid(name).items() if k not in params}
     selection: dict[str, Any] | None = None
     if select and grid:
-        chosen, table = select_params(lambda **kw: make_scorer(name, **params, **kw), grid,
-                                      train_examples, selection_fraction, seed)
-        selection = {"fraction": selection_fraction, "grid": grid, "chosen": chosen,
-                     "best": max(table, key=lambda r: (r["hr@1"], r["mrr"])),
-                     "n_points": len(table)}
+        chosen, table = select_params(
+            lambda **kw: make_scorer(name, **params, **kw),
+            grid,
+            train_examples,
+            selection_fraction,
+            seed,
+        )
+        selection = {
+            "fraction": selection_fraction,
+            "grid": grid,
+            "chosen": chosen,
+            "best": max(table, key=lambda r: (r["hr@1"], r["mrr"])),
+            "n_points": len(table),
+        }
         params = {**params, **chosen}
     scorer = make_scorer(name, seed=seed, **params).fit(train_examples)
     extra: dict[str, Any] = {}
@@ -149,10 +169,17 @@ def run_baseline(
     else:
         records = prediction_records(scorer, test_examples)
     summary_meta = {
-        "run": run or f"{name}-seed{seed}", "method": scorer.method, "dataset": dataset,
-        "model": f"baseline:{name}", "baseline": name, "config": scorer.config(),
-        "n_train": len(train_examples), "selection": selection, "protocol": protocol,
-        **extra, **(meta or {}),
+        "run": run or f"{name}-seed{seed}",
+        "method": scorer.method,
+        "dataset": dataset,
+        "model": f"baseline:{name}",
+        "baseline": name,
+        "config": scorer.config(),
+        "n_train": len(train_examples),
+        "selection": selection,
+        "protocol": protocol,
+        **extra,
+        **(meta or {}),
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
     return write_report(records, out_dir, summary_meta)

@@ -35,10 +35,20 @@ class SASRec(SeqRecModule):
 
     method_name = "SASRec"
 
-    def __init__(self, num_items: int, max_len: int = 10, d: int = 64, num_blocks: int = 2,
-                 num_heads: int = 1, dropout: float = 0.2, lr: float = 1e-3,
-                 weight_decay: float = 0.0, report_dir: str | None = None,
-                 method: str | None = None, item_table_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int = 10,
+        d: int = 64,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        report_dir: str | None = None,
+        method: str | None = None,
+        item_table_dir: str | None = None,
+    ) -> None:
         super().__init__(num_items, lr, weight_decay, report_dir, method, item_table_dir)
         self.save_hyperparameters()
         self.num_heads = num_heads
@@ -51,8 +61,15 @@ class SASRec(SeqRecModule):
             self.embed.weight[0].zero_()
         self.pos = nn.Embedding(max_len, d)
         self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(d, num_heads, dim_feedforward=d, dropout=dropout,
-                                           activation="relu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            num_heads,
+            dim_feedforward=d,
+            dropout=dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.blocks = nn.TransformerEncoder(layer, num_blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
 

@@ -72,10 +72,17 @@ def select_params(
     names = list(grid)
     results = []
     for values in itertools.product(*(grid[n] for n in names)):
-        params = dict(zip(names, values))
+        params = dict(zip(names, values, strict=False))
         scorer = factory(seed=seed, **params).fit(fit)
         ranks = np.array([target_rank(scorer.score(ex), ex.target_index) for ex in sel])
-        results.append({**params, "hr@1": float(np.mean(ranks == 1)),
-                        "mrr": float(np.mean(1.0 / ranks)), "n_fit": len(fit), "n_sel": len(sel)})
+        results.append(
+            {
+                **params,
+                "hr@1": float(np.mean(ranks == 1)),
+                "mrr": float(np.mean(1.0 / ranks)),
+                "n_fit": len(fit),
+                "n_sel": len(sel),
+            }
+        )
     best = max(range(len(results)), key=lambda i: (results[i]["hr@1"], results[i]["mrr"], -i))
     return {n: results[best][n] for n in names}, results

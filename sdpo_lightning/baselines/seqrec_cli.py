@@ -30,25 +30,35 @@ class SeqRecCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.max_len", "model.init_args.max_len")
-        parser.link_arguments("data.num_items", "model.init_args.num_items",
-                              apply_on="instantiate")
+        parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
 
     def after_fit(self) -> None:
         """Test the best checkpoint (by ``val/hr@1``) and write its report."""
         ckpt = self.trainer.checkpoint_callback
         path = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path or None,
-                          weights_only=False)
+        self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=path or None, weights_only=False
+        )
 
 
 def seqrec_main(args: Sequence[str] | None = None) -> SeqRecCLI:
     """Run the CLI on ``args`` (default ``sys.argv[1:]``)."""
-    best = ModelCheckpoint(monitor="val/hr@1", mode="max", save_top_k=1,
-                           filename="best-{epoch}", save_last=False)
+    best = ModelCheckpoint(
+        monitor="val/hr@1", mode="max", save_top_k=1, filename="best-{epoch}", save_last=False
+    )
     return SeqRecCLI(
-        SeqRecModule, SeqRecDataModule, subclass_mode_model=True, args=list(args) if args is not None else None,
-        trainer_defaults={"callbacks": [best], "enable_progress_bar": False,
-                          "enable_model_summary": False, "deterministic": True,
-                          "accelerator": "cpu", "devices": 1, "log_every_n_steps": 10},
+        SeqRecModule,
+        SeqRecDataModule,
+        subclass_mode_model=True,
+        args=list(args) if args is not None else None,
+        trainer_defaults={
+            "callbacks": [best],
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "deterministic": True,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 10,
+        },
         save_config_kwargs={"overwrite": True},
     )

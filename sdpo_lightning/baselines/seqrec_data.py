@@ -59,7 +59,7 @@ class SeqRecDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ex = self.examples[i]
-        hist = self.vocab.encode(ex.history[-self.max_len:])
+        hist = self.vocab.encode(ex.history[-self.max_len :])
         seq = [PAD] * (self.max_len - len(hist)) + hist  # left-padded, newest last
         return {
             "seq": torch.tensor(seq, dtype=torch.long),
@@ -88,10 +88,20 @@ class SeqRecDataModule(pl.LightningDataModule):
         top_n: items returned per row in ``all_item``.
     """
 
-    def __init__(self, train_file: str, test_file: str, dataset: str | None = None,
-                 max_len: int = 10, batch_size: int = 128, selection_fraction: float = 0.2,
-                 split_seed: int = 0, lenient: bool = False, protocol: str = "candidates",
-                 catalogue_file: str | None = None, top_n: int = 20) -> None:
+    def __init__(
+        self,
+        train_file: str,
+        test_file: str,
+        dataset: str | None = None,
+        max_len: int = 10,
+        batch_size: int = 128,
+        selection_fraction: float = 0.2,
+        split_seed: int = 0,
+        lenient: bool = False,
+        protocol: str = "candidates",
+        catalogue_file: str | None = None,
+        top_n: int = 20,
+    ) -> None:
         super().__init__()
         self.train_file, self.test_file = train_file, test_file
         self.dataset = dataset or Path(test_file).resolve().parent.name
@@ -99,7 +109,8 @@ class SeqRecDataModule(pl.LightningDataModule):
         train = load_examples(train_file, lenient=lenient).examples
         self.test_examples = load_examples(test_file, lenient=lenient).examples
         self.fit_examples, self.sel_examples = carve_selection_split(
-            train, selection_fraction, split_seed)
+            train, selection_fraction, split_seed
+        )
         self.vocab = ItemVocab(self.fit_examples)
         if protocol not in ("candidates", "all_item"):
             raise ValueError(f"data.protocol must be 'candidates' or 'all_item', got {protocol!r}")

@@ -39,9 +39,15 @@ class SeqRecModule(pl.LightningModule):
 
     method_name = "SeqRec"
 
-    def __init__(self, num_items: int, lr: float = 1e-3, weight_decay: float = 0.0,
-                 report_dir: str | None = None, method: str | None = None,
-                 item_table_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        report_dir: str | None = None,
+        method: str | None = None,
+        item_table_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self.num_items, self.lr, self.weight_decay = num_items, lr, weight_decay
         self.report_dir, self.method = report_dir, method or self.method_name
@@ -59,7 +65,8 @@ class SeqRecModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.logits(batch["seq"])  # (B, V)
         logits = logits.masked_fill(  # padding is no class; unknown (1) is, never chosen
-            torch.arange(logits.shape[1], device=logits.device) == 0, float("-inf"))
+            torch.arange(logits.shape[1], device=logits.device) == 0, float("-inf")
+        )
         loss = F.cross_entropy(logits, batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
         return loss
@@ -78,11 +85,11 @@ class SeqRecModule(pl.LightningModule):
         if getattr(dm, "protocol", "candidates") == "all_item":  # every catalogue item's logit
             ids = dm.catalogue_ids.to(batch["seq"].device)
             scores = self.logits(batch["seq"]).float()[:, ids]  # (B, n_items)
-            for i, row in zip(batch["index"].tolist(), scores.cpu().numpy()):
+            for i, row in zip(batch["index"].tolist(), scores.cpu().numpy(), strict=False):
                 self._test_scores[i] = row
             return
         scores = self.candidate_scores(batch).float()  # (B, M)
-        for i, row in zip(batch["index"].tolist(), scores.tolist()):
+        for i, row in zip(batch["index"].tolist(), scores.tolist(), strict=False):
             self._test_scores[i] = row
 
     def on_test_epoch_end(self) -> None:
@@ -104,13 +111,20 @@ class SeqRecModule(pl.LightningModule):
             records = records_from_scores(examples, scores, seed)
         out = Path(self.report_dir or self.trainer.default_root_dir)
         meta = {
-            "run": out.name, "method": self.method, "dataset": dm.dataset,
-            "model": f"baseline:{type(self).__name__.lower()}", "baseline": type(self).__name__,
-            "train_file": dm.train_file, "data_file": dm.test_file,
+            "run": out.name,
+            "method": self.method,
+            "dataset": dm.dataset,
+            "model": f"baseline:{type(self).__name__.lower()}",
+            "baseline": type(self).__name__,
+            "train_file": dm.train_file,
+            "data_file": dm.test_file,
             "config": {k: v for k, v in self.hparams.items() if k != "report_dir"},
-            "n_train": len(dm.fit_examples), "n_selection": len(dm.sel_examples),
-            "seed": seed, "checkpoint": getattr(self.trainer, "ckpt_path", None),
-            "epoch": int(self.current_epoch), **extra,
+            "n_train": len(dm.fit_examples),
+            "n_selection": len(dm.sel_examples),
+            "seed": seed,
+            "checkpoint": getattr(self.trainer, "ckpt_path", None),
+            "epoch": int(self.current_epoch),
+            **extra,
         }
         summary = write_report(records, out, meta)
         if self.item_table_dir:
@@ -120,8 +134,10 @@ class SeqRecModule(pl.LightningModule):
             name, metric = "all_item", "hr@10" if dm.top_n >= 10 else "hr@1"
         hr = summary["protocols"][name][metric]
         self.log(f"test/{metric}", float(hr["value"]))
-        self.print(f"{self.method} on {dm.dataset}: {name} {metric.upper()} {hr['value']:.4f} "
-                   f"[{hr['ci_low']:.4f}, {hr['ci_high']:.4f}] -> {out / 'summary.json'}")
+        self.print(
+            f"{self.method} on {dm.dataset}: {name} {metric.upper()} {hr['value']:.4f} "
+            f"[{hr['ci_low']:.4f}, {hr['ci_high']:.4f}] -> {out / 'summary.json'}"
+        )
 
     def write_item_table(self, directory: str | os.PathLike) -> Path:
         """Write the fitted titles (vocabulary order) and their rows of ``self.embed`` as an
@@ -131,8 +147,10 @@ class SeqRecModule(pl.LightningModule):
         vocab = self.trainer.datamodule.vocab
         titles = sorted(vocab.ids, key=vocab.ids.get)  # ids 2, 3, ...
         rows = torch.tensor([vocab.ids[t] for t in titles])
-        source = f"{type(self).__name__} (checkpoint {getattr(self.trainer, 'ckpt_path', None)}, " \
-                 f"train_file {self.trainer.datamodule.train_file})"
+        source = (
+            f"{type(self).__name__} (checkpoint {getattr(self.trainer, 'ckpt_path', None)}, "
+            f"train_file {self.trainer.datamodule.train_file})"
+        )
         out = ItemTable(titles, self.embed.weight.detach().cpu()[rows], source).save(directory)
         self.print(f"item table ({len(titles)} items, d={self.embed.embedding_dim}) -> {out}")
         return out

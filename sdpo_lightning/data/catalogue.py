@@ -46,15 +46,21 @@ import numbers
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from sdpo_lightning.data.records import DataFormatError
 
-__all__ = ["Catalogue", "catalogue_from_candidate_lists", "load_catalogue", "write_catalogue",
-           "catalogue_main"]
+__all__ = [
+    "Catalogue",
+    "catalogue_from_candidate_lists",
+    "load_catalogue",
+    "write_catalogue",
+    "catalogue_main",
+]
 
 
 class Catalogue:
@@ -72,8 +78,13 @@ class Catalogue:
             duplicate id, a bad popularity; naming ``source`` and the record.
     """
 
-    def __init__(self, titles: Sequence[str], item_ids: Sequence[str | None] | None = None,
-                 popularity: Sequence[int] | None = None, source: str = "catalogue") -> None:
+    def __init__(
+        self,
+        titles: Sequence[str],
+        item_ids: Sequence[str | None] | None = None,
+        popularity: Sequence[int] | None = None,
+        source: str = "catalogue",
+    ) -> None:
         self.source = str(source)
         self.titles: list[str] = list(titles)
         if not self.titles:
@@ -82,7 +93,9 @@ class Catalogue:
             raise ValueError(f"{len(item_ids)} item ids for {len(self.titles)} titles")
         if popularity is not None and len(popularity) != len(self.titles):
             raise ValueError(f"{len(popularity)} popularity counts for {len(self.titles)} titles")
-        self.item_ids: list[str | None] = list(item_ids) if item_ids is not None else [None] * len(self.titles)
+        self.item_ids: list[str | None] = (
+            list(item_ids) if item_ids is not None else [None] * len(self.titles)
+        )
         self.index: dict[str, int] = {}
         folded: dict[str, int] = {}
         ids: dict[str, int] = {}
@@ -93,28 +106,37 @@ class Catalogue:
             if not title.strip():
                 raise DataFormatError(self.source, where, f"empty title {title!r}")
             if title in self.index:
-                raise DataFormatError(self.source, where, f"duplicate title {title!r} (also record "
-                                      f"{self.index[title]}): every item needs its own title")
+                raise DataFormatError(
+                    self.source,
+                    where,
+                    f"duplicate title {title!r} (also record "
+                    f"{self.index[title]}): every item needs its own title",
+                )
             j = folded.setdefault(title.casefold(), i)
             if j != i:
                 raise DataFormatError(
-                    self.source, where, f"title {title!r} differs from record {j} "
+                    self.source,
+                    where,
+                    f"title {title!r} differs from record {j} "
                     f"({self.titles[j]!r}) only in letter case: one item spelt twice? rename one "
-                    "(e.g. with a ' [2]' suffix, as sdpo-prepare does) or merge them")
+                    "(e.g. with a ' [2]' suffix, as sdpo-prepare does) or merge them",
+                )
             self.index[title] = i
             item_id = self.item_ids[i]
             if item_id is not None:
                 k = ids.setdefault(item_id, i)
                 if k != i:
-                    raise DataFormatError(self.source, where,
-                                          f"duplicate item_id {item_id!r} (also record {k})")
+                    raise DataFormatError(
+                        self.source, where, f"duplicate item_id {item_id!r} (also record {k})"
+                    )
         self.popularity: np.ndarray | None = None
         if popularity is not None:
             counts = np.zeros(len(self.titles), dtype=np.int64)
             for i, p in enumerate(popularity):
                 if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 0:
-                    raise DataFormatError(self.source, f"record {i}",
-                                          f"popularity must be an integer >= 0, got {p!r}")
+                    raise DataFormatError(
+                        self.source, f"record {i}", f"popularity must be an integer >= 0, got {p!r}"
+                    )
                 counts[i] = int(p)
             self.popularity = counts
         self._normalized: dict[str, list[int]] | None = None
@@ -177,9 +199,12 @@ class Catalogue:
         for i, target in enumerate(targets):
             if target is not None and target not in self.index:
                 raise DataFormatError(
-                    source, f"record {i}", f"target {target!r} is not in the catalogue "
+                    source,
+                    f"record {i}",
+                    f"target {target!r} is not in the catalogue "
                     f"{self.source} ({len(self)} items): the all-item protocol can never "
-                    "recommend it; rebuild the catalogue from every split (sdpo-prepare catalogue)")
+                    "recommend it; rebuild the catalogue from every split (sdpo-prepare catalogue)",
+                )
 
     def records(self) -> list[dict[str, Any]]:
         """The catalogue as ``catalogue.json`` holds it."""
@@ -217,17 +242,24 @@ def load_catalogue(path: str | Path) -> Catalogue:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataFormatError(source, None, "catalogue file not found (sdpo-prepare writes "
-                              "catalogue.json; `sdpo-prepare catalogue` derives one)") from None
+        raise DataFormatError(
+            source,
+            None,
+            "catalogue file not found (sdpo-prepare writes "
+            "catalogue.json; `sdpo-prepare catalogue` derives one)",
+        ) from None
     except UnicodeDecodeError as err:
         raise DataFormatError(source, None, f"not UTF-8 text ({err.reason})") from None
     except OSError as err:
         raise DataFormatError(source, None, f"cannot read it ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
-        raise DataFormatError(source, None, f"malformed JSON ({err.msg} at line {err.lineno}, "
-                              f"column {err.colno})") from None
+        raise DataFormatError(
+            source, None, f"malformed JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
     if not isinstance(data, list):
-        raise DataFormatError(source, None, f"expected a JSON list of items, got {type(data).__name__}")
+        raise DataFormatError(
+            source, None, f"expected a JSON list of items, got {type(data).__name__}"
+        )
     titles: list[Any] = []
     ids: list[str | None] = []
     pops: list[Any] = []
@@ -236,29 +268,40 @@ def load_catalogue(path: str | Path) -> Catalogue:
         if isinstance(rec, str):
             rec = {"title": rec}
         if not isinstance(rec, dict):
-            raise DataFormatError(source, where, f"expected an object or a title, got {type(rec).__name__}")
+            raise DataFormatError(
+                source, where, f"expected an object or a title, got {type(rec).__name__}"
+            )
         unknown = sorted(set(rec) - {"item_id", "title", "popularity"})
         if unknown:
-            raise DataFormatError(source, where, f"unknown key(s) {unknown}; an item has title, "
-                                  "item_id, popularity")
+            raise DataFormatError(
+                source, where, f"unknown key(s) {unknown}; an item has title, item_id, popularity"
+            )
         if "title" not in rec:
             raise DataFormatError(source, where, "missing key title")
         item_id = rec.get("item_id")
-        if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, (str, int))):
-            raise DataFormatError(source, where, f"item_id must be a string or null, got {item_id!r}")
+        if item_id is not None and (
+            isinstance(item_id, bool) or not isinstance(item_id, (str, int))
+        ):
+            raise DataFormatError(
+                source, where, f"item_id must be a string or null, got {item_id!r}"
+            )
         titles.append(rec["title"])
         ids.append(None if item_id is None else str(item_id))
         pops.append(rec.get("popularity"))
     given = [p is not None for p in pops]
     if any(given) and not all(given):
         i = given.index(False) if given[0] else given.index(True)
-        raise DataFormatError(source, f"record {i}", "popularity is given for some items but not "
-                              "others: give it for every item or for none")
+        raise DataFormatError(
+            source,
+            f"record {i}",
+            "popularity is given for some items but not others: give it for every item or for none",
+        )
     return Catalogue(titles, ids, pops if all(given) and pops else None, source=source)
 
 
-def catalogue_from_candidate_lists(paths: Sequence[str | Path],
-                                   train: str | Path | None = None) -> Catalogue:
+def catalogue_from_candidate_lists(
+    paths: Sequence[str | Path], train: str | Path | None = None
+) -> Catalogue:
     """The catalogue of candidate-list files: every title of every ``historyList``,
     ``itemList`` and ``trueSelection`` over ``paths``, sorted by code point.
 
@@ -300,9 +343,12 @@ def catalogue_from_candidate_lists(paths: Sequence[str | Path],
                 if other != title:
                     f, r = first_seen[other]
                     raise DataFormatError(
-                        str(path), label, f"title {title!r} differs from {other!r} ({f}, {r}) only "
+                        str(path),
+                        label,
+                        f"title {title!r} differs from {other!r} ({f}, {r}) only "
                         "in letter case: one item spelt twice? a catalogue needs one spelling "
-                        "per item (rename one, e.g. with a ' [2]' suffix)")
+                        "per item (rename one, e.g. with a ' [2]' suffix)",
+                    )
             if is_train and ex.target is not None:
                 popularity[ex.target] += 1
         if n == 0:
@@ -328,12 +374,17 @@ def catalogue_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sdpo-prepare catalogue",
         description="Write catalogue.json: every title of candidate-list files (history, "
-                    "candidates, targets) once, with the training popularity.")
+        "candidates, targets) once, with the training popularity.",
+    )
     parser.add_argument("files", nargs="+", type=Path, help="candidate-list files (.json/.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="catalogue.json to write")
-    parser.add_argument("--train", type=Path, default=None,
-                        help="training file for the popularity (default: the file named "
-                             "train.json / train.jsonl among FILES)")
+    parser.add_argument(
+        "--train",
+        type=Path,
+        default=None,
+        help="training file for the popularity (default: the file named "
+        "train.json / train.jsonl among FILES)",
+    )
     parser.add_argument("--no-popularity", action="store_true", help="write no popularity")
     try:
         args = parser.parse_args(argv)
@@ -345,12 +396,14 @@ def catalogue_main(argv: Sequence[str] | None = None) -> int:
         write_catalogue(cat, args.out)
     except (UserError, ValueError) as err:
         return report("sdpo-prepare catalogue", err)
-    pop = (f"popularity from {train} ({int(cat.popularity.sum())} targets)"
-           if cat.popularity is not None else "no popularity (name the training file with --train)")
+    pop = (
+        f"popularity from {train} ({int(cat.popularity.sum())} targets)"
+        if cat.popularity is not None
+        else "no popularity (name the training file with --train)"
+    )
     print(f"wrote {args.out}: {len(cat)} items from {len(args.files)} file(s); {pop}")
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(catalogue_main())
-

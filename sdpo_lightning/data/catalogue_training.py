@@ -31,7 +31,9 @@ CatalogueSampling = Literal["uniform", "popularity"]
 CATALOGUE_SAMPLINGS = ("uniform", "popularity")
 #: the fixed epoch of validation rows' draws
 VAL_DRAW_EPOCH = -1
-_SALT = 0x5EED_CA7A  # keeps these draws apart from the negative selectors' (same seed, epoch, index)
+_SALT = (
+    0x5EED_CA7A  # keeps these draws apart from the negative selectors' (same seed, epoch, index)
+)
 
 
 def catalogue_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -39,8 +41,13 @@ def catalogue_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return example_generator(seed ^ _SALT, epoch, index)
 
 
-def draw_catalogue_items(n_items: int, exclude: Sequence[int], m: int, generator: torch.Generator,
-                         popularity: torch.Tensor | None = None) -> list[int]:
+def draw_catalogue_items(
+    n_items: int,
+    exclude: Sequence[int],
+    m: int,
+    generator: torch.Generator,
+    popularity: torch.Tensor | None = None,
+) -> list[int]:
     """``m`` distinct catalogue indices, none of them in ``exclude``.
 
     Args:
@@ -59,12 +66,17 @@ def draw_catalogue_items(n_items: int, exclude: Sequence[int], m: int, generator
         banned[torch.as_tensor(list(exclude), dtype=torch.long)] = True
     left = int((~banned).sum())
     if m > left:
-        raise ValueError(f"data.catalogue_candidates {m} is more than the {left} catalogue items left "
-                         "after a row's target and history")
+        raise ValueError(
+            f"data.catalogue_candidates {m} is more than the {left} catalogue items left "
+            "after a row's target and history"
+        )
     u = torch.rand(n_items, generator=generator, dtype=torch.float64)  # (n_items,)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-    logits = torch.zeros(n_items, dtype=torch.float64) if popularity is None else \
-        torch.log(popularity.double() + 1.0)
+    logits = (
+        torch.zeros(n_items, dtype=torch.float64)
+        if popularity is None
+        else torch.log(popularity.double() + 1.0)
+    )
     keys = (logits + gumbel).masked_fill(banned, float("-inf"))
     return torch.topk(keys, m).indices.tolist()
 
@@ -88,25 +100,42 @@ class CatalogueDataset(RecDataset):
         popularity: target counts of the training split (for ``popularity`` negatives).
     """
 
-    def __init__(self, examples: Sequence[Example], encode: Callable[[Example, int], EncodedExample],
-                 catalogue: Catalogue, m: int, seed: int = 0, sampling: CatalogueSampling = "uniform",
-                 default_epoch: int = 0, popularity: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        encode: Callable[[Example, int], EncodedExample],
+        catalogue: Catalogue,
+        m: int,
+        seed: int = 0,
+        sampling: CatalogueSampling = "uniform",
+        default_epoch: int = 0,
+        popularity: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(examples, encode, popularity)
         if sampling not in CATALOGUE_SAMPLINGS:
-            raise ValueError(f"data.catalogue_sampling must be one of {CATALOGUE_SAMPLINGS}, got {sampling!r}")
+            raise ValueError(
+                f"data.catalogue_sampling must be one of {CATALOGUE_SAMPLINGS}, got {sampling!r}"
+            )
         if sampling == "popularity" and catalogue.popularity is None:
-            raise ValueError(f"data.catalogue_sampling popularity: {catalogue.source} has no popularity counts")
+            raise ValueError(
+                f"data.catalogue_sampling popularity: {catalogue.source} has no popularity counts"
+            )
         self.catalogue, self.m, self.seed, self.sampling = catalogue, m, seed, sampling
         self.default_epoch = default_epoch
-        self._weights = (torch.as_tensor(catalogue.popularity) if sampling == "popularity" else None)
+        self._weights = torch.as_tensor(catalogue.popularity) if sampling == "popularity" else None
 
     def row(self, index: int, epoch: int) -> Example:
         """Row ``index`` with the candidates ``(target, d_1, ..., d_m)`` of ``epoch``."""
         ex = self.examples[index]
         where = self.catalogue.index
         exclude = {where[ex.target]} | {where[t] for t in ex.history if t in where}
-        drawn = draw_catalogue_items(len(self.catalogue), sorted(exclude), self.m,
-                                     catalogue_generator(self.seed, epoch, index), self._weights)
+        drawn = draw_catalogue_items(
+            len(self.catalogue),
+            sorted(exclude),
+            self.m,
+            catalogue_generator(self.seed, epoch, index),
+            self._weights,
+        )
         titles = self.catalogue.titles
         return dataclasses.replace(ex, candidates=(ex.target, *(titles[j] for j in drawn)))
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,8 +136,8 @@ def make_collate(pad_token_id: int) -> Callable[[list[dict[str, Any]]], dict[str
         pop = torch.zeros((b, m), dtype=torch.float)
         for i, it in enumerate(items):
             ids = it["prompt_ids"]
-            prompt[i, p - len(ids):] = torch.tensor(ids)
-            prompt_mask[i, p - len(ids):] = 1
+            prompt[i, p - len(ids) :] = torch.tensor(ids)
+            prompt_mask[i, p - len(ids) :] = 1
             for j, cids in enumerate(it["candidate_ids"]):
                 cand[i, j, : len(cids)] = torch.tensor(cids)
                 cand_mask[i, j, : len(cids)] = 1

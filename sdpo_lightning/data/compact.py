@@ -18,8 +18,9 @@ import json
 import logging
 from array import array
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,16 @@ class CompactExamples(Sequence[Example]):
         user_ids: per-row user id (``None`` when absent); repeated ids share one string.
     """
 
-    def __init__(self, titles: list[str], history: np.ndarray, h_off: np.ndarray, candidates: np.ndarray,
-                 c_off: np.ndarray, target_index: np.ndarray, user_ids: list[str | None]) -> None:
+    def __init__(
+        self,
+        titles: list[str],
+        history: np.ndarray,
+        h_off: np.ndarray,
+        candidates: np.ndarray,
+        c_off: np.ndarray,
+        target_index: np.ndarray,
+        user_ids: list[str | None],
+    ) -> None:
         self.titles = titles
         self.history, self.h_off = history, h_off
         self.candidates, self.c_off = candidates, c_off
@@ -59,9 +68,9 @@ class CompactExamples(Sequence[Example]):
             raise IndexError(f"example {index} out of range for {len(self)} examples")
         index %= len(self)
         t = self.titles
-        cands = tuple(t[j] for j in self.candidates[self.c_off[index]:self.c_off[index + 1]])
+        cands = tuple(t[j] for j in self.candidates[self.c_off[index] : self.c_off[index + 1]])
         return Example(
-            history=tuple(t[j] for j in self.history[self.h_off[index]:self.h_off[index + 1]]),
+            history=tuple(t[j] for j in self.history[self.h_off[index] : self.h_off[index + 1]]),
             candidates=cands,
             target=cands[ti] if (ti := int(self.target_index[index])) >= 0 else None,
             user_id=self.user_ids[index],
@@ -80,14 +89,20 @@ class CompactExamples(Sequence[Example]):
         """How often each title is a target (the ``popularity`` strategy's counts)."""
         starts = self.c_off[:-1] + self.target_index
         ids, counts = np.unique(self.candidates[starts], return_counts=True)
-        return Counter({self.titles[int(i)]: int(c) for i, c in zip(ids, counts)})
+        return Counter({self.titles[int(i)]: int(c) for i, c in zip(ids, counts, strict=False)})
 
-    def head(self, n: int) -> "CompactExamples":
+    def head(self, n: int) -> CompactExamples:
         """The first ``n`` rows (e.g. ``limit_val_examples``)."""
         n = min(n, len(self))
-        return CompactExamples(self.titles, self.history[: self.h_off[n]], self.h_off[: n + 1],
-                               self.candidates[: self.c_off[n]], self.c_off[: n + 1], self.target_index[:n],
-                               self.user_ids[:n])
+        return CompactExamples(
+            self.titles,
+            self.history[: self.h_off[n]],
+            self.h_off[: n + 1],
+            self.candidates[: self.c_off[n]],
+            self.c_off[: n + 1],
+            self.target_index[:n],
+            self.user_ids[:n],
+        )
 
 
 class _Builder:
@@ -117,15 +132,23 @@ class _Builder:
         self.h_off.append(len(self.history))
         self.c_off.append(len(self.candidates))
         self.target.append(ex.target_index)
-        self.user_ids.append(None if ex.user_id is None else self.users.setdefault(ex.user_id, ex.user_id))
+        self.user_ids.append(
+            None if ex.user_id is None else self.users.setdefault(ex.user_id, ex.user_id)
+        )
 
     def build(self) -> CompactExamples:
         def arr(a: array, dtype: Any) -> np.ndarray:
             return np.frombuffer(a, dtype=dtype).copy() if len(a) else np.zeros(0, dtype=dtype)
 
-        return CompactExamples(self.titles, arr(self.history, np.int32), arr(self.h_off, np.int64),
-                               arr(self.candidates, np.int32), arr(self.c_off, np.int64),
-                               arr(self.target, np.int16), self.user_ids)
+        return CompactExamples(
+            self.titles,
+            arr(self.history, np.int32),
+            arr(self.h_off, np.int64),
+            arr(self.candidates, np.int32),
+            arr(self.c_off, np.int64),
+            arr(self.target, np.int16),
+            self.user_ids,
+        )
 
 
 def _position(text: str, pos: int) -> tuple[int, int]:
@@ -144,8 +167,11 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as err:
-                        raise DataFormatError(str(path), f"line {lineno}",
-                                              f"malformed JSON ({err.msg} at column {err.colno})") from None
+                        raise DataFormatError(
+                            str(path),
+                            f"line {lineno}",
+                            f"malformed JSON ({err.msg} at column {err.colno})",
+                        ) from None
                     yield f"line {lineno}", obj
             return
         text = path.read_text(encoding="utf-8")
@@ -159,7 +185,9 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
 
     def fail(msg: str, at: int) -> DataFormatError:
         line, col = _position(text, at)
-        return DataFormatError(str(path), None, f"malformed JSON ({msg} at line {line}, column {col})")
+        return DataFormatError(
+            str(path), None, f"malformed JSON ({msg} at line {line}, column {col})"
+        )
 
     def skip(p: int) -> int:
         while p < n and text[p] in ws:
@@ -172,7 +200,9 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise fail(err.msg, err.pos) from None
-        raise DataFormatError(str(path), None, f"expected a JSON list of records, got {type(data).__name__}")
+        raise DataFormatError(
+            str(path), None, f"expected a JSON list of records, got {type(data).__name__}"
+        )
     pos, i = skip(pos + 1), 0
     if pos < n and text[pos] == "]":
         pos = n + 1  # an empty list
@@ -197,8 +227,9 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
             raise fail("Expecting value", pos)
 
 
-def load_compact(path: str | Path, min_candidates: int = 2, lenient: bool = False,
-                 require_target: bool = True) -> tuple[CompactExamples, list[tuple[str, str]]]:
+def load_compact(
+    path: str | Path, min_candidates: int = 2, lenient: bool = False, require_target: bool = True
+) -> tuple[CompactExamples, list[tuple[str, str]]]:
     """Read and validate a candidate-list file into :class:`CompactExamples`.
 
     Args:
@@ -225,7 +256,12 @@ def load_compact(path: str | Path, min_candidates: int = 2, lenient: bool = Fals
             continue
         builder.add(ex)
     if skipped:
-        log.warning("%s: skipped %d bad record(s) (lenient loading); first: %s: %s", path, len(skipped), *skipped[0])
+        log.warning(
+            "%s: skipped %d bad record(s) (lenient loading); first: %s: %s",
+            path,
+            len(skipped),
+            *skipped[0],
+        )
     if not len(builder.target):
         raise DataFormatError(str(path), None, "no valid records")
     return builder.build(), skipped

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, DistributedSampler
@@ -26,10 +27,20 @@ from sdpo_lightning.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _encode(prompts: PromptBuilder, tokenizer: Any, max_length: int, title_ids: dict[str, list[int]],
-            source: str, items: Any, example: Example, index: int) -> EncodedExample:
+def _encode(
+    prompts: PromptBuilder,
+    tokenizer: Any,
+    max_length: int,
+    title_ids: dict[str, list[int]],
+    source: str,
+    items: Any,
+    example: Example,
+    index: int,
+) -> EncodedExample:
     """``PromptBuilder.encode`` with the split's settings bound (picklable for data workers)."""
-    return prompts.encode(example, index, tokenizer, max_length, title_ids, source=source, items=items)
+    return prompts.encode(
+        example, index, tokenizer, max_length, title_ids, source=source, items=items
+    )
 
 
 def _check_counts(**counts: int | None) -> None:
@@ -121,32 +132,57 @@ class RecDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if train_protocol not in ("candidate_list", "all_item"):
-            raise ValueError(f"train_protocol must be candidate_list or all_item, got {train_protocol!r}")
+            raise ValueError(
+                f"train_protocol must be candidate_list or all_item, got {train_protocol!r}"
+            )
         if catalogue_sampling not in ("uniform", "popularity"):
-            raise ValueError(f"catalogue_sampling must be uniform or popularity, got {catalogue_sampling!r}")
+            raise ValueError(
+                f"catalogue_sampling must be uniform or popularity, got {catalogue_sampling!r}"
+            )
         if train_protocol == "all_item" and not catalogue_file:
-            raise ConfigError("data.train_protocol all_item draws completions from the catalogue: "
-                              "set data.catalogue_file (catalogue.json of sdpo-prepare)")
+            raise ConfigError(
+                "data.train_protocol all_item draws completions from the catalogue: "
+                "set data.catalogue_file (catalogue.json of sdpo-prepare)"
+            )
         _check_counts(catalogue_candidates=catalogue_candidates)
         if negative_sampling == "on_policy_beam" and train_protocol != "all_item":
-            raise ConfigError("data.negative_sampling on_policy_beam searches the catalogue: set "
-                              "data.train_protocol all_item and data.catalogue_file")
+            raise ConfigError(
+                "data.negative_sampling on_policy_beam searches the catalogue: set "
+                "data.train_protocol all_item and data.catalogue_file"
+            )
         _check_counts(on_policy_beam_width=on_policy_beam_width)
         if train_protocol == "all_item" and catalogue_candidates < num_negatives:
-            raise ValueError(f"catalogue_candidates ({catalogue_candidates}) must be >= num_negatives "
-                             f"({num_negatives}): the negatives are picked among the drawn items")
+            raise ValueError(
+                f"catalogue_candidates ({catalogue_candidates}) must be >= num_negatives "
+                f"({num_negatives}): the negatives are picked among the drawn items"
+            )
         if negative_sampling not in STRATEGIES:
-            raise ValueError(f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}")
-        _check_counts(num_negatives=num_negatives, batch_size=batch_size, max_length=max_length,
-                      eval_batch_size=eval_batch_size, on_policy_refresh_steps=on_policy_refresh_steps)
+            raise ValueError(
+                f"negative_sampling must be one of {STRATEGIES}, got {negative_sampling!r}"
+            )
+        _check_counts(
+            num_negatives=num_negatives,
+            batch_size=batch_size,
+            max_length=max_length,
+            eval_batch_size=eval_batch_size,
+            on_policy_refresh_steps=on_policy_refresh_steps,
+        )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
-        self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
+        self.files = {
+            "fit": train_file,
+            "validate": val_file,
+            "test": test_file,
+            "predict": predict_file,
+        }
         self.prompts = PromptBuilder(prompt_templates, seed, separator, completion_prefix)
         # all_item training: history-only prompts of the same domain (fit / validate rows)
-        self.train_prompts = (PromptBuilder(prompt_templates, seed, separator, completion_prefix, history_only=True)
-                              if train_protocol == "all_item" else self.prompts)
+        self.train_prompts = (
+            PromptBuilder(prompt_templates, seed, separator, completion_prefix, history_only=True)
+            if train_protocol == "all_item"
+            else self.prompts
+        )
         self.catalogue: Any = None  # all_item training: the Catalogue (see load_split)
         self.tokenizer: Any = None  # see connect()
         self.item_table: Any = None  # hybrid prompts: an ItemTable (see connect())
@@ -171,14 +207,22 @@ class RecDataModule(pl.LightningDataModule):
         """The negative-sampling settings (``num_negatives``, ``negative_sampling``,
         ``temperature``, ``seed``, ``on_policy_refresh_steps``) for whoever picks the negatives."""
         hp = self.hparams
-        return NegativeSampling(hp.negative_sampling, hp.num_negatives, hp.seed, hp.temperature,
-                                hp.get("on_policy_refresh_steps", 1), hp.get("on_policy_beam_width"))
+        return NegativeSampling(
+            hp.negative_sampling,
+            hp.num_negatives,
+            hp.seed,
+            hp.temperature,
+            hp.get("on_policy_refresh_steps", 1),
+            hp.get("on_policy_beam_width"),
+        )
 
     # ---------------------------------------------------------------- loading
     def _tokenizer(self) -> Any:
         if self.tokenizer is None:
-            raise RuntimeError("RecDataModule has no tokenizer: call dm.connect(tokenizer, item_table) "
-                               "before setup (the sdpo command connects the model's)")
+            raise RuntimeError(
+                "RecDataModule has no tokenizer: call dm.connect(tokenizer, item_table) "
+                "before setup (the sdpo command connects the model's)"
+            )
         return self.tokenizer
 
     def load_split(self, split: str, path: str, min_candidates: int) -> RecDataset:
@@ -190,22 +234,38 @@ class RecDataModule(pl.LightningDataModule):
         """
         tok = self._tokenizer()
         self.prompts.resolve_prefix(tok)
-        examples, skipped = load_compact(path, min_candidates=min_candidates,
-                                         lenient=self.hparams.lenient,
-                                         require_target=split != "predict")
+        examples, skipped = load_compact(
+            path,
+            min_candidates=min_candidates,
+            lenient=self.hparams.lenient,
+            require_target=split != "predict",
+        )
         if split == "validate" and self.hparams.limit_val_examples:
             examples = examples.head(self.hparams.limit_val_examples)
         log.info(
             "%s: %d examples (%d skipped); tokenized lazily, history truncated per example to fit max_length=%d",
-            path, len(examples), len(skipped), self.hparams.max_length,
+            path,
+            len(examples),
+            len(skipped),
+            self.hparams.max_length,
         )
         if split == "fit":
             self.popularity = examples.target_counts()
         hp = self.hparams
-        if hp.get("train_protocol", "candidate_list") == "all_item" and split in ("fit", "validate"):
+        if hp.get("train_protocol", "candidate_list") == "all_item" and split in (
+            "fit",
+            "validate",
+        ):
             return self._catalogue_split(split, path, examples)
-        encode = functools.partial(_encode, self.prompts, tok, self.hparams.max_length, self._title_ids, str(path),
-                                   self.item_table)
+        encode = functools.partial(
+            _encode,
+            self.prompts,
+            tok,
+            self.hparams.max_length,
+            self._title_ids,
+            str(path),
+            self.item_table,
+        )
         return RecDataset(examples, encode, popularity=self.popularity if split == "fit" else None)
 
     def _catalogue_split(self, split: str, path: str, examples: Any) -> CatalogueDataset:
@@ -214,22 +274,40 @@ class RecDataModule(pl.LightningDataModule):
 
         hp = self.hparams
         if self.item_table is not None:
-            raise ConfigError("data.train_protocol all_item does not support hybrid item prompts (model.hybrid)")
+            raise ConfigError(
+                "data.train_protocol all_item does not support hybrid item prompts (model.hybrid)"
+            )
         self.prompts.resolve_prefix(self._tokenizer())
         self.train_prompts.completion_prefix = self.prompts.completion_prefix
         if self.catalogue is None:
             self.catalogue = load_catalogue(hp.catalogue_file)
         self.catalogue.check_targets((ex.target for ex in examples), str(path))
-        encode = functools.partial(_encode, self.train_prompts, self._tokenizer(), hp.max_length,
-                                   self._title_ids, str(path), None)
-        return CatalogueDataset(examples, encode, self.catalogue, hp.catalogue_candidates, hp.seed,
-                                hp.catalogue_sampling, default_epoch=0 if split == "fit" else VAL_DRAW_EPOCH,
-                                popularity=self.popularity if split == "fit" else None)
+        encode = functools.partial(
+            _encode,
+            self.train_prompts,
+            self._tokenizer(),
+            hp.max_length,
+            self._title_ids,
+            str(path),
+            None,
+        )
+        return CatalogueDataset(
+            examples,
+            encode,
+            self.catalogue,
+            hp.catalogue_candidates,
+            hp.seed,
+            hp.catalogue_sampling,
+            default_epoch=0 if split == "fit" else VAL_DRAW_EPOCH,
+            popularity=self.popularity if split == "fit" else None,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         k1 = self.hparams.num_negatives + 1
         if self.hparams.get("train_protocol", "candidate_list") == "all_item":
-            k1 = 1  # the rows' own candidate lists are not read: completions come from the catalogue
+            k1 = (
+                1  # the rows' own candidate lists are not read: completions come from the catalogue
+            )
         needed = {
             "fit": [("fit", k1), ("validate", k1)],
             "validate": [("validate", k1)],
@@ -242,14 +320,20 @@ class RecDataModule(pl.LightningDataModule):
                 if split in ("validate",) and stage == "fit":
                     continue
                 command = getattr(stage, "value", stage) or "fit"
-                raise ConfigError(f"no {split} file configured (data.{self._arg(split)}); "
-                                  f"`{command}` reads it")
+                raise ConfigError(
+                    f"no {split} file configured (data.{self._arg(split)}); `{command}` reads it"
+                )
             if split not in self.datasets:
                 self.datasets[split] = self.load_split(split, path, min_c)
 
     @staticmethod
     def _arg(split: str) -> str:
-        return {"fit": "train_file", "validate": "val_file", "test": "test_file", "predict": "predict_file"}[split]
+        return {
+            "fit": "train_file",
+            "validate": "val_file",
+            "test": "test_file",
+            "predict": "predict_file",
+        }[split]
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
@@ -261,7 +345,11 @@ class RecDataModule(pl.LightningDataModule):
             t = self.trainer
             world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
             sampler = ResumableSampler(
-                self.datasets[split], num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed
+                self.datasets[split],
+                num_replicas=world,
+                rank=rank,
+                shuffle=True,
+                seed=self.hparams.seed,
             )
             sampler.resume_at = self._resume_at
             # catalogue rows are re-drawn each epoch: the sampler hands the dataset (index, epoch)
@@ -287,11 +375,17 @@ class RecDataModule(pl.LightningDataModule):
         if t is None or t.state.fn != "fit":
             return {}
         done = t.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": t.current_epoch, "batches_done": done, "batch_size": self.hparams.batch_size}
+        return {
+            "epoch": t.current_epoch,
+            "batches_done": done,
+            "batch_size": self.hparams.batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state and state.get("batch_size") == self.hparams.batch_size:
-            self._resume_at.update(epoch=state["epoch"], samples=state["batches_done"] * state["batch_size"])
+            self._resume_at.update(
+                epoch=state["epoch"], samples=state["batches_done"] * state["batch_size"]
+            )
 
     @functools.cached_property
     def _resume_at(self) -> dict[str, int]:
@@ -320,7 +414,9 @@ class RecDataModule(pl.LightningDataModule):
     def collated(self, split: str, indices: Sequence[int]) -> dict[str, Any]:
         """The batch of a split's examples ``indices``, as the loaders collate it (every
         candidate; for inspection and tests)."""
-        return make_collate(self._tokenizer().pad_token_id)([self.datasets[split][i] for i in indices])
+        return make_collate(self._tokenizer().pad_token_id)(
+            [self.datasets[split][i] for i in indices]
+        )
 
 
 class ResumableSampler(DistributedSampler):
@@ -336,7 +432,7 @@ class ResumableSampler(DistributedSampler):
         indices = list(super().__iter__())
         at = getattr(self, "resume_at", None)
         if at and at.get("epoch") == self.epoch:
-            indices = indices[at["samples"]:]
+            indices = indices[at["samples"] :]
             at.clear()  # only the first pass after the resume
         if getattr(self, "with_epoch", False):  # CatalogueDataset: draws of this epoch
             return iter([(i, self.epoch) for i in indices])

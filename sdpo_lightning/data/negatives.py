@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -64,9 +64,12 @@ class NegativeSampling:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(
-                f"negative_sampling must be one of {STRATEGIES}, got {self.strategy!r}")
+                f"negative_sampling must be one of {STRATEGIES}, got {self.strategy!r}"
+            )
         if not (isinstance(self.refresh_steps, int) and self.refresh_steps >= 1):
-            raise ValueError(f"on_policy_refresh_steps must be a positive integer, got {self.refresh_steps!r}")
+            raise ValueError(
+                f"on_policy_refresh_steps must be a positive integer, got {self.refresh_steps!r}"
+            )
 
     @property
     def needs_reference(self) -> bool:
@@ -124,7 +127,9 @@ def sample_negatives(
         ``k`` candidate indices, in draw order (``hard``: best first).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown negative sampling strategy {strategy!r}; choose from {STRATEGIES}")
+        raise ValueError(
+            f"unknown negative sampling strategy {strategy!r}; choose from {STRATEGIES}"
+        )
     pool = torch.tensor([i for i in range(n_candidates) if i != target_index], dtype=torch.long)
     if k > len(pool):
         raise ValueError(f"asked for {k} negatives but only {len(pool)} non-target candidates")

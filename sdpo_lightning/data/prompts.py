@@ -10,8 +10,9 @@ the candidate list and the completion are never cut.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sdpo_lightning.data.records import DataFormatError, Example
 
@@ -102,8 +103,10 @@ def resolve_templates(templates: str | Sequence[str], history_only: bool = False
             if slot not in t:
                 raise ValueError(f"prompt template {t!r} lacks the {slot} placeholder")
         if history_only and "{candidates}" in t:
-            raise ValueError(f"history-only prompt template {t!r} has a {{candidates}} "
-                             "placeholder: the all-item protocol shows no candidate list")
+            raise ValueError(
+                f"history-only prompt template {t!r} has a {{candidates}} "
+                "placeholder: the all-item protocol shows no candidate list"
+            )
     return out
 
 
@@ -169,16 +172,30 @@ class PromptBuilder:
         rng = random.Random(self.seed * 1_000_003 + index)
         return self.templates[rng.randrange(len(self.templates))]
 
-    def render(self, example: Example, index: int, history: Sequence[str] | None = None,
-               item_mark: str = "") -> str:
+    def render(
+        self,
+        example: Example,
+        index: int,
+        history: Sequence[str] | None = None,
+        item_mark: str = "",
+    ) -> str:
         """The prompt text of ``example`` (optionally with a shortened history); ``item_mark``
         is put after every history and candidate title (hybrid prompts)."""
         hist = example.history if history is None else history
         join = lambda titles: self.separator.join(t + item_mark for t in titles)  # noqa: E731
-        return self.template_for(index).format(history=join(hist), candidates=join(example.candidates))
+        return self.template_for(index).format(
+            history=join(hist), candidates=join(example.candidates)
+        )
 
-    def _hybrid_ids(self, example: Example, index: int, hist: Sequence[str], tokenizer,
-                    items: Any, source: str = "data") -> tuple[str, list[int]]:
+    def _hybrid_ids(
+        self,
+        example: Example,
+        index: int,
+        hist: Sequence[str],
+        tokenizer,
+        items: Any,
+        source: str = "data",
+    ) -> tuple[str, list[int]]:
         """Text (item tokens shown as :data:`ITEM_TEXT`) and ids of a hybrid prompt: the text
         between item tokens is tokenized piece by piece and each title's item token id (from
         ``items.token_ids``) follows it, in the template's order of history and candidates."""
@@ -189,10 +206,12 @@ class PromptBuilder:
             order.reverse()
         item_ids = items.token_ids(order[0] + order[1])
         if len(item_ids) != len(pieces) - 1:
-            raise ValueError(f"{source}, record {index}: a title or the template contains {ITEM_MARK!r}, the "
-                             "character hybrid prompts reserve for item tokens")
+            raise ValueError(
+                f"{source}, record {index}: a title or the template contains {ITEM_MARK!r}, the "
+                "character hybrid prompts reserve for item tokens"
+            )
         ids = list(tokenizer(pieces[0])["input_ids"])
-        for item, piece in zip(item_ids, pieces[1:]):
+        for item, piece in zip(item_ids, pieces[1:], strict=False):
             ids.append(item)
             ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [])
         return ITEM_TEXT.join(pieces), ids
@@ -244,8 +263,9 @@ class PromptBuilder:
                 cache[title] = list(ids) + [tokenizer.eos_token_id]
             cands.append(cache[title])
         longest = max(len(c) for c in cands)
-        prompt, prompt_ids, used = self._fit_history(example, index, tokenizer, max_length, longest,
-                                                     items, source)
+        prompt, prompt_ids, used = self._fit_history(
+            example, index, tokenizer, max_length, longest, items, source
+        )
         return EncodedExample(
             prompt_ids=prompt_ids,
             candidate_ids=cands,
@@ -254,8 +274,15 @@ class PromptBuilder:
             history_used=used,
         )
 
-    def encode_history(self, history: Sequence[str], index: int, tokenizer: Any, max_length: int,
-                       longest: int, source: str = "data") -> tuple[str, list[int], int]:
+    def encode_history(
+        self,
+        history: Sequence[str],
+        index: int,
+        tokenizer: Any,
+        max_length: int,
+        longest: int,
+        source: str = "data",
+    ) -> tuple[str, list[int], int]:
         """A history-only prompt (the all-item protocol): ``(text, ids, history items kept)``.
 
         Rendered with the template of ``index`` (as :meth:`template_for`); the oldest history
@@ -270,16 +297,31 @@ class PromptBuilder:
         example = Example(history=tuple(history), candidates=(), target=None)
         return self._fit_history(example, index, tokenizer, max_length, longest, None, source)
 
-    def _prompt(self, example: Example, index: int, hist: Sequence[str], tokenizer: Any,
-                items: Any, source: str) -> tuple[str, list[int]]:
+    def _prompt(
+        self,
+        example: Example,
+        index: int,
+        hist: Sequence[str],
+        tokenizer: Any,
+        items: Any,
+        source: str,
+    ) -> tuple[str, list[int]]:
         """Text and ids of the prompt of ``example`` with history ``hist``."""
         if items is None:
             prompt = self.render(example, index, hist)
             return prompt, list(tokenizer(prompt)["input_ids"])
         return self._hybrid_ids(example, index, hist, tokenizer, items, source)
 
-    def _fit_history(self, example: Example, index: int, tokenizer: Any, max_length: int,
-                     longest: int, items: Any, source: str) -> tuple[str, list[int], int]:
+    def _fit_history(
+        self,
+        example: Example,
+        index: int,
+        tokenizer: Any,
+        max_length: int,
+        longest: int,
+        items: Any,
+        source: str,
+    ) -> tuple[str, list[int], int]:
         """The prompt with the most recent history items that fit: ``(text, ids, items kept)``.
 
         The result is the one of dropping the oldest item until ``prompt + longest`` fits
@@ -296,7 +338,9 @@ class PromptBuilder:
 
         def fits(k: int) -> bool:
             if k not in tried:
-                tried[k] = self._prompt(example, index, hist[len(hist) - k:], tokenizer, items, source)
+                tried[k] = self._prompt(
+                    example, index, hist[len(hist) - k :], tokenizer, items, source
+                )
             return len(tried[k][1]) + longest <= max_length
 
         if fits(len(hist)):
@@ -305,10 +349,12 @@ class PromptBuilder:
         if lo == 0:
             fits(1)
             raise DataFormatError(
-                source, f"record {index}",
+                source,
+                f"record {index}",
                 f"prompt needs {len(tried[1][1])} tokens with one history item plus {longest} for "
                 f"the longest completion, over max_length={max_length}; the candidate list and "
-                "completions are never cut — raise max_length or shorten the template")
+                "completions are never cut — raise max_length or shorten the template",
+            )
         return (*tried[lo], lo)
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sdpo_lightning.data.records import DataFormatError, Example, validate_example
 
@@ -67,7 +68,9 @@ def _iter_raw(path: Path) -> Iterator[tuple[str, Any]]:
             str(path), None, f"malformed JSON ({err.msg} at line {err.lineno}, column {err.colno})"
         ) from None
     if not isinstance(data, list):
-        raise DataFormatError(str(path), None, f"expected a JSON list of records, got {type(data).__name__}")
+        raise DataFormatError(
+            str(path), None, f"expected a JSON list of records, got {type(data).__name__}"
+        )
     for i, obj in enumerate(data):
         yield f"record {i}", obj
 
@@ -86,13 +89,17 @@ def split_history(history: str, titles: Any) -> list[str]:
         return []
     clash = next((t for t in titles if isinstance(t, str) and "::" in t), None)
     if clash is not None:
-        raise ValueError(f"title {clash!r} contains '::', which also joins the titles of the "
-                         "historyList string; give historyList as a JSON list of titles")
+        raise ValueError(
+            f"title {clash!r} contains '::', which also joins the titles of the "
+            "historyList string; give historyList as a JSON list of titles"
+        )
     pieces = history.split("::")
     odd = next((p for p in pieces if p.startswith(":") or p.endswith(":")), None)
     if odd is not None:
-        raise ValueError(f"historyList string is ambiguous at {odd!r}: a title next to '::' "
-                         "begins or ends with ':'; give historyList as a JSON list of titles")
+        raise ValueError(
+            f"historyList string is ambiguous at {odd!r}: a title next to '::' "
+            "begins or ends with ':'; give historyList as a JSON list of titles"
+        )
     return pieces
 
 
@@ -157,7 +164,9 @@ def load_examples(path: str | Path, min_candidates: int = 2, lenient: bool = Fal
     if result.skipped:
         log.warning(
             "%s: skipped %d bad record(s) (lenient loading); first: %s: %s",
-            path, len(result.skipped), *result.skipped[0],
+            path,
+            len(result.skipped),
+            *result.skipped[0],
         )
     if not result.examples:
         raise DataFormatError(str(path), None, "no valid records")

@@ -7,8 +7,9 @@ titles), a candidate list (order as given, target included) and the target title
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from sdpo_lightning.errors import UserError
 
@@ -85,7 +86,8 @@ def check_distinguishable(candidates: Sequence[str]) -> None:
             raise ValueError(
                 f"candidates {candidates[j]!r} (position {j}) and {c!r} (position {i}) differ "
                 "only in case, blanks or punctuation, which answer parsing ignores: a generated "
-                "answer could not tell them apart; rename one or drop it from the list")
+                "answer could not tell them apart; rename one or drop it from the list"
+            )
 
 
 def validate_example(

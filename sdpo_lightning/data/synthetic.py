@@ -80,8 +80,13 @@ def _contains(longer: str, shorter: str) -> bool:
     return f" {shorter} " in f" {longer} "
 
 
-def generate_catalogue(n_items: int = 200, n_categories: int = 10, seed: int = 0,
-                       noun_first: bool = False, p_article: float = 0.0) -> list[Item]:
+def generate_catalogue(
+    n_items: int = 200,
+    n_categories: int = 10,
+    seed: int = 0,
+    noun_first: bool = False,
+    p_article: float = 0.0,
+) -> list[Item]:
     """Build ``n_items`` unique titled items spread round-robin over ``n_categories`` themes.
 
     Args:
@@ -140,7 +145,7 @@ def _user_sequence(
     liked = rng.sample(cats, min(len(cats), rng.choice((2, 3))))
     raw = [rng.gammavariate(1.0, 1.0) for _ in liked]
     taste = {c: 0.05 / len(cats) for c in cats}
-    for c, w in zip(liked, raw):
+    for c, w in zip(liked, raw, strict=False):
         taste[c] += 0.95 * w / sum(raw)
 
     seen: list[int] = []
@@ -166,8 +171,9 @@ def _user_sequence(
     return seen
 
 
-def _negatives(unseen: list[int], items: list[Item], context: str, k: int, p_context: float,
-               rng: random.Random) -> list[int]:
+def _negatives(
+    unseen: list[int], items: list[Item], context: str, k: int, p_context: float, rng: random.Random
+) -> list[int]:
     """``k`` distinct negatives from ``unseen``: uniform draws, except that with ``p_context``
     (per draw) the draw comes from the items of the ``context`` category while any remain."""
     if p_context <= 0:
@@ -178,9 +184,16 @@ def _negatives(unseen: list[int], items: list[Item], context: str, k: int, p_con
     return [*rng.sample(near, n_near), *rng.sample(far, k - n_near)]
 
 
-def _examples(user_id: int, seq: list[int], items: list[Item], rng: random.Random,
-              history_len: int, n_candidates: int, min_history: int,
-              p_context_negative: float = 0.0) -> list[dict]:
+def _examples(
+    user_id: int,
+    seq: list[int],
+    items: list[Item],
+    rng: random.Random,
+    history_len: int,
+    n_candidates: int,
+    min_history: int,
+    p_context_negative: float = 0.0,
+) -> list[dict]:
     """Turn one sequence into sliding-window candidate-list examples."""
     unseen = sorted(set(range(len(items))) - set(seq))
     out = []
@@ -189,12 +202,14 @@ def _examples(user_id: int, seq: list[int], items: list[Item], rng: random.Rando
         negs = _negatives(unseen, items, context, n_candidates - 1, p_context_negative, rng)
         cands = [seq[t], *negs]
         rng.shuffle(cands)
-        out.append({
-            "historyList": [items[i].title for i in seq[max(0, t - history_len):t]],
-            "itemList": [items[i].title for i in cands],
-            "trueSelection": items[seq[t]].title,
-            "user_id": user_id,
-        })
+        out.append(
+            {
+                "historyList": [items[i].title for i in seq[max(0, t - history_len) : t]],
+                "itemList": [items[i].title for i in cands],
+                "trueSelection": items[seq[t]].title,
+                "user_id": user_id,
+            }
+        )
     return out
 
 
@@ -244,29 +259,54 @@ def generate_dataset(
         ``{"train": [...], "valid": [...], "test": [...], "items": [Item dicts]}``.
     """
     if not 1 <= min_history <= seq_len[0] - 1 or seq_len[0] > seq_len[1]:
-        raise ValueError(f"need 1 <= min_history < seq_len[0] <= seq_len[1], got "
-                         f"min_history={min_history}, seq_len={seq_len}")
+        raise ValueError(
+            f"need 1 <= min_history < seq_len[0] <= seq_len[1], got "
+            f"min_history={min_history}, seq_len={seq_len}"
+        )
     if not 0.0 <= p_context_negative <= 1.0:
         raise ValueError(f"p_context_negative must be in [0, 1], got {p_context_negative}")
     if n_items - seq_len[1] < n_candidates - 1:
-        raise ValueError(f"n_items={n_items} leaves too few unseen items for "
-                         f"{n_candidates - 1} negatives with sequences up to {seq_len[1]}")
+        raise ValueError(
+            f"n_items={n_items} leaves too few unseen items for "
+            f"{n_candidates - 1} negatives with sequences up to {seq_len[1]}"
+        )
     items = generate_catalogue(n_items, n_categories, seed, noun_first, p_article)
     rng = random.Random(f"users:{seed}")
     users = list(range(n_users))
     rng.shuffle(users)
     n_valid = round(n_users * split_fractions[1])
     n_test = round(n_users * split_fractions[2])
-    groups = {"valid": users[:n_valid], "test": users[n_valid:n_valid + n_test],
-              "train": users[n_valid + n_test:]}
-    seqs = {u: _user_sequence(items, random.Random(f"seq:{seed}:{u}"),
-                              random.Random(f"len:{seed}:{u}").randint(*seq_len),
-                              p_successor, p_same_category) for u in range(n_users)}
+    groups = {
+        "valid": users[:n_valid],
+        "test": users[n_valid : n_valid + n_test],
+        "train": users[n_valid + n_test :],
+    }
+    seqs = {
+        u: _user_sequence(
+            items,
+            random.Random(f"seq:{seed}:{u}"),
+            random.Random(f"len:{seed}:{u}").randint(*seq_len),
+            p_successor,
+            p_same_category,
+        )
+        for u in range(n_users)
+    }
     result: dict[str, list[dict]] = {}
     for split in ("train", "valid", "test"):
-        result[split] = [ex for u in sorted(groups[split]) for ex in _examples(
-            u, seqs[u], items, random.Random(f"neg:{seed}:{u}"),
-            history_len, n_candidates, min_history, p_context_negative)]
+        result[split] = [
+            ex
+            for u in sorted(groups[split])
+            for ex in _examples(
+                u,
+                seqs[u],
+                items,
+                random.Random(f"neg:{seed}:{u}"),
+                history_len,
+                n_candidates,
+                min_history,
+                p_context_negative,
+            )
+        ]
     result["items"] = [asdict(it) for it in items]
     if out_dir is not None:
         out = Path(out_dir)
@@ -281,13 +321,19 @@ def tokenizer_texts(items: Sequence[Item | dict]) -> list[str]:
     (the spaced form twice, as titles mostly follow a space in prompts), the words of
     :data:`PROMPT_TEXTS` and of the prompt presets of :mod:`sdpo_lightning.data.prompts`."""
     titles = [it.title if isinstance(it, Item) else it["title"] for it in items]
-    presets = [t.format(history="", candidates="") for name in sorted(PRESETS) for t in PRESETS[name]]
+    presets = [
+        t.format(history="", candidates="") for name in sorted(PRESETS) for t in PRESETS[name]
+    ]
     spaced = [f" {t}" for t in titles]
     return [*PROMPT_TEXTS, *presets, *spaced, *spaced, *titles]
 
 
-def rule_scores(history: Sequence[str], candidates: Sequence[str], items: Sequence[Item | dict],
-                use_successor: bool = True) -> list[float]:
+def rule_scores(
+    history: Sequence[str],
+    candidates: Sequence[str],
+    items: Sequence[Item | dict],
+    use_successor: bool = True,
+) -> list[float]:
     """Scores of the generator's own rule, one per candidate (higher is better): 4 if the
     candidate is the last item's successor (``use_successor``), + 2 if it shares the last
     item's category, + the share of the history in its category. It knows the hidden
@@ -299,13 +345,16 @@ def rule_scores(history: Sequence[str], candidates: Sequence[str], items: Sequen
     def score(title: str) -> float:
         it = info[title]
         succ = 4.0 if use_successor and it["item_id"] == last["successor"] else 0.0
-        return succ + 2.0 * (it["category"] == last["category"]) + freq[it["category"]] / len(history)
+        return (
+            succ + 2.0 * (it["category"] == last["category"]) + freq[it["category"]] / len(history)
+        )
 
     return [score(c) for c in candidates]
 
 
-def heuristic_hit_rate(examples: list[dict], items: Sequence[Item | dict],
-                       use_successor: bool = False) -> float:
+def heuristic_hit_rate(
+    examples: list[dict], items: Sequence[Item | dict], use_successor: bool = False
+) -> float:
     """HR@1 of :func:`rule_scores` (prefer the last item's successor if ``use_successor``,
     then its category, then the history's most frequent categories); ties go to the
     earlier (randomly placed) candidate."""
@@ -324,22 +373,32 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--config", help="YAML file of generator settings (generate_dataset arguments)")
+    parser.add_argument(
+        "--config", help="YAML file of generator settings (generate_dataset arguments)"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--n-items", type=int)
     parser.add_argument("--n-categories", type=int)
     parser.add_argument("--n-users", type=int)
-    parser.add_argument("--history-len", type=int, help="most recent items kept in a history window")
+    parser.add_argument(
+        "--history-len", type=int, help="most recent items kept in a history window"
+    )
     parser.add_argument("--n-candidates", type=int, help="candidates per example, target included")
     parser.add_argument("--min-history", type=int, help="shortest history (first window)")
-    parser.add_argument("--seq-len", type=int, nargs=2, metavar=("MIN", "MAX"), help="user sequence length range")
+    parser.add_argument(
+        "--seq-len", type=int, nargs=2, metavar=("MIN", "MAX"), help="user sequence length range"
+    )
     parser.add_argument("--p-successor", type=float)
     parser.add_argument("--p-same-category", type=float)
     parser.add_argument("--p-article", type=float, help="share of titles that start with 'The'")
-    parser.add_argument("--p-context-negative", type=float,
-                        help="probability that a negative comes from the last item's category")
-    parser.add_argument("--noun-first", action="store_true", default=None,
-                        help="titles start with their theme noun")
+    parser.add_argument(
+        "--p-context-negative",
+        type=float,
+        help="probability that a negative comes from the last item's category",
+    )
+    parser.add_argument(
+        "--noun-first", action="store_true", default=None, help="titles start with their theme noun"
+    )
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--no-tokenizer", action="store_true", help="skip tokenizer training")
     args = parser.parse_args(argv)
@@ -347,9 +406,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config) if args.config else {}
     except (OSError, ValueError) as err:  # missing / unreadable / invalid file: one error line
         parser.error(f"--config: {err}")
-    for key in ("seed", "n_items", "n_categories", "n_users", "history_len", "n_candidates",
-                "min_history", "seq_len", "p_successor", "p_same_category", "noun_first",
-                "p_context_negative", "p_article"):
+    for key in (
+        "seed",
+        "n_items",
+        "n_categories",
+        "n_users",
+        "history_len",
+        "n_candidates",
+        "min_history",
+        "seq_len",
+        "p_successor",
+        "p_same_category",
+        "noun_first",
+        "p_context_negative",
+        "p_article",
+    ):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if "seq_len" in settings:
@@ -359,12 +430,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}: {sizes}")
     for flag in (False, True):
         rate = heuristic_hit_rate(data["valid"], data["items"], use_successor=flag)
-        print(f"heuristic HR@1 on valid ({'category+successor' if flag else 'category'}): {rate:.3f}")
+        print(
+            f"heuristic HR@1 on valid ({'category+successor' if flag else 'category'}): {rate:.3f}"
+        )
     if not args.no_tokenizer:
         from sdpo_lightning.modeling.tokenizer import train_tokenizer
 
-        tok = train_tokenizer(tokenizer_texts(data["items"]), vocab_size=args.vocab_size,
-                              save_dir=Path(args.out) / "tokenizer")
+        tok = train_tokenizer(
+            tokenizer_texts(data["items"]),
+            vocab_size=args.vocab_size,
+            save_dir=Path(args.out) / "tokenizer",
+        )
         print(f"tokenizer: vocab {len(tok)} -> {Path(args.out) / 'tokenizer'}")
     return 0
 
@@ -381,10 +457,14 @@ def load_settings(path: str | Path) -> dict:
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of generator settings, got {type(raw).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping of generator settings, got {type(raw).__name__}"
+        )
     unknown = sorted(set(raw) - _SETTINGS)
     if unknown:
-        raise ValueError(f"{path}: unknown generator setting(s) {unknown}; known: {sorted(_SETTINGS)}")
+        raise ValueError(
+            f"{path}: unknown generator setting(s) {unknown}; known: {sorted(_SETTINGS)}"
+        )
     return dict(raw)
 
 

@@ -68,17 +68,29 @@ class AllItemProtocol:
             with the same token ids.
     """
 
-    def __init__(self, catalogue: Catalogue, tokenizer: Any, prompts: PromptBuilder, max_length: int,
-                 top_n: int = 20, beam_width: int | None = None, length_penalty: float = 0.0,
-                 free_generation: bool = True, max_new_tokens: int = 32, kv_sharing: str = "auto",
-                 source: str = "data") -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        tokenizer: Any,
+        prompts: PromptBuilder,
+        max_length: int,
+        top_n: int = 20,
+        beam_width: int | None = None,
+        length_penalty: float = 0.0,
+        free_generation: bool = True,
+        max_new_tokens: int = 32,
+        kv_sharing: str = "auto",
+        source: str = "data",
+    ) -> None:
         self.catalogue, self.tokenizer, self.prompts = catalogue, tokenizer, prompts
         self.beam_width = check_beam_settings(len(catalogue), top_n, beam_width)
         self.top_n, self.max_length, self.length_penalty = top_n, max_length, length_penalty
         self.free_generation, self.max_new_tokens = free_generation, max_new_tokens
         self.kv_sharing, self.source = kv_sharing, source
         prefix = prompts.resolve_prefix(tokenizer)
-        self.trie = CatalogueTrie.from_titles(catalogue.titles, tokenizer, prefix, source=catalogue.source)
+        self.trie = CatalogueTrie.from_titles(
+            catalogue.titles, tokenizer, prefix, source=catalogue.source
+        )
         self.n_target_in_history = 0
         pad = tokenizer.pad_token_id
         self.pad_token_id = tokenizer.eos_token_id if pad is None else pad
@@ -86,27 +98,34 @@ class AllItemProtocol:
     def meta(self) -> dict[str, Any]:
         """The summary's ``catalogue`` entry: the catalogue, the settings and the history rule."""
         pop = self.catalogue.popularity
-        return {"file": self.catalogue.source, "n_items": len(self.catalogue),
-                "total_popularity": None if pop is None else int(pop.sum()),
-                "top_n": self.top_n, "beam_width": self.beam_width,
-                "length_penalty": self.length_penalty, "history_rule": "excluded",
-                "n_target_in_history": self.n_target_in_history}
+        return {
+            "file": self.catalogue.source,
+            "n_items": len(self.catalogue),
+            "total_popularity": None if pop is None else int(pop.sum()),
+            "top_n": self.top_n,
+            "beam_width": self.beam_width,
+            "length_penalty": self.length_penalty,
+            "history_rule": "excluded",
+            "n_target_in_history": self.n_target_in_history,
+        }
 
-    def encode(self, histories: Sequence[Sequence[str]], indices: Sequence[int]
-               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def encode(
+        self, histories: Sequence[Sequence[str]], indices: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Left-padded history-only prompts ``(B, P)``, their mask and texts."""
         texts, ids = [], []
         for hist, index in zip(histories, indices, strict=True):
-            text, row, _ = self.prompts.encode_history(hist, index, self.tokenizer, self.max_length,
-                                                       self.trie.max_length, self.source)
+            text, row, _ = self.prompts.encode_history(
+                hist, index, self.tokenizer, self.max_length, self.trie.max_length, self.source
+            )
             texts.append(text)
             ids.append(row)
         P = max(map(len, ids))
         p_ids = torch.full((len(ids), P), self.pad_token_id, dtype=torch.long)
         p_mask = torch.zeros((len(ids), P), dtype=torch.long)
         for i, row in enumerate(ids):
-            p_ids[i, P - len(row):] = torch.tensor(row)
-            p_mask[i, P - len(row):] = 1
+            p_ids[i, P - len(row) :] = torch.tensor(row)
+            p_mask[i, P - len(row) :] = 1
         return p_ids, p_mask, texts
 
     @torch.no_grad()
@@ -127,8 +146,11 @@ class AllItemProtocol:
         histories, targets = batch["history"], batch["target"]
         for index, target in zip(indices, targets, strict=True):
             if target is not None and target not in cat.index:
-                raise DataFormatError(self.source, f"record {index}", f"target {target!r} is not in the "
-                                      f"catalogue {cat.source} ({len(cat)} items)")
+                raise DataFormatError(
+                    self.source,
+                    f"record {index}",
+                    f"target {target!r} is not in the catalogue {cat.source} ({len(cat)} items)",
+                )
         exclude = [sorted({cat.index[t] for t in hist if t in cat.index}) for hist in histories]
         device = next(model.parameters()).device
         p_ids, p_mask, texts = self.encode(histories, indices)
@@ -141,22 +163,39 @@ class AllItemProtocol:
             def decode(t: list[int]) -> str:
                 return tok.decode(t, skip_special_tokens=True)
 
-            tokens = greedy_decode(model, first, cache, p_mask, self.max_new_tokens, tok.eos_token_id,
-                                   self.pad_token_id, decode=decode)
+            tokens = greedy_decode(
+                model,
+                first,
+                cache,
+                p_mask,
+                self.max_new_tokens,
+                tok.eos_token_id,
+                self.pad_token_id,
+                decode=decode,
+            )
             extra = cache.get_seq_length() - p_ids.shape[1]
             if extra:  # back to the prompt positions, for the beams (a negative crop: any version)
                 cache.crop(-extra)
             answers = tok.batch_decode(tokens, skip_special_tokens=True)
-        top = constrained_beam_search(model, p_ids, p_mask, self.trie, self.top_n, self.beam_width,
-                                      exclude=exclude, length_penalty=self.length_penalty,
-                                      prompt_cache=(first, cache), kv_sharing=self.kv_sharing)
+        top = constrained_beam_search(
+            model,
+            p_ids,
+            p_mask,
+            self.trie,
+            self.top_n,
+            self.beam_width,
+            exclude=exclude,
+            length_penalty=self.length_penalty,
+            prompt_cache=(first, cache),
+            kv_sharing=self.kv_sharing,
+        )
         out = []
         for b, (target, hist) in enumerate(zip(targets, histories, strict=True)):
             items = [i for i in top.items[b].tolist() if i >= 0]
             part: dict[str, Any] = {
                 "prompt": texts[b],
                 "items": [cat.titles[i] for i in items],
-                "scores": [round(float(x), 4) for x in top.scores[b, :len(items)].tolist()],
+                "scores": [round(float(x), 4) for x in top.scores[b, : len(items)].tolist()],
             }
             if target is not None:
                 t = cat.index[target]
@@ -169,8 +208,11 @@ class AllItemProtocol:
                     part["target_popularity"] = int(cat.popularity[cat.index[target]])
             if answers is not None:
                 item = cat.match(answer_scope(answers[b]))
-                part.update(generated=answers[b], parsed=None if item is None else cat.titles[item],
-                            valid=item is not None)
+                part.update(
+                    generated=answers[b],
+                    parsed=None if item is None else cat.titles[item],
+                    valid=item is not None,
+                )
                 if target is not None:
                     part["correct"] = item is not None and cat.titles[item] == target
             out.append(part)

@@ -89,8 +89,9 @@ def per_example_value(part: Mapping[str, Any], metric: str) -> float:
     raise KeyError(f"{metric!r} is not a per-example all-item metric")
 
 
-def all_item_values(records: Sequence[Mapping[str, Any]],
-                    catalogue: Mapping[str, Any] | None = None) -> dict[str, np.ndarray | RowStatistic]:
+def all_item_values(
+    records: Sequence[Mapping[str, Any]], catalogue: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray | RowStatistic]:
     """Per-example arrays (means) and :class:`RowStatistic` of the all-item protocol (module
     docstring), in reporting order.
 
@@ -147,6 +148,7 @@ def all_item_values(records: Sequence[Mapping[str, Any]],
             out[f"popularity_lift@{k}"] = RowStatistic(n, lift)
         total = catalogue.get("total_popularity")
         if n_items and total is not None:
+
             def info(pop: np.ndarray) -> np.ndarray:
                 return -np.log2((pop + 1.0) / (float(total) + float(n_items)))
 

@@ -64,7 +64,9 @@ from sdpo_lightning.evaluation.shared_prompt import (
 __all__ = ["BeamSearchResult", "CatalogueTrie", "constrained_beam_search", "completion_sequences"]
 
 
-def completion_sequences(titles: Sequence[str], tokenizer: Any, completion_prefix: str) -> list[list[int]]:
+def completion_sequences(
+    titles: Sequence[str], tokenizer: Any, completion_prefix: str
+) -> list[list[int]]:
     """Token ids of every title's completion (``completion_prefix + title``, then EOS), as
     :meth:`~sdpo_lightning.data.prompts.PromptBuilder.encode` makes them."""
     texts = [completion_prefix + t for t in titles]
@@ -96,8 +98,13 @@ class CatalogueTrie:
             items with the same token ids (naming both titles).
     """
 
-    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int,
-                 titles: Sequence[str] | None = None, source: str = "catalogue") -> None:
+    def __init__(
+        self,
+        sequences: Sequence[Sequence[int]],
+        eos_token_id: int,
+        titles: Sequence[str] | None = None,
+        source: str = "catalogue",
+    ) -> None:
         def name(i: int) -> str:
             return repr(titles[i]) if titles is not None else f"item {i}"
 
@@ -107,8 +114,10 @@ class CatalogueTrie:
         for i, seq in enumerate(sequences):
             seq = [int(t) for t in seq]
             if not seq or seq[-1] != eos_token_id or eos_token_id in seq[:-1]:
-                raise ValueError(f"{source}: the completion of {name(i)} must end with the EOS "
-                                 f"token {eos_token_id} and hold it nowhere else, got {seq}")
+                raise ValueError(
+                    f"{source}: the completion of {name(i)} must end with the EOS "
+                    f"token {eos_token_id} and hold it nowhere else, got {seq}"
+                )
             node, path = 0, []
             for tok in seq:
                 nxt = children[node].get(tok)
@@ -120,8 +129,10 @@ class CatalogueTrie:
                 node = nxt
                 path.append(node)
             if leaf_item[node] != -1:
-                raise ValueError(f"{source}: {name(leaf_item[node])} and {name(i)} have the same "
-                                 "token ids: the model cannot tell them apart")
+                raise ValueError(
+                    f"{source}: {name(leaf_item[node])} and {name(i)} have the same "
+                    "token ids: the model cannot tell them apart"
+                )
             leaf_item[node] = i
             self.paths.append(np.asarray(path, dtype=np.int64))
         n = len(children)
@@ -148,11 +159,20 @@ class CatalogueTrie:
             np.maximum.at(self.height, path, len(path) - np.arange(1, len(path) + 1))
 
     @classmethod
-    def from_titles(cls, titles: Sequence[str], tokenizer: Any, completion_prefix: str,
-                    source: str = "catalogue") -> CatalogueTrie:
+    def from_titles(
+        cls,
+        titles: Sequence[str],
+        tokenizer: Any,
+        completion_prefix: str,
+        source: str = "catalogue",
+    ) -> CatalogueTrie:
         """The trie of ``titles``' completions (:func:`completion_sequences`)."""
-        return cls(completion_sequences(titles, tokenizer, completion_prefix),
-                   tokenizer.eos_token_id, titles, source)
+        return cls(
+            completion_sequences(titles, tokenizer, completion_prefix),
+            tokenizer.eos_token_id,
+            titles,
+            source,
+        )
 
     @property
     def max_length(self) -> int:
@@ -164,9 +184,11 @@ class CatalogueTrie:
         path = self.paths[item]
         parents = np.concatenate([[0], path[:-1]])
         out = []
-        for parent, node in zip(parents.tolist(), path.tolist()):
+        for parent, node in zip(parents.tolist(), path.tolist(), strict=False):
             lo, hi = self.child_start[parent], self.child_end[parent]
-            out.append(int(self.child_token[lo + int(np.flatnonzero(self.child_node[lo:hi] == node)[0])]))
+            out.append(
+                int(self.child_token[lo + int(np.flatnonzero(self.child_node[lo:hi] == node)[0])])
+            )
         return out
 
     def item_of(self, tokens: Sequence[int]) -> int | None:
@@ -181,8 +203,9 @@ class CatalogueTrie:
         item = int(self.leaf_item[node])
         return item if item >= 0 else None
 
-    def allowed(self, tokens: Sequence[int], removed: dict[int, int] | None = None,
-                row: int = 0) -> list[int]:
+    def allowed(
+        self, tokens: Sequence[int], removed: dict[int, int] | None = None, row: int = 0
+    ) -> list[int]:
         """The tokens that may follow ``tokens`` (``[]`` past a leaf or off the trie), leaving
         out branches that hold only excluded items of ``row`` (``removed``: from
         :meth:`removed_counts`); for ``generate(prefix_allowed_tokens_fn=...)``."""
@@ -197,12 +220,15 @@ class CatalogueTrie:
         toks, nodes = self.child_token[lo:hi], self.child_node[lo:hi]
         if removed:
             base = row * self.n_nodes
-            left = self.count[nodes] - np.asarray([removed.get(base + int(n), 0) for n in nodes],
-                                                  dtype=np.int64)
+            left = self.count[nodes] - np.asarray(
+                [removed.get(base + int(n), 0) for n in nodes], dtype=np.int64
+            )
             toks = toks[left > 0]
         return toks.tolist()
 
-    def removed_counts(self, excluded_rows: Sequence[Sequence[int] | set[int] | frozenset[int]]) -> dict[int, int]:
+    def removed_counts(
+        self, excluded_rows: Sequence[Sequence[int] | set[int] | frozenset[int]]
+    ) -> dict[int, int]:
         """``{row * n_nodes + node: excluded items below node}`` for each row's excluded items
         (each counted once)."""
         out: dict[int, int] = {}
@@ -261,8 +287,10 @@ def check_beam_settings(n_items: int, top_n: int, beam_width: int | None) -> int
         raise ValueError(f"top_n={top_n} is larger than the catalogue ({n_items} items)")
     width = top_n if beam_width is None else beam_width
     if width < top_n:
-        raise ValueError(f"beam_width={width} is smaller than top_n={top_n}: a beam search of "
-                         f"width W returns at most W items per step; use beam_width >= top_n")
+        raise ValueError(
+            f"beam_width={width} is smaller than top_n={top_n}: a beam search of "
+            f"width W returns at most W items per step; use beam_width >= top_n"
+        )
     return width
 
 
@@ -332,7 +360,9 @@ def constrained_beam_search(
     node_of = np.zeros(B, dtype=np.int64)
     score_of = np.zeros(B, dtype=np.float64)
     len_of = np.zeros(B, dtype=np.int64)
-    finished: list[list[tuple[float, int, float, int]]] = [[] for _ in range(B)]  # (-rank, item, logp, n)
+    finished: list[list[tuple[float, int, float, int]]] = [
+        [] for _ in range(B)
+    ]  # (-rank, item, logp, n)
     threshold = np.full(B, -np.inf)  # N-th finished ranking score of each row
     logp = torch.log_softmax(first.float(), dim=-1)  # (R, V)
     steps = beam_tokens = 0
@@ -360,8 +390,14 @@ def constrained_beam_search(
         # finished items: into each row's best N (ranking score, then lower item index)
         if done.any():
             rank = score[done] / (length[done] ** alpha) if alpha else score[done]
-            for r, s_rank, it, s, n in zip(row[done].tolist(), rank.tolist(), item[done].tolist(),
-                                           score[done].tolist(), length[done].tolist()):
+            for r, s_rank, it, s, n in zip(
+                row[done].tolist(),
+                rank.tolist(),
+                item[done].tolist(),
+                score[done].tolist(),
+                length[done].tolist(),
+                strict=False,
+            ):
                 finished[r].append((-s_rank, it, s, n))
             for r in set(row[done].tolist()):
                 finished[r].sort()
@@ -370,23 +406,34 @@ def constrained_beam_search(
                     threshold[r] = -finished[r][-1][0]
         # live beams: drop those that cannot reach a row's top N, keep the best W per row
         live = ~done
-        beam, tok, child, row, score, length = (a[live] for a in (beam, tok, child, row, score, length))
+        beam, tok, child, row, score, length = (
+            a[live] for a in (beam, tok, child, row, score, length)
+        )
         bound = score / ((length + trie.height[child]) ** alpha) if alpha else score
         ok = bound >= threshold[row]
-        beam, tok, child, row, score, length = (a[ok] for a in (beam, tok, child, row, score, length))
+        beam, tok, child, row, score, length = (
+            a[ok] for a in (beam, tok, child, row, score, length)
+        )
         if not len(row):
             break
         order = np.lexsort((np.arange(len(row)), -score, row))  # by row, best first, stable
         row_sorted = row[order]
         first_of_row = np.searchsorted(row_sorted, row_sorted, side="left")
         order = order[np.arange(len(order)) - first_of_row < width]
-        beam, tok, child, row, score, length = (a[order] for a in (beam, tok, child, row, score, length))
+        beam, tok, child, row, score, length = (
+            a[order] for a in (beam, tok, child, row, score, length)
+        )
         # advance: the cache follows the parents, one token per beam
         parents, rows = torch.from_numpy(beam).to(dev), torch.from_numpy(row).to(dev)
         step = int(length[0])  # every live beam has the same length
         position = n_prompt[rows] + step - 1
-        inputs = dict(input_ids=torch.from_numpy(tok).to(dev)[:, None], position_ids=position[:, None],
-                      use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        inputs = dict(
+            input_ids=torch.from_numpy(tok).to(dev)[:, None],
+            position_ids=position[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_arg: cache},
+        )
         if shared:
             cache.select(parents, rows)
             # a 4-D mask is taken as given; the shared-prompt attention knows the prompts' padding
@@ -395,7 +442,9 @@ def constrained_beam_search(
                 logits = model(attention_mask=mask, **inputs).logits[:, -1]  # (R, V)
         else:
             cache.reorder_cache(parents)
-            mask = torch.cat([p_mask[rows].long(), p_mask.new_ones(len(row), step, dtype=torch.long)], dim=1)
+            mask = torch.cat(
+                [p_mask[rows].long(), p_mask.new_ones(len(row), step, dtype=torch.long)], dim=1
+            )
             logits = model(attention_mask=mask, **inputs).logits[:, -1]  # (R, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         row_of, node_of, score_of, len_of = row, child, score, length

@@ -12,8 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "paired_bootstrap_pvalue", "bootstrap_means", "cluster_bootstrap_ci",
-           "bootstrap_statistic_ci"]
+__all__ = [
+    "bootstrap_ci",
+    "paired_bootstrap_ci",
+    "paired_bootstrap_pvalue",
+    "bootstrap_means",
+    "cluster_bootstrap_ci",
+    "bootstrap_statistic_ci",
+]
 
 _CHUNK_ELEMENTS = 4_000_000  # resample at most this many indices at once (memory bound)
 
@@ -43,7 +49,9 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
     return _resampled(values.shape[0], n_boot, rng, lambda idx: values[idx].mean(axis=1))
 
 
-def _resampled(n: int, n_boot: int, rng: np.random.Generator, stat, row_cost: int = 1) -> np.ndarray:
+def _resampled(
+    n: int, n_boot: int, rng: np.random.Generator, stat, row_cost: int = 1
+) -> np.ndarray:
     """``stat(idx)`` of ``n_boot`` resamples of ``n`` indices with replacement, drawn in
     chunks of ``idx`` (chunk, n) to bound memory (``row_cost``: elements ``stat`` touches per
     index); returns (n_boot,)."""
@@ -193,13 +201,19 @@ def cluster_bootstrap_ci(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     arr = _as_1d(values, "values")
     if len(groups) != arr.size:
-        raise ValueError(f"groups needs one label per row: {len(groups)} labels for {arr.size} rows")
+        raise ValueError(
+            f"groups needs one label per row: {len(groups)} labels for {arr.size} rows"
+        )
     index: dict[object, int] = {}
     codes = np.array([index.setdefault(g, len(index)) for g in groups])  # (N,) cluster of each row
     sums = np.bincount(codes, weights=arr)  # (G,)
     counts = np.bincount(codes).astype(np.float64)  # (G,)
-    means = _resampled(sums.shape[0], n_boot, np.random.default_rng(seed),  # the draws of bootstrap_means
-                       lambda idx: sums[idx].sum(axis=1) / counts[idx].sum(axis=1))  # idx: (chunk, G)
+    means = _resampled(
+        sums.shape[0],
+        n_boot,
+        np.random.default_rng(seed),  # the draws of bootstrap_means
+        lambda idx: sums[idx].sum(axis=1) / counts[idx].sum(axis=1),
+    )  # idx: (chunk, G)
     lo, hi = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
     return float(arr.mean()), float(lo), float(hi)
 

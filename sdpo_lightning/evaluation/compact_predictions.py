@@ -68,8 +68,9 @@ def write_gzip_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def compact_file(src: str | Path, dest: str | Path | None = None, *,
-                 keep_source: bool = False) -> Path:
+def compact_file(
+    src: str | Path, dest: str | Path | None = None, *, keep_source: bool = False
+) -> Path:
     """Write the compact, gzip-compressed copy of the predictions file ``src``.
 
     Args:
@@ -123,8 +124,7 @@ def expand_records(
     from sdpo_lightning.data.prompts import ITEM_TEXT, PromptBuilder
 
     examples, _ = load_compact(data_file, min_candidates=1, require_target=False)
-    builder = None if prompt_templates is None else PromptBuilder(prompt_templates, seed,
-                                                                   separator)
+    builder = None if prompt_templates is None else PromptBuilder(prompt_templates, seed, separator)
     out = []
     for record in records:
         i = record["index"]
@@ -134,9 +134,11 @@ def expand_records(
         if "correct" in record and example.target is not None:
             hit = bool(record.get("valid")) and record.get("parsed") == example.target
             if hit != bool(record["correct"]):
-                raise ReportError(f"{data_file}: row {i}'s target {example.target!r} does not "
-                                  f"match the record (correct={record['correct']}, parsed="
-                                  f"{record.get('parsed')!r}): another data file?")
+                raise ReportError(
+                    f"{data_file}: row {i}'s target {example.target!r} does not "
+                    f"match the record (correct={record['correct']}, parsed="
+                    f"{record.get('parsed')!r}): another data file?"
+                )
         full: dict[str, Any] = {"index": i, "target": example.target}
         if builder is not None:
             full["prompt"] = builder.render(example, i, item_mark=ITEM_TEXT if hybrid else "")
@@ -145,8 +147,9 @@ def expand_records(
     return out
 
 
-def expand_file(src: str | Path, data_file: str | Path, dest: str | Path | None = None,
-                **prompt: Any) -> str:
+def expand_file(
+    src: str | Path, data_file: str | Path, dest: str | Path | None = None, **prompt: Any
+) -> str:
     """Expand the predictions file ``src`` (see :func:`expand_records`, whose keyword
     arguments ``prompt`` passes on); write the JSON Lines to ``dest`` when given and return
     them."""
@@ -164,18 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from sdpo_lightning.errors import UserError, report
 
-    parser = argparse.ArgumentParser(prog="compact_predictions", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="compact_predictions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compact", help="write <file>.gz without the re-derivable fields")
     c.add_argument("files", nargs="+", type=Path, help="predictions files")
     c.add_argument("--keep", action="store_true", help="keep the plain files")
     e = sub.add_parser("expand", help="write full records from a compact file and its data")
     e.add_argument("file", type=Path, help="a compact predictions file (.jsonl or .jsonl.gz)")
-    e.add_argument("--data", type=Path, required=True,
-                   help="the test data file of the run (summary.json's data_file)")
-    e.add_argument("--prompt-templates", help="data.prompt_templates of the run (a preset such "
-                   "as music or movies); without it the records get no prompt")
+    e.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the test data file of the run (summary.json's data_file)",
+    )
+    e.add_argument(
+        "--prompt-templates",
+        help="data.prompt_templates of the run (a preset such "
+        "as music or movies); without it the records get no prompt",
+    )
     e.add_argument("--seed", type=int, default=0, help="data.seed of the run")
     e.add_argument("--separator", default=", ", help="data.separator of the run")
     e.add_argument("--hybrid", action="store_true", help="hybrid (LLaRA) prompts: <item> marks")
@@ -186,8 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in args.files:
                 print(f"wrote {compact_file(path, keep_source=args.keep)}")
             return 0
-        text = expand_file(args.file, args.data, args.out, prompt_templates=args.prompt_templates,
-                           seed=args.seed, separator=args.separator, hybrid=args.hybrid)
+        text = expand_file(
+            args.file,
+            args.data,
+            args.out,
+            prompt_templates=args.prompt_templates,
+            seed=args.seed,
+            separator=args.separator,
+            hybrid=args.hybrid,
+        )
     except (UserError, ValueError) as err:
         return report("compact_predictions", err)
     if args.out is None:

@@ -7,7 +7,7 @@ always exactly one candidate (or the longest one possible within ``max_new_token
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ def allowed_token_mask(
     """
     rows: list[int] = []
     cols: list[int] = []
-    for b, (trie, prefix) in enumerate(zip(tries, prefixes)):
+    for b, (trie, prefix) in enumerate(zip(tries, prefixes, strict=False)):
         allowed = trie.allowed(prefix) or [fallback_token_id]
         rows.extend([b] * len(allowed))
         cols.extend(allowed)

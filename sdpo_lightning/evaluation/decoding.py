@@ -23,7 +23,8 @@ rounding of the logits), without its per-step machinery:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,8 +43,13 @@ def first_line_complete(text: str) -> bool:
 def prefill(model: nn.Module, p_ids: Tensor, p_mask: Tensor) -> tuple[Tensor, Any]:
     """Causal prefill of left-padded prompts → (last-position logits (B, V), KV cache)."""
     position_ids = (p_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     return out.logits[:, -1], out.past_key_values
 
 
@@ -79,6 +85,7 @@ def greedy_decode(
     mask = p_mask.long()
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
+
     def pick(logits: Tensor) -> Tensor:
         logits = logits.float()
         if allowed is not None:
@@ -93,7 +100,9 @@ def greedy_decode(
                 toks[b] = pad_token_id
                 continue
             out[b].append(toks[b])
-            if toks[b] == eos_token_id or (decode is not None and first_line_complete(decode(out[b]))):
+            if toks[b] == eos_token_id or (
+                decode is not None and first_line_complete(decode(out[b]))
+            ):
                 done[b] = True
         if all(done) or step == max_new_tokens - 1:
             break

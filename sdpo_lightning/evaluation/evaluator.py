@@ -125,17 +125,17 @@ def generate_answers(model: EvalModel, batch: dict[str, Any]) -> list[str]:
         eos_token_id=tok.eos_token_id,
     )
     if ctx.constrained:
-        cands = candidate_sequences(batch["candidate_input_ids"],
-                                    batch["candidate_attention_mask"])
+        cands = candidate_sequences(batch["candidate_input_ids"], batch["candidate_attention_mask"])
         kwargs["prefix_allowed_tokens_fn"] = prefix_allowed_tokens_fn(
-            cands, prompt.shape[1], tok.eos_token_id)
+            cands, prompt.shape[1], tok.eos_token_id
+        )
     was_training = policy.training
     policy.eval()
     try:
         out = policy.generate(**kwargs)  # (B, P + new)
     finally:
         policy.train(was_training)
-    return tok.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
+    return tok.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------------- the shared pass
@@ -181,8 +181,9 @@ class PassProtocol:
     prompt_cache: bool = False
 
 
-def shared_pass(ctx: EvalModel, batch: dict[str, Any],
-                protocols: Sequence[PassProtocol]) -> SharedPass:
+def shared_pass(
+    ctx: EvalModel, batch: dict[str, Any], protocols: Sequence[PassProtocol]
+) -> SharedPass:
     """The trimmed inputs and the packed pass the ``protocols`` read (module docstring).
 
     The persisted trunk (``ctx.trunk``) serves the packed pass when a protocol requires it or
@@ -230,8 +231,9 @@ def constrained_generation(shared: SharedPass) -> list[str]:
             return allowed_token_mask(tries, out, vocab, eos, p_ids.device)  # (B, V)
 
         first, cache = prefill(ctx.model, p_ids, p_mask)
-        tokens = greedy_decode(ctx.model, first, cache, p_mask, n_new, eos, tok.pad_token_id,
-                               allowed=allowed)
+        tokens = greedy_decode(
+            ctx.model, first, cache, p_mask, n_new, eos, tok.pad_token_id, allowed=allowed
+        )
     return tok.batch_decode(tokens, skip_special_tokens=True)
 
 
@@ -248,8 +250,10 @@ def free_generation(shared: SharedPass) -> list[str]:
         return tok.decode(t, skip_special_tokens=True)
 
     tokens: list[list[int] | None] = (
-        [None] * p_ids.shape[0] if packed is None
-        else trie_verify(packed.logits, packed.src, c_ids, c_mask, n_new, eos, decode))
+        [None] * p_ids.shape[0]
+        if packed is None
+        else trie_verify(packed.logits, packed.src, c_ids, c_mask, n_new, eos, decode)
+    )
     todo = [b for b, t in enumerate(tokens) if t is None]  # greedy leaves the trie: decode
     if todo:
         rows = torch.tensor(todo, device=p_ids.device)
@@ -260,8 +264,9 @@ def free_generation(shared: SharedPass) -> list[str]:
                 cache.batch_select_indices(rows)
         else:
             first, cache = prefill(ctx.model, p_ids[rows], p_mask[rows])
-        decoded = greedy_decode(ctx.model, first, cache, p_mask[rows], n_new, eos,
-                                tok.pad_token_id, decode=decode)
+        decoded = greedy_decode(
+            ctx.model, first, cache, p_mask[rows], n_new, eos, tok.pad_token_id, decode=decode
+        )
         for b, t in zip(todo, decoded, strict=True):
             tokens[b] = t
     return tok.batch_decode(tokens, skip_special_tokens=True)
@@ -373,7 +378,9 @@ class Evaluator(nn.Module):
         ctx = model
         recs = [
             {"index": int(i), "target": t, "prompt": p}
-            for i, t, p in zip(batch["index"].tolist(), batch["target"], batch["prompt"])
+            for i, t, p in zip(
+                batch["index"].tolist(), batch["target"], batch["prompt"], strict=False
+            )
         ]
         known = [t is not None for t in batch["target"]]
         generation, ranking = "generation" in self.protocols, "ranking" in self.protocols
@@ -394,8 +401,13 @@ class Evaluator(nn.Module):
         self.records.extend(recs)
         return recs
 
-    def _all_item(self, recs: list[dict[str, Any]], parts: list[dict[str, Any]],
-                  batch: dict[str, Any], ctx: EvalModel) -> None:
+    def _all_item(
+        self,
+        recs: list[dict[str, Any]],
+        parts: list[dict[str, Any]],
+        batch: dict[str, Any],
+        ctx: EvalModel,
+    ) -> None:
         """Put each row's ``all_item`` part into its record; rows with a target into the metrics."""
         for rec, part in zip(recs, parts, strict=True):
             rec["all_item"] = part
@@ -408,25 +420,36 @@ class Evaluator(nn.Module):
             rank = torch.tensor([p["target_rank"] or 0 for p in rows], device=dev)
             free = all("valid" in p for p in rows)
             self.all_item.update(
-                rank, torch.tensor([p["valid"] for p in rows], device=dev) if free else None,
-                torch.tensor([p["correct"] for p in rows], device=dev) if free else None)
+                rank,
+                torch.tensor([p["valid"] for p in rows], device=dev) if free else None,
+                torch.tensor([p["correct"] for p in rows], device=dev) if free else None,
+            )
 
-    def _generation(self, recs: list[dict[str, Any]], texts: list[str], batch: dict[str, Any],
-                    known: list[bool]) -> None:
+    def _generation(
+        self, recs: list[dict[str, Any]], texts: list[str], batch: dict[str, Any], known: list[bool]
+    ) -> None:
         """Parse each answer into its record; count the rows with a target in the metrics."""
-        for rec, text, cands in zip(recs, texts, batch["candidates"]):
+        for rec, text, cands in zip(recs, texts, batch["candidates"], strict=False):
             parsed = parse_answer(text, cands)
             rec.update(generated=text, parsed=parsed.item, valid=parsed.valid)
             if rec["target"] is not None:
                 rec["correct"] = parsed.valid and parsed.item == rec["target"]
-        rows = [r for r, k in zip(recs, known) if k]
+        rows = [r for r, k in zip(recs, known, strict=False) if k]
         if rows:
             dev = batch["index"].device
-            self.generation.update(torch.tensor([r["correct"] for r in rows], device=dev),
-                                   torch.tensor([r["valid"] for r in rows], device=dev))
+            self.generation.update(
+                torch.tensor([r["correct"] for r in rows], device=dev),
+                torch.tensor([r["valid"] for r in rows], device=dev),
+            )
 
-    def _ranking(self, recs: list[dict[str, Any]], out: CompletionLogps, batch: dict[str, Any],
-                 known: list[bool], length_normalize: bool) -> None:
+    def _ranking(
+        self,
+        recs: list[dict[str, Any]],
+        out: CompletionLogps,
+        batch: dict[str, Any],
+        known: list[bool],
+        length_normalize: bool,
+    ) -> None:
         """Rank the candidates of each row into its record; rows with a target into the metrics."""
         scores = out.logps.float()  # (B, M)
         if length_normalize:
@@ -440,7 +463,7 @@ class Evaluator(nn.Module):
             self.ranking.update(scores[rows], target_index[rows])
         ranks = rank_of_target(scores, target_index.clamp_min(0)).tolist()
         top = scores.argmax(dim=1).tolist()
-        rows = zip(recs, known, ranks, top, batch["candidates"], scores.tolist())
+        rows = zip(recs, known, ranks, top, batch["candidates"], scores.tolist(), strict=False)
         for rec, k, r, t, cands, row in rows:
             if k:
                 rec["target_rank"] = int(r)
@@ -454,7 +477,9 @@ class Evaluator(nn.Module):
         if "ranking" in self.protocols:
             out.update({f"{self.split}/rank/{k}": v for k, v in self.ranking.compute().items()})
         if "all_item" in self.protocols and self.all_item is not None:
-            out.update({f"{self.split}/all_item/{k}": v for k, v in self.all_item.compute().items()})
+            out.update(
+                {f"{self.split}/all_item/{k}": v for k, v in self.all_item.compute().items()}
+            )
         return {k: v.float() for k, v in out.items()}
 
     def gathered_records(self, processes: Processes = SINGLE_PROCESS) -> list[dict[str, Any]]:
@@ -466,8 +491,9 @@ class Evaluator(nn.Module):
             recs = [r for p in parts for r in p]
         return sorted({r["index"]: r for r in recs}.values(), key=lambda r: r["index"])
 
-    def write_prediction_file(self, out_dir: Path,
-                              processes: Processes = SINGLE_PROCESS) -> Path | None:
+    def write_prediction_file(
+        self, out_dir: Path, processes: Processes = SINGLE_PROCESS
+    ) -> Path | None:
         """``predict``: write every process's records to ``out_dir/predictions.jsonl`` (no
         summary: records to predict need not have targets). Returns the path (rank 0)."""
         records = self.gathered_records(processes)
@@ -477,8 +503,9 @@ class Evaluator(nn.Module):
         log.info("wrote %d predictions to %s", len(records), path)
         return path
 
-    def write_reports(self, out_dir: Path, meta: dict[str, Any],
-                      processes: Processes = SINGLE_PROCESS) -> dict[str, Any] | None:
+    def write_reports(
+        self, out_dir: Path, meta: dict[str, Any], processes: Processes = SINGLE_PROCESS
+    ) -> dict[str, Any] | None:
         """Write ``predictions.jsonl`` and ``summary.json`` and print the summary table.
 
         Args:
@@ -501,4 +528,3 @@ class Evaluator(nn.Module):
         print(format_summary_table(summary))
         log.info("wrote %s and %s", pred, out_dir / "summary.json")
         return summary
-

@@ -24,7 +24,13 @@ from torchmetrics import Metric
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["AllItemMetrics", "GenerationMetrics", "RankingMetrics", "rank_of_target", "tie_broken_scores"]
+__all__ = [
+    "AllItemMetrics",
+    "GenerationMetrics",
+    "RankingMetrics",
+    "rank_of_target",
+    "tie_broken_scores",
+]
 
 
 class GenerationMetrics(Metric):
@@ -223,14 +229,22 @@ class AllItemMetrics(Metric):
         from sdpo_lightning.evaluation.all_item_metrics import HR_KS, NDCG_KS
 
         self.top_n = top_n
-        self.names = ([f"hr@{k}" for k in HR_KS if k <= top_n]
-                      + [f"ndcg@{k}" for k in NDCG_KS if k <= top_n] + ["mrr"])
+        self.names = (
+            [f"hr@{k}" for k in HR_KS if k <= top_n]
+            + [f"ndcg@{k}" for k in NDCG_KS if k <= top_n]
+            + ["mrr"]
+        )
         for name in (*self.names, "valid", "correct", "generated"):
-            self.add_state(name.replace("@", "_"), default=torch.tensor(0.0, dtype=torch.float64),
-                           dist_reduce_fx="sum")
+            self.add_state(
+                name.replace("@", "_"),
+                default=torch.tensor(0.0, dtype=torch.float64),
+                dist_reduce_fx="sum",
+            )
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, rank: Tensor, valid: Tensor | None = None, correct: Tensor | None = None) -> None:
+    def update(
+        self, rank: Tensor, valid: Tensor | None = None, correct: Tensor | None = None
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -244,9 +258,13 @@ class AllItemMetrics(Metric):
         for name in self.names:
             k = self.top_n if name == "mrr" else int(name.split("@")[1])
             within = hit & (rank <= k)
-            value = (torch.where(within, 1.0 / rank.clamp_min(1.0), torch.zeros_like(rank))
-                     if name == "mrr" else within.double() if name.startswith("hr") else
-                     torch.where(within, gain, torch.zeros_like(rank)))
+            value = (
+                torch.where(within, 1.0 / rank.clamp_min(1.0), torch.zeros_like(rank))
+                if name == "mrr"
+                else within.double()
+                if name.startswith("hr")
+                else torch.where(within, gain, torch.zeros_like(rank))
+            )
             state = name.replace("@", "_")
             setattr(self, state, getattr(self, state) + value.sum())
         if valid is not None and correct is not None:

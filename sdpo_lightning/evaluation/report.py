@@ -96,13 +96,15 @@ def check_record_types(record: Mapping[str, Any], where: str) -> None:
             raise ReportError(f"{where}: '{key}' must be {wanted}, got {json.dumps(value)}")
     scores = record.get("scores")
     number = lambda s: isinstance(s, numbers.Real) and not isinstance(s, bool)  # noqa: E731
-    if scores is not None and not (isinstance(scores, list)
-                                   and all(s is None or number(s) for s in scores)):
+    if scores is not None and not (
+        isinstance(scores, list) and all(s is None or number(s) for s in scores)
+    ):
         raise ReportError(f"{where}: 'scores' must be a list of numbers or nulls")
 
 
-def _metric_values(records: Sequence[Mapping[str, Any]],
-                   catalogue: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def _metric_values(
+    records: Sequence[Mapping[str, Any]], catalogue: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per-example score arrays (or set-level :class:`~.all_item_metrics.RowStatistic`), per
     protocol and metric."""
     out: dict[str, dict[str, Any]] = {}
@@ -114,7 +116,8 @@ def _metric_values(records: Sequence[Mapping[str, Any]],
             index = records[bad[0]]["index"]
             raise ReportError(f"prediction record index {index} is correct but not valid")
         out["generation"] = {
-            "hr@1": correct, "valid_ratio": valid.astype(np.float64),
+            "hr@1": correct,
+            "valid_ratio": valid.astype(np.float64),
             "hr@1_given_valid": correct[valid],
         }
     if records and all("target_rank" in r for r in records):
@@ -123,12 +126,16 @@ def _metric_values(records: Sequence[Mapping[str, Any]],
             raise ReportError("target_rank must be 1-based (>= 1)")
         ndcg = 1.0 / np.log2(rank + 1.0)
         out["ranking"] = {
-            "hr@1": (rank <= 1).astype(np.float64), "hr@3": (rank <= 3).astype(np.float64),
-            "hr@5": (rank <= 5).astype(np.float64), "ndcg@5": np.where(rank <= 5, ndcg, 0.0),
-            "ndcg@10": np.where(rank <= 10, ndcg, 0.0), "mrr": 1.0 / rank,
+            "hr@1": (rank <= 1).astype(np.float64),
+            "hr@3": (rank <= 3).astype(np.float64),
+            "hr@5": (rank <= 5).astype(np.float64),
+            "ndcg@5": np.where(rank <= 5, ndcg, 0.0),
+            "ndcg@10": np.where(rank <= 10, ndcg, 0.0),
+            "mrr": 1.0 / rank,
         }
-    if records and all(isinstance(r.get("all_item"), Mapping) and "target_rank" in r["all_item"]
-                       for r in records):
+    if records and all(
+        isinstance(r.get("all_item"), Mapping) and "target_rank" in r["all_item"] for r in records
+    ):
         out["all_item"] = all_item_values(records, catalogue)
     return out
 
@@ -172,8 +179,14 @@ def build_summary(
             if isinstance(values, RowStatistic):
                 entry["n"] = values.n
                 if values.n:
-                    value, lo, hi = bootstrap_statistic_ci(values.n, values.fn, n_boot=n_boot, alpha=alpha,
-                                                           seed=seed, row_cost=values.row_cost)
+                    value, lo, hi = bootstrap_statistic_ci(
+                        values.n,
+                        values.fn,
+                        n_boot=n_boot,
+                        alpha=alpha,
+                        seed=seed,
+                        row_cost=values.row_cost,
+                    )
                     finite = [x if np.isfinite(x) else None for x in (value, lo, hi)]
                     entry.update(value=finite[0], ci_low=finite[1], ci_high=finite[2])
             else:
@@ -184,8 +197,11 @@ def build_summary(
             protocols[protocol][name] = entry
     summary: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     summary.update({k: meta[k] for k in _REQUIRED_META})
-    summary.update(n_examples=len(per_example_records), protocols=protocols,
-                   bootstrap={"n_boot": n_boot, "alpha": alpha, "seed": seed})
+    summary.update(
+        n_examples=len(per_example_records),
+        protocols=protocols,
+        bootstrap={"n_boot": n_boot, "alpha": alpha, "seed": seed},
+    )
     summary["predictions"] = meta.get("predictions", "predictions.jsonl")
     summary.update({k: v for k, v in meta.items() if k not in summary})
     return summary
@@ -207,7 +223,7 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     s = summary
     lines = [f"{s['method']} on {s['dataset']} ({s['model']}), run {s['run']}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
@@ -283,8 +299,11 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ReportError(f"{path}:{lineno}: malformed JSON ({e})") from e
-        if not isinstance(record, dict) or not isinstance(record.get("index"), int) \
-                or isinstance(record["index"], bool):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("index"), int)
+            or isinstance(record["index"], bool)
+        ):
             raise ReportError(f"{path}:{lineno}: a record must be an object with an int 'index'")
         check_record_types(record, f"{path}:{lineno}")
         records.append(record)
@@ -302,15 +321,24 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
 def metric_label(name: str) -> str:
     """Column label of a metric: ``hr@10`` → ``HR@10``, ``valid_ratio`` → ``ValidRatio``."""
     head, _, k = name.partition("@")
-    labels = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "valid_ratio": "ValidRatio",
-              "generation_hr": "GenHR", "coverage": "Coverage", "popularity": "Pop",
-              "popularity_lift": "PopLift", "novelty": "Novelty"}
+    labels = {
+        "hr": "HR",
+        "ndcg": "NDCG",
+        "mrr": "MRR",
+        "valid_ratio": "ValidRatio",
+        "generation_hr": "GenHR",
+        "coverage": "Coverage",
+        "popularity": "Pop",
+        "popularity_lift": "PopLift",
+        "novelty": "Novelty",
+    }
     label = labels.get(head, head)
     return f"{label}@{k}" if k else label
 
 
-def load_summary(path: str | Path, protocol: str = "generation",
-                 metrics: Sequence[str] | None = None) -> dict[str, Any]:
+def load_summary(
+    path: str | Path, protocol: str = "generation", metrics: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Load and validate a summary.json written by :func:`write_summary`; it must hold the
     ``metrics`` (default :data:`DEFAULT_METRICS`) of ``protocol``."""
     path = Path(path)
@@ -337,16 +365,20 @@ def load_summary(path: str | Path, protocol: str = "generation",
             raise ReportError(f"{path}: missing protocols.{protocol}.{name}.value")
         value = entry["value"]
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise ReportError(f"{path}: protocols.{protocol}.{name}.value must be a number or "
-                              f"null, got {json.dumps(value)}")
+            raise ReportError(
+                f"{path}: protocols.{protocol}.{name}.value must be a number or "
+                f"null, got {json.dumps(value)}"
+            )
     return summary
 
 
 def hits_by_index(pred_path: str | Path) -> dict[int, tuple[float, float]]:
     """Per-example ``(generation hit, ranking hit)`` of a predictions file, keyed by example
     index (the pairing key of the paired bootstrap); ranking hit = target ranked first."""
-    return {r["index"]: (float(bool(r["correct"])), float(r["target_rank"] == 1))
-            for r in read_predictions(pred_path)}
+    return {
+        r["index"]: (float(bool(r["correct"])), float(r["target_rank"] == 1))
+        for r in read_predictions(pred_path)
+    }
 
 
 def all_item_values_by_index(pred_path: str | Path, metric: str = "hr@10") -> dict[int, float]:
@@ -372,8 +404,12 @@ def _record_value(record: Mapping[str, Any], protocol: str, metric: str) -> floa
     return per_example_value(record["all_item"], metric)
 
 
-def _hits_by_index(summary_path: Path, summary: Mapping[str, Any], protocol: str = "generation",
-                   metric: str = "hr@1") -> dict[int, float] | None:
+def _hits_by_index(
+    summary_path: Path,
+    summary: Mapping[str, Any],
+    protocol: str = "generation",
+    metric: str = "hr@1",
+) -> dict[int, float] | None:
     """Per-example values of ``metric`` (HR@1 hits by default) keyed by example index, or None
     when unavailable."""
     name = summary.get("predictions")
@@ -394,8 +430,12 @@ def _hits_by_index(summary_path: Path, summary: Mapping[str, Any], protocol: str
 
 
 def _pvalue(
-    last: tuple[Path, dict], other: tuple[Path, dict], n_boot: int, seed: int,
-    protocol: str = "generation", metric: str = "hr@1",
+    last: tuple[Path, dict],
+    other: tuple[Path, dict],
+    n_boot: int,
+    seed: int,
+    protocol: str = "generation",
+    metric: str = "hr@1",
 ) -> float | None:
     hits_last = _hits_by_index(*last, protocol=protocol, metric=metric)
     hits_other = _hits_by_index(*other, protocol=protocol, metric=metric)
@@ -496,16 +536,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdpo-report", description=comparison_table.__doc__)
     parser.add_argument("summaries", nargs="+", help="summary.json files (globs are expanded)")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--baseline-last", action="store_true",
-                        help="add Rel.Ipv (+ p-values) of the last method over every other row")
+    parser.add_argument(
+        "--baseline-last",
+        action="store_true",
+        help="add Rel.Ipv (+ p-values) of the last method over every other row",
+    )
     parser.add_argument("--n-boot", type=int, default=10000, help="paired bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="paired bootstrap seed")
-    parser.add_argument("--protocol", choices=sorted(DEFAULT_METRICS), default="generation",
-                        help="the protocol whose metrics are shown (default: generation)")
-    parser.add_argument("--metrics", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
-                        default=None, help="comma-separated metric names of the protocol (default: "
-                        "generation hr@1,valid_ratio; ranking hr@1,ndcg@5; all_item hr@10,ndcg@10); "
-                        "the first drives Rel.Ipv")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(DEFAULT_METRICS),
+        default="generation",
+        help="the protocol whose metrics are shown (default: generation)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+        default=None,
+        help="comma-separated metric names of the protocol (default: "
+        "generation hr@1,valid_ratio; ranking hr@1,ndcg@5; all_item hr@10,ndcg@10); "
+        "the first drives Rel.Ipv",
+    )
     args = parser.parse_args(argv)
     paths: list[str] = []
     for pattern in args.summaries:
@@ -515,8 +566,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         paths += expanded
     try:
-        table = comparison_table(paths, args.baseline_last, n_boot=args.n_boot, seed=args.seed,
-                                 protocol=args.protocol, metrics=args.metrics)
+        table = comparison_table(
+            paths,
+            args.baseline_last,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            protocol=args.protocol,
+            metrics=args.metrics,
+        )
     except (ReportError, UserError) as e:
         return report("sdpo-report", e)
     if args.out is not None:

@@ -33,15 +33,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ATTENTION_NAME", "SUPPORTED_MODEL_TYPES", "SharedPromptCache", "prompt_key_values",
-           "supports_shared_prompt", "shared_prompt_attention"]
+__all__ = [
+    "ATTENTION_NAME",
+    "SUPPORTED_MODEL_TYPES",
+    "SharedPromptCache",
+    "prompt_key_values",
+    "supports_shared_prompt",
+    "shared_prompt_attention",
+]
 
 ATTENTION_NAME = "sdpo_shared_prompt"
 #: ``config.model_type`` values whose attention is plain causal attention routed through
 #: ``transformers``' attention interface (checked in the tests on LLaMA).
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite"})
+SUPPORTED_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite"}
+)
 _ACTIVE: contextvars.ContextVar[SharedPromptCache | None] = contextvars.ContextVar(
-    "sdpo_shared_prompt_cache", default=None)
+    "sdpo_shared_prompt_cache", default=None
+)
 _REGISTERED = False
 
 
@@ -57,7 +66,9 @@ def supports_shared_prompt(model: nn.Module) -> bool:
         return False
     if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager", None):
         return False
-    return getattr(cfg, "sliding_window", None) is None or not getattr(cfg, "use_sliding_window", True)
+    return getattr(cfg, "sliding_window", None) is None or not getattr(
+        cfg, "use_sliding_window", True
+    )
 
 
 def prompt_key_values(cache: Any) -> list[tuple[Tensor, Tensor]]:
@@ -84,7 +95,9 @@ class SharedPromptCache:
         self.n_prompt = prompt[0][0].shape[2]
         dtype = prompt[0][0].dtype
         bias = torch.zeros(p_mask.shape, dtype=torch.float32, device=p_mask.device)
-        self.prompt_bias = bias.masked_fill(p_mask == 0, float("-inf"))[:, None, None, :]  # (B,1,1,P)
+        self.prompt_bias = bias.masked_fill(p_mask == 0, float("-inf"))[
+            :, None, None, :
+        ]  # (B,1,1,P)
         self.generated: list[tuple[Tensor, Tensor] | None] = [None] * len(prompt)
         self.rows: Tensor | None = None
         self.slots: Tensor | None = None
@@ -95,16 +108,19 @@ class SharedPromptCache:
         """Make the beams of the next forward: beam ``r`` continues beam ``parents[r]`` of the last
         one (for the first forward: any index, nothing is generated yet) and belongs to prompt
         ``rows[r]``; beams come sorted by row."""
-        self.generated = [None if g is None else (g[0].index_select(0, parents), g[1].index_select(0, parents))
-                          for g in self.generated]
+        self.generated = [
+            None if g is None else (g[0].index_select(0, parents), g[1].index_select(0, parents))
+            for g in self.generated
+        ]
         counts = torch.bincount(rows, minlength=len(self.prompt_bias))
         first = torch.cumsum(counts, 0) - counts
         self.rows = rows
         self.slots = torch.arange(len(rows), device=rows.device) - first[rows]
         self.width = int(counts.max())
 
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def update(
+        self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
         """Append the beams' new keys and values ``(R, H_kv, 1, D)``; returns the beams' generated
         keys and values (the prompt part is read by :func:`shared_prompt_attention`)."""
         old = self.generated[layer_idx]
@@ -135,9 +151,16 @@ class SharedPromptCache:
             _ACTIVE.reset(token)
 
 
-def shared_prompt_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                            attention_mask: Tensor | None, scaling: float | None = None,
-                            dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+def shared_prompt_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """Attention of one decoding step against the row's prompt and the beam's own tokens (module
     docstring), as ``eager`` attention computes it over the expanded cache.
 
@@ -154,7 +177,9 @@ def shared_prompt_attention(module: nn.Module, query: Tensor, key: Tensor, value
     """
     cache = _ACTIVE.get()
     if cache is None:
-        raise RuntimeError(f"{ATTENTION_NAME} attention runs only inside SharedPromptCache.active()")
+        raise RuntimeError(
+            f"{ATTENTION_NAME} attention runs only inside SharedPromptCache.active()"
+        )
     for name in ("sliding_window", "softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise ValueError(f"{ATTENTION_NAME} attention does not support {name}")
@@ -164,14 +189,16 @@ def shared_prompt_attention(module: nn.Module, query: Tensor, key: Tensor, value
     pk, pv = cache.prompt[module.layer_idx]  # (B, Hkv, P, D)
     B, Hkv, P, _ = pk.shape
     G = H // Hkv
-    scale = D ** -0.5 if scaling is None else scaling
+    scale = D**-0.5 if scaling is None else scaling
     q = query[:, :, 0, :].float().reshape(R, Hkv, G, D)  # query head h = kv head h // G
     # the prompt part: each row's beams are the queries of one call against its prompt
     W = cache.width
     grouped = q.new_zeros(B, W, Hkv, G, D)
     grouped[cache.rows, cache.slots] = q
     grouped = grouped.permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * W, D)
-    s_p = torch.matmul(grouped, pk.float().transpose(2, 3)) * scale + cache.prompt_bias  # (B,Hkv,GW,P)
+    s_p = (
+        torch.matmul(grouped, pk.float().transpose(2, 3)) * scale + cache.prompt_bias
+    )  # (B,Hkv,GW,P)
     m_p = s_p.amax(-1, keepdim=True)
     e_p = torch.exp(s_p - m_p)
     o_p = torch.matmul(e_p, pv.float())  # (B, Hkv, GW, D)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +33,16 @@ from torch import Tensor, nn
 from sdpo_lightning.modeling.models import decoder_of
 
 __all__ = [
-    "HYBRID_SUBDIR", "HybridEmbedding", "HybridSettings", "ItemTable", "UNKNOWN_ITEM_ID",
-    "curriculum_probability", "hybrid_embedding", "install_hybrid", "item_token_id", "strip_item_tokens",
+    "HYBRID_SUBDIR",
+    "HybridEmbedding",
+    "HybridSettings",
+    "ItemTable",
+    "UNKNOWN_ITEM_ID",
+    "curriculum_probability",
+    "hybrid_embedding",
+    "install_hybrid",
+    "item_token_id",
+    "strip_item_tokens",
 ]
 
 HYBRID_SUBDIR = "hybrid"
@@ -96,7 +105,9 @@ class ItemTable:
     def __init__(self, titles: Sequence[str], embeddings: Tensor, source: str = "") -> None:
         titles = list(titles)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(titles):
-            raise ValueError(f"item table: {len(titles)} titles but embeddings of shape {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"item table: {len(titles)} titles but embeddings of shape {tuple(embeddings.shape)}"
+            )
         if len(set(titles)) != len(titles):
             raise ValueError("item table: titles repeat")
         self.titles, self.embeddings, self.source = titles, embeddings.float(), source
@@ -114,12 +125,14 @@ class ItemTable:
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        (out / ITEMS_FILE).write_text(json.dumps({"titles": self.titles, "source": self.source}, ensure_ascii=False))
+        (out / ITEMS_FILE).write_text(
+            json.dumps({"titles": self.titles, "source": self.source}, ensure_ascii=False)
+        )
         save_file({"embeddings": self.embeddings.contiguous()}, str(out / EMBEDDINGS_FILE))
         return out
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ItemTable":
+    def load(cls, directory: str | Path) -> ItemTable:
         """Read a table directory; a missing or broken file is named in the error."""
         from safetensors.torch import load_file
 
@@ -127,17 +140,23 @@ class ItemTable:
         where = f"item table {str(root)!r}"
         for name in (ITEMS_FILE, EMBEDDINGS_FILE):
             if not (root / name).is_file():
-                raise FileNotFoundError(f"{where}: no {name} (write one with sdpo-baseline "
-                                        "--model.init_args.item_table_dir)")
+                raise FileNotFoundError(
+                    f"{where}: no {name} (write one with sdpo-baseline "
+                    "--model.init_args.item_table_dir)"
+                )
         try:
             meta = json.loads((root / ITEMS_FILE).read_text(encoding="utf-8"))
             titles = meta["titles"]
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{where}: {ITEMS_FILE} is not a {{'titles': [...]}} JSON object ({err})") from None
+            raise ValueError(
+                f"{where}: {ITEMS_FILE} is not a {{'titles': [...]}} JSON object ({err})"
+            ) from None
         try:
             emb = load_file(str(root / EMBEDDINGS_FILE))["embeddings"]
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{where}: {EMBEDDINGS_FILE} is unreadable or has no 'embeddings' ({err})") from None
+            raise ValueError(
+                f"{where}: {EMBEDDINGS_FILE} is unreadable or has no 'embeddings' ({err})"
+            ) from None
         try:
             return cls(titles, emb, meta.get("source", ""))
         except ValueError as err:
@@ -162,7 +181,9 @@ class HybridEmbedding(nn.Module):
         d_item, d_model = items.shape[1], base.embedding_dim
         self.register_buffer("items", items.detach().clone().float())
         self.unknown = nn.Parameter(torch.zeros(d_item))
-        self.projector = nn.Sequential(nn.Linear(d_item, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+        self.projector = nn.Sequential(
+            nn.Linear(d_item, hidden), nn.GELU(), nn.Linear(hidden, d_model)
+        )
         self.to(base.weight.device)
 
     @property
@@ -205,8 +226,13 @@ def hybrid_embedding(model: nn.Module) -> HybridEmbedding | None:
     return emb if isinstance(emb, HybridEmbedding) else None
 
 
-def install_hybrid(model: nn.Module, table: ItemTable, hidden: int, seed: int = 0,
-                   projector_dir: str | Path | None = None) -> HybridEmbedding:
+def install_hybrid(
+    model: nn.Module,
+    table: ItemTable,
+    hidden: int,
+    seed: int = 0,
+    projector_dir: str | Path | None = None,
+) -> HybridEmbedding:
     """Replace the decoder's ``embed_tokens`` by a :class:`HybridEmbedding` (in place).
 
     The projector is initialised from ``seed`` (the same seed, the same weights), or read from
@@ -246,8 +272,10 @@ def load_projector(emb: HybridEmbedding, directory: str | Path) -> None:
     state = load_file(str(path))
     own = emb.projector_state()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-        raise ValueError(f"{path}: projector shapes {({k: tuple(v.shape) for k, v in state.items()})} do not match "
-                         f"this model's {({k: tuple(v.shape) for k, v in own.items()})} (hybrid.projector_hidden?)")
+        raise ValueError(
+            f"{path}: projector shapes { ({k: tuple(v.shape) for k, v in state.items()}) } do not match "
+            f"this model's { ({k: tuple(v.shape) for k, v in own.items()}) } (hybrid.projector_hidden?)"
+        )
     with torch.no_grad():
         for k, v in emb.named_parameters():
             if k in state:
@@ -287,6 +315,6 @@ def strip_item_tokens(batch: dict[str, Any], rows: Sequence[bool]) -> dict[str, 
     new_ids = torch.full((len(kept), width), pad, dtype=ids.dtype, device=ids.device)
     new_mask = torch.zeros((len(kept), width), dtype=mask.dtype, device=mask.device)
     for b, k in enumerate(kept):
-        new_ids[b, width - len(k):] = k
-        new_mask[b, width - len(k):] = 1
+        new_ids[b, width - len(k) :] = k
+        new_mask[b, width - len(k) :] = 1
     return {**batch, "prompt_input_ids": new_ids, "prompt_attention_mask": new_mask}

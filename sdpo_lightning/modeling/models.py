@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,13 @@ EXPORT_MARKER = "export_complete.json"
 #: Present while an export is being written (removed just before the marker is written).
 EXPORT_IN_PROGRESS = ".export_in_progress"
 TINY_DEFAULTS: dict[str, Any] = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,8 +91,10 @@ def _check_exists(model_name_or_path: str, gguf_file: str | None) -> None:
     elif local.is_dir() and not (local / "config.json").is_file():
         ggufs = sorted(p.name for p in local.glob("*.gguf"))
         hint = f"; to load its GGUF file give {str(local / ggufs[0])!r}" if ggufs else ""
-        raise ModelSourceError(f"cannot load the model from {model_name_or_path!r}: the folder "
-                               f"holds no model (no config.json){hint}")
+        raise ModelSourceError(
+            f"cannot load the model from {model_name_or_path!r}: the folder "
+            f"holds no model (no config.json){hint}"
+        )
 
 
 def _check_gguf(path: Path) -> None:
@@ -100,8 +108,10 @@ def _check_gguf(path: Path) -> None:
     if not magic:
         raise ModelSourceError(f"cannot load the model from {str(path)!r}: the GGUF file is empty")
     if magic != b"GGUF":
-        raise ModelSourceError(f"cannot load the model from {str(path)!r}: not a GGUF file (it "
-                               "does not start with 'GGUF')")
+        raise ModelSourceError(
+            f"cannot load the model from {str(path)!r}: not a GGUF file (it "
+            "does not start with 'GGUF')"
+        )
 
 
 @contextlib.contextmanager
@@ -117,8 +127,10 @@ def _reading_gguf(src: str, gguf_file: str | None) -> Iterator[None]:
         if not gguf_file or isinstance(err, ModelSourceError):
             raise
         path = str(Path(src) / gguf_file)
-        raise ModelSourceError(f"cannot load the model from {path!r}: the GGUF file is truncated "
-                               f"or corrupt ({one_line(err)[:200]})") from err
+        raise ModelSourceError(
+            f"cannot load the model from {path!r}: the GGUF file is truncated "
+            f"or corrupt ({one_line(err)[:200]})"
+        ) from err
 
 
 def load_tokenizer(
@@ -142,7 +154,9 @@ def load_tokenizer(
         with _reading_gguf(src, gguf):
             tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **kwargs)
     else:
-        raise ValueError("a tiny model needs tokenizer_path (e.g. made by `python -m sdpo_lightning.data.synthetic`)")
+        raise ValueError(
+            "a tiny model needs tokenizer_path (e.g. made by `python -m sdpo_lightning.data.synthetic`)"
+        )
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer of {tokenizer_path or model_name_or_path!r} has no EOS token")
     if tok.pad_token_id is None:
@@ -208,7 +222,9 @@ def build_policy(
     except ModelSourceError:
         raise
     except (OSError, ValueError) as err:  # no / broken config or weights: the user's directory
-        raise ModelSourceError(f"cannot load the model from {src!r}: {one_line(err)[:300]}") from err
+        raise ModelSourceError(
+            f"cannot load the model from {src!r}: {one_line(err)[:300]}"
+        ) from err
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -221,7 +237,9 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | 
 
     if init_adapter is not None:
         check_adapter_dir(init_adapter)
-        peft_model = PeftModel.from_pretrained(model, init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        peft_model = PeftModel.from_pretrained(
+            model, init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False
+        )
         peft_model.load_adapter(init_adapter, adapter_name="default", is_trainable=True)
         peft_model.set_adapter("default")
         _freeze_adapter(peft_model, REFERENCE_ADAPTER)
@@ -229,8 +247,11 @@ def apply_lora(model: nn.Module, lora: LoraSettings | None, init_adapter: str | 
     if lora is None:
         return model
     config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
         layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None,
     )
     return get_peft_model(model, config)
@@ -254,9 +275,13 @@ def check_adapter_dir(path: str | Path) -> None:
     root = Path(path)
     where = f"init_adapter {str(root)!r}"
     if not root.is_dir():
-        raise ModelSourceError(f"{where}: {'not a directory' if root.exists() else 'no such directory'}")
+        raise ModelSourceError(
+            f"{where}: {'not a directory' if root.exists() else 'no such directory'}"
+        )
     if (root / EXPORT_IN_PROGRESS).exists():
-        raise ModelSourceError(f"{where}: incomplete export (its writer stopped before it finished)")
+        raise ModelSourceError(
+            f"{where}: incomplete export (its writer stopped before it finished)"
+        )
     marker = root / EXPORT_MARKER
     if marker.is_file():
         try:
@@ -266,7 +291,9 @@ def check_adapter_dir(path: str | Path) -> None:
         for name, size in files.items():
             have = (root / name).stat().st_size if (root / name).is_file() else None
             if have != size:
-                state = "is missing" if have is None else f"has {have} bytes, the export wrote {size}"
+                state = (
+                    "is missing" if have is None else f"has {have} bytes, the export wrote {size}"
+                )
                 raise ModelSourceError(f"{where}: incomplete export: {name} {state}")
     config = root / "adapter_config.json"
     if not config.is_file():
@@ -291,9 +318,15 @@ def check_adapter_dir(path: str | Path) -> None:
     except ModelSourceError:
         raise
     except Exception as err:
-        raise ModelSourceError(f"{where}: {weights.name} is unreadable or truncated ({str(err)[:200]})") from None
+        raise ModelSourceError(
+            f"{where}: {weights.name} is unreadable or truncated ({str(err)[:200]})"
+        ) from None
     if not marker.is_file():
-        log.info("%s has no %s (written by peft or an older version); its files read fine", root, EXPORT_MARKER)
+        log.info(
+            "%s has no %s (written by peft or an older version); its files read fine",
+            root,
+            EXPORT_MARKER,
+        )
 
 
 def _freeze_adapter(model: nn.Module, name: str) -> None:

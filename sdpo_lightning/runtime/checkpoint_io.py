@@ -10,7 +10,7 @@ read into one :class:`~sdpo_lightning.errors.CheckpointError` naming the path.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
@@ -36,20 +36,28 @@ class ReadableCheckpointIO(CheckpointIO):
     def __init__(self, inner: CheckpointIO) -> None:
         self.inner = inner
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if not os.path.exists(path):
             raise CheckpointError(f"checkpoint {os.fspath(path)} does not exist")
         try:
-            checkpoint = self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            checkpoint = self.inner.load_checkpoint(
+                path, map_location=map_location, weights_only=weights_only
+            )
         except (UserError, MemoryError):
             raise
         except Exception as err:  # torch's zip reader, pickle, EOF, ... all mean "unreadable"
             raise unreadable(path, err) from err
         if not isinstance(checkpoint, dict):
-            raise CheckpointError(f"{os.fspath(path)} is not a Lightning checkpoint (holds a {type(checkpoint).__name__})")
+            raise CheckpointError(
+                f"{os.fspath(path)} is not a Lightning checkpoint (holds a {type(checkpoint).__name__})"
+            )
         return checkpoint
 
     def remove_checkpoint(self, path: Any) -> None:

@@ -18,8 +18,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sdpo_lightning.modeling.models import EXPORT_IN_PROGRESS, EXPORT_MARKER
 
@@ -74,8 +74,14 @@ def _remove_stale(out: Path) -> None:
 def _seal(tmp: Path) -> None:
     """Write the marker (last) and fsync every file and the directory."""
     (tmp / EXPORT_IN_PROGRESS).unlink()
-    files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / EXPORT_MARKER).write_text(json.dumps({"complete": True, "files": files}, indent=1), encoding="utf-8")
+    files = {
+        p.relative_to(tmp).as_posix(): p.stat().st_size
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    (tmp / EXPORT_MARKER).write_text(
+        json.dumps({"complete": True, "files": files}, indent=1), encoding="utf-8"
+    )
     for p in tmp.rglob("*"):
         _fsync(p)
     _fsync(tmp)
@@ -103,8 +109,11 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     old = None
     if out.exists():
         was_export = out.is_dir() and any((out / name).is_file() for name in EXPORT_FILES)
-        old = out.parent / (f".{out.name}.old-{os.getpid()}" if was_export
-                            else f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        old = out.parent / (
+            f".{out.name}.old-{os.getpid()}"
+            if was_export
+            else f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         if not was_export:
             log.warning("%s held something other than an export; kept as %s", out, old)
         os.replace(out, old)

@@ -25,7 +25,14 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_NAME = ".sdpo.lock"
 #: Environment variables through which launchers (Lightning, torchrun, SLURM, MPI) give ranks.
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "NODE_RANK", "LOCAL_RANK")
+RANK_VARIABLES = (
+    "RANK",
+    "SLURM_PROCID",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+    "NODE_RANK",
+    "LOCAL_RANK",
+)
 
 
 def is_secondary_rank() -> bool:
@@ -49,7 +56,7 @@ class RunLock:
         self.path = self.root / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock, or raise :class:`RunDirInUseError` if a live run holds it
         (:class:`RunDirError` if the directory cannot be created or written)."""
         if fcntl is None or self._fd is not None:
@@ -60,7 +67,8 @@ class RunLock:
         except OSError as err:
             raise RunDirError(
                 f"trainer.default_root_dir {str(self.root)!r}: cannot create or write the run "
-                f"directory ({err.strerror or err}); choose a writable one") from None
+                f"directory ({err.strerror or err}); choose a writable one"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,7 +97,7 @@ class RunLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

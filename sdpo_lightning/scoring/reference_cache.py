@@ -93,8 +93,15 @@ def reference_identity(source: Any) -> dict[str, Any]:
         source: the module's :class:`~sdpo_lightning.training.module_args.ModelArgs` (``hparams.source``)
             or a mapping of its fields (missing ones count as ``None``).
     """
-    keys = ("model_name_or_path", "gguf_file", "tiny_config", "init_seed", "dtype", "init_adapter",
-            "attn_implementation")
+    keys = (
+        "model_name_or_path",
+        "gguf_file",
+        "tiny_config",
+        "init_seed",
+        "dtype",
+        "init_adapter",
+        "attn_implementation",
+    )
     if isinstance(source, Mapping):
         ident: dict[str, Any] = {k: source.get(k) for k in keys}
     else:
@@ -125,7 +132,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(backend.to_str().encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    specials = {
+        k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
     h.update(json.dumps(specials, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -135,8 +144,13 @@ def data_identity(datamodule: Any, split: str) -> dict[str, Any]:
     hp = datamodule.hparams
     path = getattr(datamodule, "files", {}).get(split)
     prompts = datamodule.prompts
-    catalogue_rows = hp.get("train_protocol", "candidate_list") == "all_item" and split in ("fit", "validate")
-    if catalogue_rows:  # history-only prompts, candidates drawn from the catalogue (docs/negatives.md)
+    catalogue_rows = hp.get("train_protocol", "candidate_list") == "all_item" and split in (
+        "fit",
+        "validate",
+    )
+    if (
+        catalogue_rows
+    ):  # history-only prompts, candidates drawn from the catalogue (docs/negatives.md)
         prompts = datamodule.train_prompts
     out = {
         "split": split,
@@ -152,10 +166,14 @@ def data_identity(datamodule: Any, split: str) -> dict[str, Any]:
     }
     if catalogue_rows:
         catalogue = hp.get("catalogue_file")
-        out.update(train_protocol="all_item",
-                   catalogue_sha256=_sha256_file(Path(catalogue)) if catalogue and Path(catalogue).is_file() else catalogue,
-                   catalogue_candidates=hp.get("catalogue_candidates"),
-                   catalogue_sampling=hp.get("catalogue_sampling"))
+        out.update(
+            train_protocol="all_item",
+            catalogue_sha256=_sha256_file(Path(catalogue))
+            if catalogue and Path(catalogue).is_file()
+            else catalogue,
+            catalogue_candidates=hp.get("catalogue_candidates"),
+            catalogue_sampling=hp.get("catalogue_sampling"),
+        )
     return out
 
 
@@ -176,7 +194,12 @@ def row_digests(dataset: Any) -> torch.Tensor:
 
 def cache_key(identity: dict[str, Any], data: dict[str, Any], dataset: Any) -> str:
     """The cache key of one split: SHA-256 over reference, data identity and token ids."""
-    blob = {"format": CACHE_FORMAT, "reference": identity, "data": data, "tokens": token_digest(dataset)}
+    blob = {
+        "format": CACHE_FORMAT,
+        "reference": identity,
+        "data": data,
+        "tokens": token_digest(dataset),
+    }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -201,11 +224,15 @@ class ReferenceSource:
     processes: Processes = SINGLE_PROCESS
 
     @classmethod
-    def from_score(cls, score: Score, identity: dict[str, Any], device: torch.device | str = "cpu",
-                   processes: Processes = SINGLE_PROCESS) -> ReferenceSource:
+    def from_score(
+        cls,
+        score: Score,
+        identity: dict[str, Any],
+        device: torch.device | str = "cpu",
+        processes: Processes = SINGLE_PROCESS,
+    ) -> ReferenceSource:
         """A source whose scorer is always at hand: a plain ``score(batch)`` callable."""
         return cls(lambda: contextlib.nullcontext(score), lambda: identity, device, processes)
-
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -222,8 +249,13 @@ class ReferenceCache:
         digests: split name → (n,) int64 token digest of each filled row (default: unchecked).
     """
 
-    def __init__(self, tables: dict[str, torch.Tensor], stats: dict[str, dict[str, Any]] | None = None,
-                 filled: dict[str, torch.Tensor] | None = None, digests: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        tables: dict[str, torch.Tensor],
+        stats: dict[str, dict[str, Any]] | None = None,
+        filled: dict[str, torch.Tensor] | None = None,
+        digests: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.tables = tables
         self.stats = stats or {}
         self.filled = filled or {k: torch.ones(len(v), dtype=torch.bool) for k, v in tables.items()}
@@ -233,19 +265,26 @@ class ReferenceCache:
     def lookup(self, split: str, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Rows of the given example indices → (B, M) float32 on the CPU (all must be scored)."""
         if split not in self.tables:
-            raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
+            raise KeyError(
+                f"no cached reference scores for split {split!r} (have {sorted(self.tables)})"
+            )
         table = self.tables[split]
         index = torch.as_tensor(index, dtype=torch.long).cpu()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table.shape[0]):
-            raise IndexError(f"example index out of range for the {split!r} cache of {table.shape[0]} rows")
+            raise IndexError(
+                f"example index out of range for the {split!r} cache of {table.shape[0]} rows"
+            )
         missing = index[~self.filled[split][index]]
         if missing.numel():
-            raise KeyError(f"rows {missing.tolist()[:5]} of the {split!r} cache are not scored yet (use scores_for)")
+            raise KeyError(
+                f"rows {missing.tolist()[:5]} of the {split!r} cache are not scored yet (use scores_for)"
+            )
         return table[index]
 
     @torch.no_grad()
-    def scores_for(self, source: ReferenceSource, split: str,
-                   batch: dict[str, Any]) -> torch.Tensor:
+    def scores_for(
+        self, source: ReferenceSource, split: str, batch: dict[str, Any]
+    ) -> torch.Tensor:
         """Every candidate's reference score of the batch's rows → (B, M) on the CPU; rows not
         scored yet (or whose token digest differs) are scored now, all their candidates in one
         shared-prefix pass. Collective under multi-process training (call on every process).
@@ -257,7 +296,9 @@ class ReferenceCache:
         """
         src = source
         if split not in self.tables:
-            raise KeyError(f"no cached reference scores for split {split!r} (have {sorted(self.tables)})")
+            raise KeyError(
+                f"no cached reference scores for split {split!r} (have {sorted(self.tables)})"
+            )
         index = batch["index"].cpu()
         digest = batch["token_digest"].cpu()
         ok = self.filled[split][index]
@@ -268,7 +309,9 @@ class ReferenceCache:
         if src.processes.world_size > 1:
             need = src.processes.reduce_boolean_decision(need, all=False)
         if need:
-            rows = missing if missing.numel() else torch.zeros(1, dtype=torch.long)  # a dummy keeps ranks in step
+            rows = (
+                missing if missing.numel() else torch.zeros(1, dtype=torch.long)
+            )  # a dummy keeps ranks in step
             start = time.perf_counter()
             sub = _rows(batch, rows)
             with src.scoring() as score:
@@ -279,7 +322,9 @@ class ReferenceCache:
                 table[where] = float("-inf")
                 table[where, : logps.shape[1]] = logps
                 self.filled[split][where] = True
-                self.digests.setdefault(split, torch.zeros(len(table), dtype=torch.long))[where] = digest[missing]
+                self.digests.setdefault(split, torch.zeros(len(table), dtype=torch.long))[where] = (
+                    digest[missing]
+                )
                 self.dirty.add(split)
                 st = self.stats[split]
                 st["scored"] += int(missing.numel())
@@ -305,9 +350,17 @@ class ReferenceCache:
             st = self.stats[split]
             st["filled"] = int(self.filled[split].sum())
             if procs.is_global_zero:
-                _save(Path(st["path"]), {"format": CACHE_FORMAT, "key": st["key"], "scores": self.tables[split],
-                                         "filled": self.filled[split], "digests": self.digests.get(split),
-                                         "n_examples": st["n_examples"]})
+                _save(
+                    Path(st["path"]),
+                    {
+                        "format": CACHE_FORMAT,
+                        "key": st["key"],
+                        "scores": self.tables[split],
+                        "filled": self.filled[split],
+                        "digests": self.digests.get(split),
+                        "n_examples": st["n_examples"],
+                    },
+                )
             self.dirty.discard(split)
 
     def _merge(self, procs: Processes, device: torch.device | str, split: str) -> None:
@@ -329,13 +382,20 @@ class ReferenceCache:
         return Path(root) / f"{split}-{key[:20]}.pt"
 
     @classmethod
-    def open(cls, source: ReferenceSource, datamodule: Any, root: str | Path,
-             splits: Sequence[str] = SPLITS) -> "ReferenceCache":
+    def open(
+        cls,
+        source: ReferenceSource,
+        datamodule: Any,
+        root: str | Path,
+        splits: Sequence[str] = SPLITS,
+    ) -> ReferenceCache:
         """Load what the files hold for the data module's ``splits`` (or start empty tables);
         nothing is scored here (see :meth:`scores_for`). ``source``: the reference side (its
         identity)."""
         if datamodule is None:
-            raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
+            raise RuntimeError(
+                "`reference: cached` needs the RecDataModule (trainer.datamodule is None)"
+            )
         identity = source.identity()
         cache = cls({}, {}, {}, {})
         for split in splits:
@@ -344,18 +404,37 @@ class ReferenceCache:
                 continue
             key = cache_key(identity, data_identity(datamodule, split), dataset)
             path = cls.path_for(root, split, key)
-            n, m = len(dataset), max((dataset.n_candidates(i) for i in range(len(dataset))), default=0)
+            n, m = (
+                len(dataset),
+                max((dataset.n_candidates(i) for i in range(len(dataset))), default=0),
+            )
             blob = _load(path, key, n)
             if blob is None or blob["scores"].shape[1] != m:
-                blob = {"scores": torch.full((n, m), float("nan")), "filled": torch.zeros(n, dtype=torch.bool),
-                        "digests": torch.zeros(n, dtype=torch.long), "hit": False}
+                blob = {
+                    "scores": torch.full((n, m), float("nan")),
+                    "filled": torch.zeros(n, dtype=torch.bool),
+                    "digests": torch.zeros(n, dtype=torch.long),
+                    "hit": False,
+                }
             cache.tables[split], cache.filled[split] = blob["scores"], blob["filled"]
             cache.digests[split] = blob["digests"]
             filled = int(blob["filled"].sum())
-            cache.stats[split] = {"hit": blob.get("hit", True), "seconds": 0.0, "n_examples": n, "path": str(path),
-                                  "key": key, "scored": 0, "filled": filled}
-            log.info("reference cache for %s: %d of %d rows already scored (%s); the rest are scored on first use",
-                     split, filled, n, path)
+            cache.stats[split] = {
+                "hit": blob.get("hit", True),
+                "seconds": 0.0,
+                "n_examples": n,
+                "path": str(path),
+                "key": key,
+                "scored": 0,
+                "filled": filled,
+            }
+            log.info(
+                "reference cache for %s: %d of %d rows already scored (%s); the rest are scored on first use",
+                split,
+                filled,
+                n,
+                path,
+            )
         return cache
 
     @classmethod
@@ -366,17 +445,21 @@ class ReferenceCache:
         root: str | Path,
         batch_size: int | None = None,
         splits: Sequence[str] = SPLITS,
-    ) -> "ReferenceCache":
+    ) -> ReferenceCache:
         """Load complete tables, or compute every row and save, for the data module's ``splits``
         (the ``full`` build). Every process must call this (it is collective under multi-process
         training). ``source``: the reference side."""
         if datamodule is None:
-            raise RuntimeError("`reference: cached` needs the RecDataModule (trainer.datamodule is None)")
+            raise RuntimeError(
+                "`reference: cached` needs the RecDataModule (trainer.datamodule is None)"
+            )
         root = Path(root)
         src = source
         procs = src.processes
         identity = src.identity()
-        bs = batch_size or datamodule.hparams.get("eval_batch_size") or datamodule.hparams.batch_size
+        bs = (
+            batch_size or datamodule.hparams.get("eval_batch_size") or datamodule.hparams.batch_size
+        )
         cache = cls({}, {}, {}, {})
         with contextlib.ExitStack() as stack:
             score: Score | None = None  # the scoring session, entered once, on the first miss
@@ -390,8 +473,15 @@ class ReferenceCache:
                 hit = blob is not None and bool(blob["filled"].all())
                 if procs.world_size > 1:
                     hit = procs.reduce_boolean_decision(hit, all=True)
-                stat = {"hit": hit, "seconds": 0.0, "n_examples": len(dataset), "path": str(path), "key": key,
-                        "scored": 0, "filled": len(dataset)}
+                stat = {
+                    "hit": hit,
+                    "seconds": 0.0,
+                    "n_examples": len(dataset),
+                    "path": str(path),
+                    "key": key,
+                    "scored": 0,
+                    "filled": len(dataset),
+                }
                 if hit:
                     log.info("reference cache hit for %s: %s", split, path)
                     cache.tables[split], cache.digests[split] = blob["scores"], blob["digests"]
@@ -404,13 +494,31 @@ class ReferenceCache:
                 scores = score_dataset(src, dataset, bs, pad, score=score)
                 digests = row_digests(dataset)
                 stat.update(seconds=time.perf_counter() - start, scored=len(dataset))
-                log.info("reference cache built for %s (%d examples) in %.1fs: %s", split, len(dataset),
-                         stat["seconds"], path)
+                log.info(
+                    "reference cache built for %s (%d examples) in %.1fs: %s",
+                    split,
+                    len(dataset),
+                    stat["seconds"],
+                    path,
+                )
                 filled = torch.ones(len(dataset), dtype=torch.bool)
                 if procs.is_global_zero:
-                    _save(path, {"format": CACHE_FORMAT, "key": key, "scores": scores, "filled": filled,
-                                 "digests": digests, "n_examples": len(dataset)})
-                cache.tables[split], cache.digests[split], cache.filled[split] = scores, digests, filled
+                    _save(
+                        path,
+                        {
+                            "format": CACHE_FORMAT,
+                            "key": key,
+                            "scores": scores,
+                            "filled": filled,
+                            "digests": digests,
+                            "n_examples": len(dataset),
+                        },
+                    )
+                cache.tables[split], cache.digests[split], cache.filled[split] = (
+                    scores,
+                    digests,
+                    filled,
+                )
                 cache.stats[split] = stat
         if procs.world_size > 1:
             procs.barrier("reference_cache")
@@ -484,7 +592,12 @@ def _load(path: Path, key: str, n_examples: int) -> dict[str, Any] | None:
         return None
     if not torch.is_tensor(digests):
         digests = torch.zeros(n_examples, dtype=torch.long)
-    return {"scores": scores.float(), "filled": filled.bool(), "digests": digests.long(), "hit": True}
+    return {
+        "scores": scores.float(),
+        "filled": filled.bool(),
+        "digests": digests.long(),
+        "hit": True,
+    }
 
 
 def _save(path: Path, blob: dict[str, Any]) -> None:
@@ -539,7 +652,7 @@ def score_dataset(
     out = torch.full((n, m), float("-inf"))
     for s in range(steps):
         # a rank with no rows left scores a dummy row: every rank runs the same forwards
-        idx = mine[s * batch_size:(s + 1) * batch_size] or mine[:1] or [0]
+        idx = mine[s * batch_size : (s + 1) * batch_size] or mine[:1] or [0]
         batch = collate([dataset[i] for i in idx])
         batch = {k: v.to(src.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         logps = score(batch).float()  # (b, M_batch)

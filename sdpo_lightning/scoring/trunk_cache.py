@@ -74,7 +74,9 @@ def frozen_layer_count(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _only_layers(decoder: nn.Module, start: int, stop: int | None, skip_norm: bool) -> Iterator[None]:
+def _only_layers(
+    decoder: nn.Module, start: int, stop: int | None, skip_norm: bool
+) -> Iterator[None]:
     """Temporarily cut the decoder to ``layers[start:stop]`` (and its final norm to identity)."""
     layers, norm = decoder.layers, decoder.norm
     decoder.layers = nn.ModuleList(list(layers)[start:stop])
@@ -90,7 +92,7 @@ def _key(prompt_ids: Tensor, cand_ids: Tensor, cand_mask: Tensor) -> bytes:
     """Digest of one example's real prompt ids and its candidates' real ids."""
     h = hashlib.blake2b(digest_size=16)
     h.update(prompt_ids.to(torch.int64).cpu().numpy().tobytes())
-    for ids, m in zip(cand_ids, cand_mask):
+    for ids, m in zip(cand_ids, cand_mask, strict=False):
         h.update(b"|" + ids[m.bool()].to(torch.int64).cpu().numpy().tobytes())
     return h.digest()
 
@@ -113,29 +115,42 @@ class TrunkCache:
         return len(self.store)
 
     @torch.no_grad()
-    def _fill(self, model: nn.Module, p_ids: Tensor, p_mask: Tensor, c_ids: Tensor, c_mask: Tensor,
-              keys: list[bytes]) -> None:
+    def _fill(
+        self,
+        model: nn.Module,
+        p_ids: Tensor,
+        p_mask: Tensor,
+        c_ids: Tensor,
+        c_mask: Tensor,
+        keys: list[bytes],
+    ) -> None:
         """Run the lower layers on the all-candidates packed rows of these examples."""
         p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, c_ids, c_mask)
         B, P = p_ids.shape
         layout = ragged_pack(p_mask, c_mask)
         decoder = decoder_of(model)
-        mask = packed_attention_mask(p_mask, layout.segment, _attn(model),
-                                     decoder.embed_tokens.weight.dtype)  # (B, 1, L, L)
+        mask = packed_attention_mask(
+            p_mask, layout.segment, _attn(model), decoder.embed_tokens.weight.dtype
+        )  # (B, 1, L, L)
         with _only_layers(decoder, 0, self.n_lower, skip_norm=True):
-            hidden = decoder(input_ids=pack_row(p_ids, c_ids, layout), attention_mask=mask,
-                             position_ids=layout.position_ids,
-                             use_cache=False).last_hidden_state  # (B, L, H)
+            hidden = decoder(
+                input_ids=pack_row(p_ids, c_ids, layout),
+                attention_mask=mask,
+                position_ids=layout.position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (B, L, H)
         cands_h = unpack_completions(hidden, layout)  # (B, M, C, H)
         lengths = c_mask.long().sum(-1)  # (B, M)
         n_prompt = p_mask.long().sum(-1)  # (B,)
         for b, key in enumerate(keys):
-            prompt_h = hidden[b, P - int(n_prompt[b]):P].clone()  # left-padded: real ids last
+            prompt_h = hidden[b, P - int(n_prompt[b]) : P].clone()  # left-padded: real ids last
             cands = [cands_h[b, m, : int(lengths[b, m])].clone() for m in range(cands_h.shape[1])]
             self.store[key] = (prompt_h, cands)
         self.builds += B
 
-    def completion_logps(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor) -> CompletionLogps:
+    def completion_logps(
+        self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor
+    ) -> CompletionLogps:
         """Like ``completion_logps(model, prompt, ids, mask, mode="shared_prefix")`` for a batch
         whose ``ids`` rows are candidates of ``batch["candidate_input_ids"]``.
 
@@ -143,26 +158,43 @@ class TrunkCache:
             KeyError: if a completion is not among its example's candidates.
         """
         packed, c_ids, c_mask = self._packed(model, batch, ids, mask)
-        return CompletionLogps(packed_token_logps(packed, c_ids, c_mask).sum(-1), mask.long().sum(-1))
+        return CompletionLogps(
+            packed_token_logps(packed, c_ids, c_mask).sum(-1), mask.long().sum(-1)
+        )
 
     def packed_forward(self, model: nn.Module, batch: dict[str, Any]) -> PackedForward:
         """:func:`~sdpo_lightning.scoring.packed_forward` of the batch's prompts and **all** its
         candidates (trimmed by ``trim_padding``, as the evaluator trims them), the lower layers
         served from the cache: what the one-pass evaluator's ranking and constrained generation
         read. No model cache is returned (free-form decoding needs the lower layers' keys)."""
-        return self._packed(model, batch, batch["candidate_input_ids"], batch["candidate_attention_mask"])[0]
+        return self._packed(
+            model, batch, batch["candidate_input_ids"], batch["candidate_attention_mask"]
+        )[0]
 
     def _packed(self, model: nn.Module, batch: dict[str, Any], ids: Tensor, mask: Tensor):
         """The packed forward of ``ids`` with the lower layers from the store (filled first where
         missing): ``(PackedForward, c_ids, c_mask)`` with the trimmed completions."""
         p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        cand_ids, cand_mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]  # (B, M, C)
+        cand_ids, cand_mask = (
+            batch["candidate_input_ids"],
+            batch["candidate_attention_mask"],
+        )  # (B, M, C)
         cand_index = _candidate_index(ids, mask, cand_ids, cand_mask)  # (B, N)
-        keys = [_key(p_ids[b][p_mask[b].bool()], cand_ids[b], cand_mask[b]) for b in range(p_ids.shape[0])]
+        keys = [
+            _key(p_ids[b][p_mask[b].bool()], cand_ids[b], cand_mask[b])
+            for b in range(p_ids.shape[0])
+        ]
         missing = [b for b, k in enumerate(keys) if k not in self.store]
         if missing:
             sel = torch.tensor(missing, device=p_ids.device)
-            self._fill(model, p_ids[sel], p_mask[sel], cand_ids[sel], cand_mask[sel], [keys[b] for b in missing])
+            self._fill(
+                model,
+                p_ids[sel],
+                p_mask[sel],
+                cand_ids[sel],
+                cand_mask[sel],
+                [keys[b] for b in missing],
+            )
         n_tokens = mask.long().sum(-1)  # (B, N)
         p_ids, p_mask, c_ids, c_mask = trim_padding(p_ids, p_mask, ids, mask)
         (B, P), (_, N, C) = p_ids.shape, c_ids.shape
@@ -174,32 +206,44 @@ class TrunkCache:
         dest = layout.dest.reshape(B, N, C)
         for b, key in enumerate(keys):
             prompt_h, cands = self.store[key]
-            hidden[b, P - prompt_h.shape[0]:P] = prompt_h
+            hidden[b, P - prompt_h.shape[0] : P] = prompt_h
             for n in range(N):
                 length = int(n_tokens[b, n])
                 if length:
                     hidden[b, dest[b, n, :length]] = cands[int(cand_index[b, n])][:length]
-        attn = packed_attention_mask(p_mask, layout.segment, _attn(model),
-                                     decoder.embed_tokens.weight.dtype)  # (B, 1, L, L)
+        attn = packed_attention_mask(
+            p_mask, layout.segment, _attn(model), decoder.embed_tokens.weight.dtype
+        )  # (B, 1, L, L)
         keep = kept_logit_positions(layout, p_ids.device)  # (T,)
         with _only_layers(decoder, self.n_lower, None, skip_norm=False):
-            logits = model(inputs_embeds=hidden[:, :L], attention_mask=attn,
-                           position_ids=layout.position_ids, use_cache=False,
-                           logits_to_keep=keep).logits  # (B, T, V)
+            logits = model(
+                inputs_embeds=hidden[:, :L],
+                attention_mask=attn,
+                position_ids=layout.position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+            ).logits  # (B, T, V)
         return PackedForward(logits, completion_src(layout), None), c_ids, c_mask
 
     def save(self, path: Path, identity: str) -> None:
         """Write the store to ``path`` (atomically), tagged with the lower layers' ``identity``."""
         keys = list(self.store)
-        state = {"identity": identity, "n_lower": self.n_lower, "keys": [k.hex() for k in keys],
-                 "prompt": [self.store[k][0].cpu() for k in keys], "cands": [self.store[k][1] for k in keys]}
+        state = {
+            "identity": identity,
+            "n_lower": self.n_lower,
+            "keys": [k.hex() for k in keys],
+            "prompt": [self.store[k][0].cpu() for k in keys],
+            "cands": [self.store[k][1] for k in keys],
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, identity: str, n_lower: int, device: torch.device | str = "cpu") -> TrunkCache:
+    def load(
+        cls, path: Path, identity: str, n_lower: int, device: torch.device | str = "cpu"
+    ) -> TrunkCache:
         """A cache with the rows stored in ``path``; empty when there is no such file.
 
         Raises:
@@ -211,12 +255,18 @@ class TrunkCache:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # a truncated or foreign file: say which
-            raise ValueError(f"trunk cache file {path}: cannot be read ({err}); delete it to rebuild") from err
+            raise ValueError(
+                f"trunk cache file {path}: cannot be read ({err}); delete it to rebuild"
+            ) from err
         if state.get("identity") != identity or state.get("n_lower") != n_lower:
-            raise ValueError(f"trunk cache file {path}: written for other lower layers "
-                             f"({state.get('n_lower')} layers, identity {str(state.get('identity'))[:16]}); "
-                             "delete it or use another directory")
-        for key, prompt_h, cands in zip(state["keys"], state["prompt"], state["cands"]):
+            raise ValueError(
+                f"trunk cache file {path}: written for other lower layers "
+                f"({state.get('n_lower')} layers, identity {str(state.get('identity'))[:16]}); "
+                "delete it or use another directory"
+            )
+        for key, prompt_h, cands in zip(
+            state["keys"], state["prompt"], state["cands"], strict=False
+        ):
             cache.store[bytes.fromhex(key)] = (prompt_h, list(cands))
         return cache
 
@@ -227,7 +277,9 @@ def lower_layers_identity(model: nn.Module, n_lower: int) -> str:
     decoder = decoder_of(model)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{n_lower}|{_attn(model)}".encode())
-    modules = [("embed_tokens", decoder.embed_tokens)] + [(f"layers.{i}", decoder.layers[i]) for i in range(n_lower)]
+    modules = [("embed_tokens", decoder.embed_tokens)] + [
+        (f"layers.{i}", decoder.layers[i]) for i in range(n_lower)
+    ]
     for prefix, module in modules:
         for name, t in sorted(module.state_dict().items()):
             t = t.detach().cpu().contiguous()
@@ -239,7 +291,9 @@ def lower_layers_identity(model: nn.Module, n_lower: int) -> str:
 def _attn(model: nn.Module) -> str:
     impl = attn_implementation(model)
     if impl not in PACKED_ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"trunk cache needs attn_implementation sdpa or eager (custom 4D mask), got {impl!r}")
+        raise ValueError(
+            f"trunk cache needs attn_implementation sdpa or eager (custom 4D mask), got {impl!r}"
+        )
     return impl
 
 
@@ -249,7 +303,9 @@ def _candidate_index(ids: Tensor, mask: Tensor, cand_ids: Tensor, cand_mask: Ten
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))  # noqa: E731
     a = pad(ids * mask)[:, :, None]  # (B, N, 1, W)
     b = pad(cand_ids * cand_mask)[:, None]  # (B, 1, M, W)
-    same = (a == b).all(-1) & (pad(mask)[:, :, None] == pad(cand_mask)[:, None]).all(-1)  # (B, N, M)
+    same = (a == b).all(-1) & (pad(mask)[:, :, None] == pad(cand_mask)[:, None]).all(
+        -1
+    )  # (B, N, M)
     if not bool(same.any(-1).all()):
         raise KeyError("trunk cache: a completion is not among its example's candidates")
     return same.float().argmax(-1)  # (B, N)

@@ -27,8 +27,13 @@ from sdpo_lightning.scoring.reference_cache import eval_mode
 from sdpo_lightning.training.negatives import NegativeSelector, rows_of
 
 
-def beam_candidates(batch: dict[str, Any], negatives: list[list[int]], trie: CatalogueTrie,
-                    catalogue: Catalogue, pad_token_id: int) -> dict[str, Any]:
+def beam_candidates(
+    batch: dict[str, Any],
+    negatives: list[list[int]],
+    trie: CatalogueTrie,
+    catalogue: Catalogue,
+    pad_token_id: int,
+) -> dict[str, Any]:
     """The batch with each row's candidates replaced by ``(target, negatives...)``.
 
     Args:
@@ -55,23 +60,31 @@ def beam_candidates(batch: dict[str, Any], negatives: list[list[int]], trie: Cat
     cmask = torch.zeros((len(rows), n, c), dtype=torch.long)
     for b, row in enumerate(rows):
         for j, seq in enumerate(row):
-            cand[b, j, :len(seq)] = torch.tensor(seq)
-            cmask[b, j, :len(seq)] = 1
+            cand[b, j, : len(seq)] = torch.tensor(seq)
+            cmask[b, j, : len(seq)] = 1
     pop = catalogue.popularity
-    titles = [[batch["candidates"][b][int(batch["target_index"][b])]] + [catalogue.titles[i] for i in items]
-              for b, items in enumerate(negatives)]
-    popularity = torch.tensor([[float(pop[catalogue.index[x]]) if pop is not None else 0.0 for x in r]
-                               for r in titles])
+    titles = [
+        [batch["candidates"][b][int(batch["target_index"][b])]]
+        + [catalogue.titles[i] for i in items]
+        for b, items in enumerate(negatives)
+    ]
+    popularity = torch.tensor(
+        [[float(pop[catalogue.index[x]]) if pop is not None else 0.0 for x in r] for r in titles]
+    )
     digests = []
     for b, row in enumerate(rows):
         prompt = batch["prompt_input_ids"][b][batch["prompt_attention_mask"][b].bool()].tolist()
         digests.append(token_digest(prompt, row))
     out = dict(batch)
-    out.update(candidate_input_ids=cand.to(device), candidate_attention_mask=cmask.to(device),
-               candidate_mask=torch.ones((len(rows), n), dtype=torch.bool, device=device),
-               candidate_popularity=popularity.to(device), candidates=titles,
-               target_index=torch.zeros(len(rows), dtype=torch.long, device=device),
-               token_digest=torch.tensor(digests, dtype=torch.long, device=device))
+    out.update(
+        candidate_input_ids=cand.to(device),
+        candidate_attention_mask=cmask.to(device),
+        candidate_mask=torch.ones((len(rows), n), dtype=torch.bool, device=device),
+        candidate_popularity=popularity.to(device),
+        candidates=titles,
+        target_index=torch.zeros(len(rows), dtype=torch.long, device=device),
+        token_digest=torch.tensor(digests, dtype=torch.long, device=device),
+    )
     return out
 
 
@@ -95,36 +108,71 @@ class CatalogueBeamNegatives(NegativeSelector):
 
     needs_reference: ClassVar[bool] = False
 
-    def __init__(self, policy: Callable[[], nn.Module], catalogue: Catalogue, tokenizer: Any,
-                 completion_prefix: str, step: Callable[[], int], refresh_steps: int = 1,
-                 beam_width: int | None = None, kv_sharing: str = "auto") -> None:
+    def __init__(
+        self,
+        policy: Callable[[], nn.Module],
+        catalogue: Catalogue,
+        tokenizer: Any,
+        completion_prefix: str,
+        step: Callable[[], int],
+        refresh_steps: int = 1,
+        beam_width: int | None = None,
+        kv_sharing: str = "auto",
+    ) -> None:
         if not (isinstance(refresh_steps, int) and refresh_steps >= 1):
-            raise ValueError(f"on_policy_refresh_steps must be a positive integer, got {refresh_steps!r}")
+            raise ValueError(
+                f"on_policy_refresh_steps must be a positive integer, got {refresh_steps!r}"
+            )
         self.policy, self.catalogue, self.tokenizer = policy, catalogue, tokenizer
-        self.step, self.refresh_steps, self.beam_width, self.kv_sharing = step, refresh_steps, beam_width, kv_sharing
-        self.trie = CatalogueTrie.from_titles(catalogue.titles, tokenizer, completion_prefix, catalogue.source)
-        self._cache: dict[int, tuple[int, list[int]]] = {}  # example index -> (step, top K + 1 items)
+        self.step, self.refresh_steps, self.beam_width, self.kv_sharing = (
+            step,
+            refresh_steps,
+            beam_width,
+            kv_sharing,
+        )
+        self.trie = CatalogueTrie.from_titles(
+            catalogue.titles, tokenizer, completion_prefix, catalogue.source
+        )
+        self._cache: dict[
+            int, tuple[int, list[int]]
+        ] = {}  # example index -> (step, top K + 1 items)
         self._stats: dict[str, float] = {}
 
     def beams(self, batch: dict[str, Any], k: int) -> torch.Tensor:
         """``(B, K + 1)`` the policy's top catalogue items of each row (history excluded)."""
         cat = self.catalogue
-        exclude = [sorted({cat.index[t] for t in hist if t in cat.index}) for hist in batch["history"]]
+        exclude = [
+            sorted({cat.index[t] for t in hist if t in cat.index}) for hist in batch["history"]
+        ]
         policy = self.policy()
         width = max(k + 1, self.beam_width or 0)
         with torch.no_grad(), eval_mode(policy):
-            result = constrained_beam_search(policy, batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                                             self.trie, k + 1, width, exclude, kv_sharing=self.kv_sharing)
+            result = constrained_beam_search(
+                policy,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                self.trie,
+                k + 1,
+                width,
+                exclude,
+                kv_sharing=self.kv_sharing,
+            )
         if bool((result.items < 0).any()):
-            raise ValueError(f"on_policy_beam: a row has fewer than {k + 1} catalogue items outside its history")
+            raise ValueError(
+                f"on_policy_beam: a row has fewer than {k + 1} catalogue items outside its history"
+            )
         return result.items.cpu()
 
     def propose(self, batch: dict[str, Any], k: int, epoch: int) -> dict[str, Any]:
         step = int(self.step())
         index = batch["index"].tolist()
-        due = [i for i, row in enumerate(index)
-               if row not in self._cache or step - self._cache[row][0] >= self.refresh_steps
-               or len(self._cache[row][1]) != k + 1]
+        due = [
+            i
+            for i, row in enumerate(index)
+            if row not in self._cache
+            or step - self._cache[row][0] >= self.refresh_steps
+            or len(self._cache[row][1]) != k + 1
+        ]
         if due:
             fresh = self.beams(rows_of(batch, torch.tensor(due)), k)  # (R, K + 1)
             for j, i in enumerate(due):
@@ -139,9 +187,15 @@ class CatalogueBeamNegatives(NegativeSelector):
             negatives.append([i for _, i in chosen])
             ranks.extend(r for r, _ in chosen)
         n = max(1, len(index))
-        self._stats = {"target_top1": top1 / n, "target_in_beams": within / n,
-                       "mean_rank": sum(ranks) / max(1, len(ranks)), "refreshed": len(due) / n}
-        return beam_candidates(batch, negatives, self.trie, self.catalogue, self.tokenizer.pad_token_id)
+        self._stats = {
+            "target_top1": top1 / n,
+            "target_in_beams": within / n,
+            "mean_rank": sum(ranks) / max(1, len(ranks)),
+            "refreshed": len(due) / n,
+        }
+        return beam_candidates(
+            batch, negatives, self.trie, self.catalogue, self.tokenizer.pad_token_id
+        )
 
     def select(self, batch: dict[str, Any], k: int, epoch: int) -> torch.Tensor:
         """The proposed negatives: candidates ``1..K`` of each row."""

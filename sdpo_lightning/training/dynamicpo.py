@@ -78,8 +78,9 @@ def top_cluster(values: Tensor, clusters: int = 3) -> Tensor:
     s1 = torch.cat([zero, x.cumsum(-1)], dim=-1)  # (N, K + 1)
     s2 = torch.cat([zero, x.square().cumsum(-1)], dim=-1)
     cuts = torch.tensor(list(itertools.combinations(range(1, k), c - 1)), device=x.device)
-    bounds = torch.cat([cuts.new_zeros(len(cuts), 1), cuts, cuts.new_full((len(cuts), 1), k)],
-                       dim=1)  # (P, c + 1)
+    bounds = torch.cat(
+        [cuts.new_zeros(len(cuts), 1), cuts, cuts.new_full((len(cuts), 1), k)], dim=1
+    )  # (P, c + 1)
     cost = x.new_zeros(n_rows, len(cuts))  # (N, P)
     for seg in range(c):
         lo, hi = bounds[:, seg], bounds[:, seg + 1]  # (P,)
@@ -90,8 +91,9 @@ def top_cluster(values: Tensor, clusters: int = 3) -> Tensor:
     return torch.zeros_like(in_top).scatter(1, order, in_top)
 
 
-def boundary_negatives(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-                       clusters: int = 3) -> tuple[Tensor, Tensor]:
+def boundary_negatives(
+    policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, clusters: int = 3
+) -> tuple[Tensor, Tensor]:
     """DynamicPO's boundary and discriminative negatives of each example.
 
     Args:
@@ -115,9 +117,15 @@ def boundary_negatives(policy_chosen_logps: Tensor, policy_rejected_logps: Tenso
     return boundary, discriminative
 
 
-def dynamic_betas(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, beta: float,
-                  boundary: Tensor, discriminative: Tensor, margin: float = 2.0,
-                  spread: float = 0.5) -> Tensor:
+def dynamic_betas(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    beta: float,
+    boundary: Tensor,
+    discriminative: Tensor,
+    margin: float = 2.0,
+    spread: float = 0.5,
+) -> Tensor:
     """The per-negative temperatures ``beta_j`` of DynamicPO (module docstring), detached.
 
     Args:
@@ -190,11 +198,14 @@ def dynamicpo_loss(
         raise ValueError(f"spread must be in [0, 1), got {spread!r}")
     # log-ratios h: (B,), (B, K)
     chosen_h, rejected_h = implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, 1.0)
-    boundary, discriminative = boundary_negatives(policy_chosen_logps, policy_rejected_logps,
-                                                  clusters)
-    betas = dynamic_betas(policy_chosen_logps, policy_rejected_logps, beta, boundary,
-                          discriminative, margin, spread).to(rejected_h.dtype)  # (B, K)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, 1.0
+    )
+    boundary, discriminative = boundary_negatives(
+        policy_chosen_logps, policy_rejected_logps, clusters
+    )
+    betas = dynamic_betas(
+        policy_chosen_logps, policy_rejected_logps, beta, boundary, discriminative, margin, spread
+    ).to(rejected_h.dtype)  # (B, K)
     n_boundary = boundary.sum(dim=-1).to(rejected_h.dtype)  # (B,) >= 1
     # (B,): masked terms have beta_j = 0
     logits = (betas * (chosen_h.unsqueeze(-1) - rejected_h)).sum(dim=-1) / n_boundary

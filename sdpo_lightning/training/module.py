@@ -11,8 +11,9 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -135,15 +136,17 @@ class SDPOModule(pl.LightningModule):
             raise ValueError(
                 "hybrid curriculum (text-only prompts for some steps) is an SFT schedule; the "
                 "preference objectives compare policy and reference on the same hybrid prompts: "
-                "set hybrid.curriculum_start and curriculum_end to 1")
+                "set hybrid.curriculum_start and curriculum_end to 1"
+            )
         # plain data in hparams.yaml and checkpoints; the groups themselves at run time
         self.save_hyperparameters(plain_hparams({**groups, "lora": lora, "hybrid": hybrid}))
         self._hparams_name = "kwargs"
         self.hparams.update(groups, lora=lora, hybrid=hybrid)
         self.item_table = ItemTable.load(hybrid.item_table) if hybrid is not None else None
         src = groups["source"]
-        self.tokenizer = load_tokenizer(src.model_name_or_path, src.gguf_file, src.tokenizer_path,
-                                        src.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            src.model_name_or_path, src.gguf_file, src.tokenizer_path, src.trust_remote_code
+        )
         self.policy: torch.nn.Module | None = None
         self.reference_model: torch.nn.Module | None = None
         self.ref_cache: ReferenceCache | None = None
@@ -151,7 +154,9 @@ class SDPOModule(pl.LightningModule):
         self.evaluators: dict[str, Evaluator] = {}
         self.trunk: TrunkCache | None = None
         self._eval_trunk: tuple[TrunkCache, Path, str] | None = None  # (cache, file, identity)
-        self.negative_selector: NegativeSelector | None = None  # None: the data's strategy (see setup)
+        self.negative_selector: NegativeSelector | None = (
+            None  # None: the data's strategy (see setup)
+        )
         self.sampling: NegativeSampling | None = None  # the data's K, strategy, seed (see setup)
         self._selectors: dict[str, NegativeSelector] = {}  # "train", "val"
         self._all_item: AllItemProtocol | None = None  # see all_item_protocol()
@@ -177,10 +182,18 @@ class SDPOModule(pl.LightningModule):
             if isinstance(current, OnPolicyNegatives) and sampling.strategy == "on_policy":
                 train = current
             elif sampling.strategy == "on_policy_beam":
-                train = current if isinstance(current, CatalogueBeamNegatives) else self._beam_selector(dm, sampling)
+                train = (
+                    current
+                    if isinstance(current, CatalogueBeamNegatives)
+                    else self._beam_selector(dm, sampling)
+                )
             else:
-                train = make_selector(sampling, self.reference_candidate_scores,
-                                      self.policy_candidate_scores, lambda: self.global_step)
+                train = make_selector(
+                    sampling,
+                    self.reference_candidate_scores,
+                    self.policy_candidate_scores,
+                    lambda: self.global_step,
+                )
         self._selectors = {"train": train, "val": validation_selector(sampling)}
 
     def _check_policy_negatives(self, sampling: NegativeSampling) -> None:
@@ -192,9 +205,11 @@ class SDPOModule(pl.LightningModule):
         if not sampling.needs_policy or strategies.zero3_config(self._trainer) is None:
             return
         if sampling.strategy == "on_policy_beam" or sampling.refresh_steps > 1:
-            raise ConfigError(f"data.negative_sampling {sampling.strategy} with on_policy_refresh_steps "
-                              f"{sampling.refresh_steps}: under DeepSpeed ZeRO-3 the processes would run different "
-                              "forwards (beam lengths, rows due); use on_policy with on_policy_refresh_steps 1")
+            raise ConfigError(
+                f"data.negative_sampling {sampling.strategy} with on_policy_refresh_steps "
+                f"{sampling.refresh_steps}: under DeepSpeed ZeRO-3 the processes would run different "
+                "forwards (beam lengths, rows due); use on_policy with on_policy_refresh_steps 1"
+            )
 
     def _beam_selector(self, dm: Any, sampling: NegativeSampling) -> NegativeSelector:
         """``on_policy_beam``: the policy's top catalogue items (the data module's catalogue)."""
@@ -202,12 +217,20 @@ class SDPOModule(pl.LightningModule):
 
         catalogue = getattr(dm, "catalogue", None)
         if catalogue is None:
-            raise ConfigError("data.negative_sampling on_policy_beam needs data.train_protocol all_item "
-                              "(its catalogue_file is searched)")
-        return CatalogueBeamNegatives(lambda: self.policy, catalogue, self.tokenizer,
-                                      dm.train_prompts.completion_prefix, lambda: self.global_step,
-                                      sampling.refresh_steps, sampling.beam_width,
-                                      self.hparams.eval.kv_sharing)
+            raise ConfigError(
+                "data.negative_sampling on_policy_beam needs data.train_protocol all_item "
+                "(its catalogue_file is searched)"
+            )
+        return CatalogueBeamNegatives(
+            lambda: self.policy,
+            catalogue,
+            self.tokenizer,
+            dm.train_prompts.completion_prefix,
+            lambda: self.global_step,
+            sampling.refresh_steps,
+            sampling.beam_width,
+            self.hparams.eval.kv_sharing,
+        )
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Training and validation batches: pick K negatives of every example (training: the
@@ -215,7 +238,9 @@ class SDPOModule(pl.LightningModule):
         chosen completion and the negatives (``completion_*`` keys, the chosen one first), and
         what the selector reports of them (``negative_stats``, training)."""
         trainer = self._trainer
-        if trainer is None or not (trainer.training or trainer.validating or trainer.sanity_checking):
+        if trainer is None or not (
+            trainer.training or trainer.validating or trainer.sanity_checking
+        ):
             return batch
         if not self._selectors:
             self.setup("fit" if trainer.training else "validate")
@@ -235,8 +260,14 @@ class SDPOModule(pl.LightningModule):
     def _build(self) -> torch.nn.Module:
         src: ModelArgs = self.hparams.source
         return build_policy(
-            src.model_name_or_path, self.tokenizer, src.gguf_file, src.tiny_config, src.init_seed,
-            src.dtype, src.trust_remote_code, src.attn_implementation,
+            src.model_name_or_path,
+            self.tokenizer,
+            src.gguf_file,
+            src.tiny_config,
+            src.init_seed,
+            src.dtype,
+            src.trust_remote_code,
+            src.attn_implementation,
         )
 
     def configure_model(self) -> None:
@@ -264,12 +295,16 @@ class SDPOModule(pl.LightningModule):
             train = h.hybrid.train_projector
             train = not h.objective.is_preference if train is None else train
             fn = getattr(getattr(self._trainer, "state", None), "fn", None)
-            if fn is not None and fn != "fit":  # validate / test / predict: frozen, so the trunk caches apply
+            if (
+                fn is not None and fn != "fit"
+            ):  # validate / test / predict: frozen, so the trunk caches apply
                 train = False
             for p in (*emb.projector.parameters(), emb.unknown):
                 p.requires_grad_(train)
         if h.source.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            policy.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.policy = policy.train()  # from_pretrained returns eval mode
         if h.objective.needs_reference and not is_peft(policy) and h.scoring.reference == "live":
             ref = self._build_base().eval()
@@ -284,8 +319,13 @@ class SDPOModule(pl.LightningModule):
             return
         adapter = h.source.init_adapter
         saved = Path(adapter) / HYBRID_SUBDIR if adapter else None
-        install_hybrid(base, self.item_table, h.hybrid.projector_hidden, seed=h.source.init_seed,
-                       projector_dir=saved if saved is not None and saved.is_dir() else None)
+        install_hybrid(
+            base,
+            self.item_table,
+            h.hybrid.projector_hidden,
+            seed=h.source.init_seed,
+            projector_dir=saved if saved is not None and saved.is_dir() else None,
+        )
 
     def _build_base(self) -> torch.nn.Module:
         """``_build`` for ``configure_model``. Under ZeRO-3 the tiny in-code model (same weights
@@ -309,32 +349,47 @@ class SDPOModule(pl.LightningModule):
         return self.hparams.objective.is_preference
 
     # ------------------------------------------------------------------ scoring
-    def score(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, model=None, mode=None):
+    def score(
+        self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, model=None, mode=None
+    ):
         """Summed completion log-probs (B, N) and token counts of ``ids`` after the prompts."""
         model = model if model is not None else self.policy
         scoring: ScoringArgs = self.hparams.scoring
-        if (scoring.trunk_cache and model is self.policy and "candidate_input_ids" in batch
-                and (mode or scoring.mode) == "shared_prefix"):
+        if (
+            scoring.trunk_cache
+            and model is self.policy
+            and "candidate_input_ids" in batch
+            and (mode or scoring.mode) == "shared_prefix"
+        ):
             if self.trunk is None:
                 n_lower = frozen_layer_count(self.policy)
                 if n_lower == 0 and hybrid_embedding(self.policy) is not None:
-                    raise ValueError("trunk_cache: the hybrid projector trains in this stage and feeds the lowest "
-                                     "layer, so no layer is frozen; set model.scoring.trunk_cache false "
-                                     "for hybrid SFT (the "
-                                     "preference stages freeze the projector and can use it)")
+                    raise ValueError(
+                        "trunk_cache: the hybrid projector trains in this stage and feeds the lowest "
+                        "layer, so no layer is frozen; set model.scoring.trunk_cache false "
+                        "for hybrid SFT (the "
+                        "preference stages freeze the projector and can use it)"
+                    )
                 if n_lower == 0:
-                    raise ValueError("trunk_cache: the lowest decoder layer is trainable; put LoRA on the "
-                                     "top layers only (lora.layers_to_transform)")
+                    raise ValueError(
+                        "trunk_cache: the lowest decoder layer is trainable; put LoRA on the "
+                        "top layers only (lora.layers_to_transform)"
+                    )
                 self.trunk = TrunkCache(n_lower)
             return self.trunk.completion_logps(model, batch, ids, mask)
         return completion_logps(
             model,
-            batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            ids,
+            mask,
             mode=mode or scoring.mode,
         )
 
     @torch.no_grad()
-    def reference_logps(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reference_logps(
+        self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Reference log-probs of the given completions (B, N), live."""
         if self.reference_model is not None:
             return self.score(batch, ids, mask, model=self.reference_model).logps
@@ -376,8 +431,12 @@ class SDPOModule(pl.LightningModule):
             with self.reference_scorer() as (model, scorer), eval_mode(self.policy, model):
                 yield lambda batch: scorer(batch, model)
 
-        return ReferenceSource(scoring, lambda: reference_identity(self.hparams.source), self.device,
-                               processes_of(self._trainer))
+        return ReferenceSource(
+            scoring,
+            lambda: reference_identity(self.hparams.source),
+            self.device,
+            processes_of(self._trainer),
+        )
 
     def reference_cache_build_mode(self) -> str:
         """``lazy`` or ``full``: ``model.scoring.reference_cache_build`` with ``auto`` resolved
@@ -390,8 +449,9 @@ class SDPOModule(pl.LightningModule):
         module, in ``model.scoring.reference_cache_dir`` (default
         ``<default_root_dir>/reference_cache``)."""
         trainer = self.trainer
-        root = (self.hparams.scoring.reference_cache_dir
-                or os.path.join(trainer.default_root_dir, "reference_cache"))
+        root = self.hparams.scoring.reference_cache_dir or os.path.join(
+            trainer.default_root_dir, "reference_cache"
+        )
         if self.reference_cache_build_mode() == "full":
             return ReferenceCache.build(self.reference_source(), trainer.datamodule, root)
         return ReferenceCache.open(self.reference_source(), trainer.datamodule, root)
@@ -420,13 +480,19 @@ class SDPOModule(pl.LightningModule):
     def _reference_for(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.hparams.scoring.reference == "cached":
             split = self._split()
-            if self.ref_cache is None or split not in self.ref_cache.tables:  # e.g. `validate` alone
+            if (
+                self.ref_cache is None or split not in self.ref_cache.tables
+            ):  # e.g. `validate` alone
                 self.ref_cache = self._open_reference_cache()
-            all_scores = self.ref_cache.scores_for(self.reference_source(), split, batch).to(self.device)  # (B, M)
+            all_scores = self.ref_cache.scores_for(self.reference_source(), split, batch).to(
+                self.device
+            )  # (B, M)
             return torch.gather(all_scores, 1, batch["completion_index"])  # (B, N)
         # live: like the cache, score with dropout off (a LoRA reference adapter has dropout)
         with eval_mode(self.reference_model if self.reference_model is not None else self.policy):
-            return self.reference_logps(batch, batch["completion_input_ids"], batch["completion_attention_mask"])
+            return self.reference_logps(
+                batch, batch["completion_input_ids"], batch["completion_attention_mask"]
+            )
 
     # ------------------------------------------------------------------ steps
     def _curriculum(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -437,7 +503,13 @@ class SDPOModule(pl.LightningModule):
             return batch
         step, total = self.global_step, int(self.trainer.estimated_stepping_batches)
         p = curriculum_probability(step, total, hyb.curriculum_start, hyb.curriculum_end)
-        self.log("train/hybrid_probability", p, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
+        self.log(
+            "train/hybrid_probability",
+            p,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(batch["index"]),
+        )
         rows = text_form_rows(batch["index"].tolist(), self.hparams.source.init_seed, step, p)
         return strip_item_tokens(batch, rows)
 
@@ -461,12 +533,18 @@ class SDPOModule(pl.LightningModule):
             if obj.sft_weight > 0:
                 nll = sft_loss(pol[:, 0], scored.n_tokens[:, 0]).mean()
                 loss = loss + obj.sft_weight * nll
-                metrics.update(loss=loss, **{"loss/preference": out.losses.mean().detach(), "loss/sft": nll.detach()})
+                metrics.update(
+                    loss=loss,
+                    **{"loss/preference": out.losses.mean().detach(), "loss/sft": nll.detach()},
+                )
         bs = ids.shape[0]
         on_step = split == "train"
         opts = dict(on_step=on_step, on_epoch=not on_step, batch_size=bs, sync_dist=not on_step)
         if on_step and batch.get("negative_stats"):
-            self.log_dict({f"train/negatives/{k}": float(v) for k, v in batch["negative_stats"].items()}, **opts)
+            self.log_dict(
+                {f"train/negatives/{k}": float(v) for k, v in batch["negative_stats"].items()},
+                **opts,
+            )
         self.log(f"{split}/loss", metrics.pop("loss"), prog_bar=True, **opts)
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, **opts)
         return loss
@@ -483,8 +561,14 @@ class SDPOModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")
         settings: EvalArgs = self.hparams.eval
-        protocols = [name for name, on in (("generation", settings.val_generation),
-                                           ("ranking", settings.val_ranking)) if on]
+        protocols = [
+            name
+            for name, on in (
+                ("generation", settings.val_generation),
+                ("ranking", settings.val_ranking),
+            )
+            if on
+        ]
         if protocols:
             self._evaluator("val", protocols).update(self.eval_model(), batch)
 
@@ -508,12 +592,22 @@ class SDPOModule(pl.LightningModule):
 
         trainer = self._trainer
         all_item = None
-        if "all_item" in settings.eval_protocols and trainer is not None and (trainer.testing or trainer.predicting):
+        if (
+            "all_item" in settings.eval_protocols
+            and trainer is not None
+            and (trainer.testing or trainer.predicting)
+        ):
             all_item = self.all_item_protocol()
-        return EvalModel(model=self.policy, tokenizer=self.tokenizer,
-                         max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
-                         length_normalize=settings.length_normalize, trunk=self.eval_trunk, score=score,
-                         all_item=all_item)
+        return EvalModel(
+            model=self.policy,
+            tokenizer=self.tokenizer,
+            max_new_tokens=settings.max_new_tokens,
+            constrained=settings.constrained,
+            length_normalize=settings.length_normalize,
+            trunk=self.eval_trunk,
+            score=score,
+            all_item=all_item,
+        )
 
     def all_item_protocol(self) -> AllItemProtocol:
         """The all-item protocol of ``test`` / ``predict`` (``docs/all_item.md``), made on first
@@ -535,7 +629,9 @@ class SDPOModule(pl.LightningModule):
 
         settings: EvalArgs = self.hparams.eval
         if self.item_table is not None:
-            raise ConfigError("eval_protocols all_item does not support hybrid item prompts (model.hybrid) yet")
+            raise ConfigError(
+                "eval_protocols all_item does not support hybrid item prompts (model.hybrid) yet"
+            )
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         data_prompts = getattr(dm, "prompts", None)
@@ -546,12 +642,17 @@ class SDPOModule(pl.LightningModule):
             if templates is None and data_prompts is not None:
                 templates = history_preset_of(data_prompts.templates)
             if templates is None:
-                raise ConfigError("model.eval.all_item_prompts auto: the data's prompt_templates are no preset "
-                                  "(movies, music, books); name a preset or give history-only templates")
-        builder = PromptBuilder(templates, seed=getattr(data_prompts, "seed", 0),
-                                separator=getattr(data_prompts, "separator", ", "),
-                                completion_prefix=getattr(data_prompts, "completion_prefix", "auto"),
-                                history_only=True)
+                raise ConfigError(
+                    "model.eval.all_item_prompts auto: the data's prompt_templates are no preset "
+                    "(movies, music, books); name a preset or give history-only templates"
+                )
+        builder = PromptBuilder(
+            templates,
+            seed=getattr(data_prompts, "seed", 0),
+            separator=getattr(data_prompts, "separator", ", "),
+            completion_prefix=getattr(data_prompts, "completion_prefix", "auto"),
+            history_only=True,
+        )
         split = "predict" if trainer is not None and trainer.predicting else "test"
         source = (getattr(dm, "files", {}) or {}).get(split) or split
         catalogue = load_catalogue(settings.catalogue_file)
@@ -561,14 +662,27 @@ class SDPOModule(pl.LightningModule):
         max_length = getattr(getattr(dm, "hparams", None), "max_length", 512)
         try:
             self._all_item = AllItemProtocol(
-                catalogue, self.tokenizer, builder, max_length, top_n=settings.top_n,
-                beam_width=settings.beam_width, length_penalty=settings.beam_length_penalty,
-                free_generation=settings.all_item_free_generation, max_new_tokens=settings.max_new_tokens,
-                kv_sharing=settings.kv_sharing, source=str(source))
+                catalogue,
+                self.tokenizer,
+                builder,
+                max_length,
+                top_n=settings.top_n,
+                beam_width=settings.beam_width,
+                length_penalty=settings.beam_length_penalty,
+                free_generation=settings.all_item_free_generation,
+                max_new_tokens=settings.max_new_tokens,
+                kv_sharing=settings.kv_sharing,
+                source=str(source),
+            )
         except ValueError as err:  # top_n over the catalogue size, titles with the same tokens
             raise ConfigError(f"eval_protocols all_item: {err}") from None
-        log.info("all-item protocol: %d items from %s, top %d, beam width %d", len(catalogue),
-                 settings.catalogue_file, settings.top_n, self._all_item.beam_width)
+        log.info(
+            "all-item protocol: %d items from %s, top %d, beam width %d",
+            len(catalogue),
+            settings.catalogue_file,
+            settings.top_n,
+            self._all_item.beam_width,
+        )
         return self._all_item
 
     def on_predict_epoch_end(self) -> None:
@@ -587,8 +701,10 @@ class SDPOModule(pl.LightningModule):
         if self._eval_trunk is None:
             n_lower = frozen_layer_count(self.policy)
             if n_lower == 0:
-                raise ValueError("eval_trunk_dir: the lowest decoder layer has an adapter or is trainable; it "
-                                 "needs LoRA on the top layers only (lora.layers_to_transform)")
+                raise ValueError(
+                    "eval_trunk_dir: the lowest decoder layer has an adapter or is trainable; it "
+                    "needs LoRA on the top layers only (lora.layers_to_transform)"
+                )
             identity = lower_layers_identity(self.policy, n_lower)
             path = Path(directory) / f"trunk-{n_lower}-{identity[:20]}.pt"
             cache = TrunkCache.load(path, identity, n_lower, self.device)
@@ -598,10 +714,16 @@ class SDPOModule(pl.LightningModule):
 
     def _save_eval_trunk(self) -> None:
         trainer = self._trainer  # None outside a Trainer (benchmarks)
-        if self._eval_trunk is not None and self._eval_trunk[0].builds and (trainer is None or trainer.is_global_zero):
+        if (
+            self._eval_trunk is not None
+            and self._eval_trunk[0].builds
+            and (trainer is None or trainer.is_global_zero)
+        ):
             cache, path, identity = self._eval_trunk
             cache.save(path, identity)
-            log.info("eval trunk cache %s: %d rows written (%d new)", path, len(cache), cache.builds)
+            log.info(
+                "eval trunk cache %s: %d rows written (%d new)", path, len(cache), cache.builds
+            )
             cache.builds = 0
 
     def _evaluator(self, split: str, protocols: list[str]) -> Evaluator:
@@ -659,7 +781,9 @@ class SDPOModule(pl.LightningModule):
         fresh build from the source), so a resumed run gets the same table."""
         selector = self._selectors.get("train")
         mining = selector is not None and selector.needs_reference
-        if (self.hparams.objective.needs_reference and self.hparams.scoring.reference == "cached") or mining:
+        if (
+            self.hparams.objective.needs_reference and self.hparams.scoring.reference == "cached"
+        ) or mining:
             self.ref_cache = self._open_reference_cache()
 
     def on_fit_end(self) -> None:
@@ -751,8 +875,9 @@ class SDPOModule(pl.LightningModule):
         # MKL's vector math, whose last bit differs between CPUs (docs/reproducibility.md)
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         optim: OptimArgs = self.hparams.optim
-        opt = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay,
-                                fused=fused or None)
+        opt = torch.optim.AdamW(
+            params, lr=optim.learning_rate, weight_decay=optim.weight_decay, fused=fused or None
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm, floor = optim.warmup_steps, optim.min_lr_ratio
 
@@ -780,7 +905,9 @@ def _normalize_epoch_end(checkpoint: dict[str, Any]) -> None:
     batches["is_last_batch"] = False
 
 
-def _hybrid_settings(hybrid: HybridSettings | dict | None, init_adapter: str | None) -> HybridSettings | None:
+def _hybrid_settings(
+    hybrid: HybridSettings | dict | None, init_adapter: str | None
+) -> HybridSettings | None:
     """The hybrid settings given, or those of a hybrid ``init_adapter`` (its own item table and
     projector width) when none are given. A hybrid ``init_adapter`` always brings its own item
     table: its projector was trained on those embeddings."""
@@ -789,7 +916,11 @@ def _hybrid_settings(hybrid: HybridSettings | dict | None, init_adapter: str | N
     saved = Path(init_adapter) / HYBRID_SUBDIR if init_adapter else None
     if hybrid is not None and saved is not None and (saved / "projector.safetensors").is_file():
         if Path(hybrid.item_table).resolve() != saved.resolve():
-            log.info("hybrid: item table of %s used (its projector was trained on it), not %s", saved, hybrid.item_table)
+            log.info(
+                "hybrid: item table of %s used (its projector was trained on it), not %s",
+                saved,
+                hybrid.item_table,
+            )
         hybrid = dataclasses.replace(hybrid, item_table=str(saved))
     if hybrid is None and saved is not None and (saved / "projector.safetensors").is_file():
         from safetensors import safe_open

@@ -14,17 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sdpo_lightning.errors import ConfigError
 
-Objective = Literal["sft", "sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k", "simpo",
-                    "softmax_simpo", "dynamicpo"]
+Objective = Literal[
+    "sft", "sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k", "simpo", "softmax_simpo", "dynamicpo"
+]
 #: The objectives, in the order error messages list them (the registry of the preference ones:
 #: :data:`sdpo_lightning.training.objectives.OBJECTIVE_SPECS`).
-OBJECTIVE_NAMES: tuple[str, ...] = ("sft", "sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k",
-                                    "simpo", "softmax_simpo", "dynamicpo")
+OBJECTIVE_NAMES: tuple[str, ...] = (
+    "sft",
+    "sdpo",
+    "dpo",
+    "dpo_k",
+    "dmpo",
+    "ipo",
+    "ipo_k",
+    "simpo",
+    "softmax_simpo",
+    "dynamicpo",
+)
 #: Objectives that compare no reference: the module runs no reference pass for them.
 REFERENCE_FREE: tuple[str, ...] = ("sft", "simpo", "softmax_simpo")
 #: Pairwise objectives (exactly one negative) and what to use for K > 1.
@@ -119,15 +131,18 @@ class ObjectiveArgs:
         if self.name not in OBJECTIVE_NAMES:
             raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {self.name!r}")
         if self.name in PAIRWISE and self.num_negatives != 1:
-            raise ValueError(f"objective {self.name!r} is pairwise: num_negatives must be 1, got "
-                             f"{self.num_negatives} (use {PAIRWISE[self.name]})")
+            raise ValueError(
+                f"objective {self.name!r} is pairwise: num_negatives must be 1, got "
+                f"{self.num_negatives} (use {PAIRWISE[self.name]})"
+            )
         if not self.sft_weight >= 0.0:  # also rejects NaN
             raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight!r}")
         if not (math.isfinite(self.gamma) and self.gamma >= 0.0):
             raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
         if self.token_mean is not None and self.name not in TOKEN_MEAN_OBJECTIVES:
-            raise ValueError(f"token_mean applies to {TOKEN_MEAN_OBJECTIVES}, not {self.name!r}; "
-                             "leave it unset")
+            raise ValueError(
+                f"token_mean applies to {TOKEN_MEAN_OBJECTIVES}, not {self.name!r}; leave it unset"
+            )
         if not math.isfinite(self.dynamicpo_margin):
             raise ValueError(f"dynamicpo_margin must be finite, got {self.dynamicpo_margin!r}")
         if not 0.0 <= self.dynamicpo_spread < 1.0:
@@ -181,8 +196,10 @@ class ScoringArgs:
         if self.reference not in ("live", "cached"):
             raise ValueError(f"reference must be 'live' or 'cached', got {self.reference!r}")
         if self.reference_cache_build not in ("auto", "lazy", "full"):
-            raise ValueError("reference_cache_build must be auto, lazy or full, got "
-                              f"{self.reference_cache_build!r}")
+            raise ValueError(
+                "reference_cache_build must be auto, lazy or full, got "
+                f"{self.reference_cache_build!r}"
+            )
 
 
 @dataclass
@@ -203,11 +220,13 @@ class OptimArgs:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise ValueError("learning_rate must be a finite number >= 0, got "
-                             f"{self.learning_rate!r}")
+            raise ValueError(
+                f"learning_rate must be a finite number >= 0, got {self.learning_rate!r}"
+            )
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError("weight_decay must be a finite number >= 0, got "
-                             f"{self.weight_decay!r}")
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.warmup_steps < 0:
@@ -263,20 +282,25 @@ class EvalArgs:
         self.eval_protocols = list(self.eval_protocols or ["generation"])
         bad = set(self.eval_protocols) - {"generation", "ranking", "all_item"}
         if bad:
-            raise ValueError(f"unknown eval_protocols {sorted(bad)}; choose from generation, "
-                             "ranking, all_item")
+            raise ValueError(
+                f"unknown eval_protocols {sorted(bad)}; choose from generation, ranking, all_item"
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
         if "all_item" in self.eval_protocols and not self.catalogue_file:
-            raise ValueError("eval_protocols all_item needs catalogue_file (catalogue.json of "
-                             "sdpo-prepare, or `sdpo-prepare catalogue` of the data files)")
+            raise ValueError(
+                "eval_protocols all_item needs catalogue_file (catalogue.json of "
+                "sdpo-prepare, or `sdpo-prepare catalogue` of the data files)"
+            )
         if self.top_n < 1:
             raise ValueError(f"top_n must be >= 1, got {self.top_n!r}")
         if self.beam_width is not None and self.beam_width < self.top_n:
             raise ValueError(f"beam_width must be >= top_n ({self.top_n}), got {self.beam_width!r}")
         if not (math.isfinite(self.beam_length_penalty) and self.beam_length_penalty >= 0):
-            raise ValueError("beam_length_penalty must be a finite number >= 0, got "
-                             f"{self.beam_length_penalty!r}")
+            raise ValueError(
+                "beam_length_penalty must be a finite number >= 0, got "
+                f"{self.beam_length_penalty!r}"
+            )
         _choice("kv_sharing", self.kv_sharing, ("auto", "shared", "expand"))
 
 
@@ -334,8 +358,9 @@ def as_group(cls: type[G], value: G | Mapping[str, Any] | None) -> G:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - names)
         if unknown:
-            raise ConfigError(f"{cls.__name__} has no field {unknown[0]!r}; fields: "
-                              f"{sorted(names)}")
+            raise ConfigError(
+                f"{cls.__name__} has no field {unknown[0]!r}; fields: {sorted(names)}"
+            )
         return cls(**value)
     raise ConfigError(f"expected {cls.__name__} or a mapping, got {value!r}")
 
@@ -396,5 +421,7 @@ def is_flat(hparams: Mapping[str, Any]) -> bool:
 def plain_hparams(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with every dataclass (group) replaced by a dict of its fields: the form kept in
     ``hparams.yaml`` and checkpoints."""
-    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type)
-            else v for k, v in values.items()}
+    return {
+        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+        for k, v in values.items()
+    }

@@ -60,7 +60,8 @@ def dmpo_loss(
         ValueError: on malformed shapes or a non-positive ``beta``.
     """
     chosen_rewards, rejected_rewards = implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
+    )
     # (B,)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards.mean(dim=-1))
     return ObjectiveOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
@@ -110,12 +111,14 @@ def ipo_k_loss(
     beta = check_beta(beta)
     # log-ratios h: (B,), (B, K)
     chosen_h, rejected_h = implicit_rewards(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, 1.0)
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, 1.0
+    )
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError("give both chosen_lengths and rejected_lengths, or neither")
     if chosen_lengths is not None:
-        n_chosen, n_rejected = check_lengths(chosen_lengths, rejected_lengths, *rejected_h.shape,
-                                             rejected_h.dtype, rejected_h.device)
+        n_chosen, n_rejected = check_lengths(
+            chosen_lengths, rejected_lengths, *rejected_h.shape, rejected_h.dtype, rejected_h.device
+        )
         chosen_h = chosen_h / n_chosen  # (B,)
         rejected_h = rejected_h / n_rejected  # (B, K)
     # (B, K)
@@ -158,10 +161,18 @@ def ipo_loss(
         raise ValueError(
             "ipo expects exactly one rejected item per example (shape (B,) or (B, 1)), got "
             f"policy_rejected_logps of shape {tuple(policy_rejected_logps.shape)}; use objective "
-            "'ipo_k' for K > 1 negatives")
+            "'ipo_k' for K > 1 negatives"
+        )
+
     def unsq(t: Tensor | None) -> Tensor | None:
         return t.unsqueeze(-1) if t is not None and t.dim() == 1 else t
 
-    return ipo_k_loss(policy_chosen_logps, unsq(policy_rejected_logps), ref_chosen_logps,
-                      unsq(ref_rejected_logps), beta, chosen_lengths=chosen_lengths,
-                      rejected_lengths=unsq(rejected_lengths))
+    return ipo_k_loss(
+        policy_chosen_logps,
+        unsq(policy_rejected_logps),
+        ref_chosen_logps,
+        unsq(ref_rejected_logps),
+        beta,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=unsq(rejected_lengths),
+    )

@@ -142,7 +142,11 @@ def rows_of(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     keep = rows.tolist()
     out: dict[str, Any] = {}
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == len(batch["index"]):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.dim() > 0
+            and value.shape[0] == len(batch["index"])
+        ):
             out[key] = value[rows.to(value.device)]
         elif isinstance(value, list) and len(value) == len(batch["index"]):
             out[key] = [value[i] for i in keep]
@@ -151,8 +155,12 @@ def rows_of(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def negative_ranks(scores: torch.Tensor, candidate_mask: torch.Tensor, target_index: torch.Tensor,
-                   negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+def negative_ranks(
+    scores: torch.Tensor,
+    candidate_mask: torch.Tensor,
+    target_index: torch.Tensor,
+    negatives: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Where the negatives and the target stand in a ranking of each row's candidates.
 
     Args:
@@ -169,8 +177,10 @@ def negative_ranks(scores: torch.Tensor, candidate_mask: torch.Tensor, target_in
     s = scores.float().masked_fill(~candidate_mask.bool(), float("-inf"))  # (B, M)
     neg = torch.gather(s, 1, negatives.to(s.device))  # (B, K)
     higher = (s.unsqueeze(1) > neg.unsqueeze(2)).sum(-1)  # (B, K)
-    return {"negative_rank": higher + 1,
-            "target_rank": rank_of_target(s, target_index.to(s.device))}
+    return {
+        "negative_rank": higher + 1,
+        "target_rank": rank_of_target(s, target_index.to(s.device)),
+    }
 
 
 class OnPolicyNegatives(NegativeSelector):
@@ -197,12 +207,21 @@ class OnPolicyNegatives(NegativeSelector):
 
     needs_reference: ClassVar[bool] = False
 
-    def __init__(self, scores: CandidateScores, step: Callable[[], int], seed: int = 0,
-                 refresh_steps: int = 1) -> None:
+    def __init__(
+        self,
+        scores: CandidateScores,
+        step: Callable[[], int],
+        seed: int = 0,
+        refresh_steps: int = 1,
+    ) -> None:
         if not (isinstance(refresh_steps, int) and refresh_steps >= 1):
-            raise ValueError(f"on_policy_refresh_steps must be a positive integer, got {refresh_steps!r}")
+            raise ValueError(
+                f"on_policy_refresh_steps must be a positive integer, got {refresh_steps!r}"
+            )
         self.scores, self.step, self.seed, self.refresh_steps = scores, step, seed, refresh_steps
-        self._cache: dict[int, tuple[int, torch.Tensor]] = {}  # example index -> (step, (M,) scores)
+        self._cache: dict[
+            int, tuple[int, torch.Tensor]
+        ] = {}  # example index -> (step, (M,) scores)
         self._stats: dict[str, float] = {}
 
     def policy_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -213,16 +232,21 @@ class OnPolicyNegatives(NegativeSelector):
             return self.scores(batch).detach().float().cpu(), len(batch["index"])
         index = batch["index"].tolist()
         m = batch["candidate_mask"].shape[1]
-        due = [i for i, row in enumerate(index)
-               if row not in self._cache or step - self._cache[row][0] >= self.refresh_steps]
+        due = [
+            i
+            for i, row in enumerate(index)
+            if row not in self._cache or step - self._cache[row][0] >= self.refresh_steps
+        ]
         if due:
             fresh = self.scores(rows_of(batch, torch.tensor(due))).detach().float().cpu()  # (R, M)
             for j, i in enumerate(due):
                 self._cache[index[i]] = (step, fresh[j])
-        out = torch.full((len(index), m), float("-inf"))  # (B, M); columns past a row's candidates unused
+        out = torch.full(
+            (len(index), m), float("-inf")
+        )  # (B, M); columns past a row's candidates unused
         for i, row in enumerate(index):
             cached = self._cache[row][1][:m]
-            out[i, :len(cached)] = cached
+            out[i, : len(cached)] = cached
         return out, len(due)
 
     def select(self, batch: dict[str, Any], k: int, epoch: int) -> torch.Tensor:
@@ -242,10 +266,12 @@ class OnPolicyNegatives(NegativeSelector):
         return dict(self._stats)
 
 
-def make_selector(sampling: NegativeSampling,
-                  reference_scores: CandidateScores | None = None,
-                  policy_scores: CandidateScores | None = None,
-                  step: Callable[[], int] | None = None) -> NegativeSelector:
+def make_selector(
+    sampling: NegativeSampling,
+    reference_scores: CandidateScores | None = None,
+    policy_scores: CandidateScores | None = None,
+    step: Callable[[], int] | None = None,
+) -> NegativeSelector:
     """The selector of the data's training strategy.
 
     Args:
@@ -265,12 +291,16 @@ def make_selector(sampling: NegativeSampling,
     if sampling.strategy == "popularity":
         return PopularityNegatives(sampling.seed)
     if sampling.strategy == "on_policy_beam":
-        raise ValueError("the on_policy_beam strategy searches the catalogue: the module builds its selector "
-                         "(data.train_protocol all_item)")
+        raise ValueError(
+            "the on_policy_beam strategy searches the catalogue: the module builds its selector "
+            "(data.train_protocol all_item)"
+        )
     if sampling.strategy == "on_policy":
         if policy_scores is None:
             raise ValueError("the on_policy strategy needs the policy's scores of every candidate")
-        return OnPolicyNegatives(policy_scores, step or (lambda: 0), sampling.seed, sampling.refresh_steps)
+        return OnPolicyNegatives(
+            policy_scores, step or (lambda: 0), sampling.seed, sampling.refresh_steps
+        )
     if reference_scores is None:
         raise ValueError(f"the {sampling.strategy} strategy needs reference scores")
     if sampling.strategy == "hard":
@@ -284,8 +314,13 @@ def validation_selector(sampling: NegativeSampling) -> NegativeSelector:
     return RandomNegatives(sampling.seed)
 
 
-def negatives_for(datamodule: Any, split: str, indices: Sequence[int], epoch: int,
-                  selector: NegativeSelector | None = None) -> torch.Tensor:
+def negatives_for(
+    datamodule: Any,
+    split: str,
+    indices: Sequence[int],
+    epoch: int,
+    selector: NegativeSelector | None = None,
+) -> torch.Tensor:
     """The negatives a split's examples get in an epoch (for inspection and tests).
 
     Args:

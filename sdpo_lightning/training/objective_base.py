@@ -79,12 +79,15 @@ def check_logps(chosen: Tensor, rejected: Tensor, what: str = "policy") -> tuple
     if chosen.dim() != 1:
         raise ValueError(f"{what}_chosen_logps must have shape (B,), got {tuple(chosen.shape)}")
     if rejected.dim() != 2:
-        raise ValueError(f"{what}_rejected_logps must have shape (B, K), got "
-                         f"{tuple(rejected.shape)}")
+        raise ValueError(
+            f"{what}_rejected_logps must have shape (B, K), got {tuple(rejected.shape)}"
+        )
     batch, n_neg = rejected.shape
     if chosen.shape[0] != batch:
-        raise ValueError(f"batch sizes differ: {what}_chosen_logps has {chosen.shape[0]}, "
-                         f"{what}_rejected_logps has {batch}")
+        raise ValueError(
+            f"batch sizes differ: {what}_chosen_logps has {chosen.shape[0]}, "
+            f"{what}_rejected_logps has {batch}"
+        )
     if n_neg < 1:
         raise ValueError(f"{what}_rejected_logps must hold at least one negative (K >= 1)")
     return batch, n_neg
@@ -108,8 +111,10 @@ def implicit_rewards(
     beta = check_beta(beta)
     check_logps(policy_chosen_logps, policy_rejected_logps)
     if ref_chosen_logps is None or ref_rejected_logps is None:
-        raise ValueError("this objective compares with a reference: ref_chosen_logps and "
-                         "ref_rejected_logps are required")
+        raise ValueError(
+            "this objective compares with a reference: ref_chosen_logps and "
+            "ref_rejected_logps are required"
+        )
     if ref_chosen_logps.shape != policy_chosen_logps.shape:
         raise ValueError(
             f"ref_chosen_logps shape {tuple(ref_chosen_logps.shape)} does not match "
@@ -120,8 +125,9 @@ def implicit_rewards(
             f"ref_rejected_logps shape {tuple(ref_rejected_logps.shape)} does not match "
             f"policy_rejected_logps shape {tuple(policy_rejected_logps.shape)}"
         )
-    dtype = compute_dtype(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                          ref_rejected_logps)
+    dtype = compute_dtype(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     # (B,)
     chosen_rewards = beta * (policy_chosen_logps.to(dtype) - ref_chosen_logps.to(dtype))
     # (B, K)
@@ -129,8 +135,14 @@ def implicit_rewards(
     return chosen_rewards, rejected_rewards
 
 
-def check_lengths(chosen_lengths: Tensor | None, rejected_lengths: Tensor | None, batch: int,
-                  n_neg: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+def check_lengths(
+    chosen_lengths: Tensor | None,
+    rejected_lengths: Tensor | None,
+    batch: int,
+    n_neg: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
     """Token counts ``|p|`` of shape ``(B,)`` and ``|d_k|`` of shape ``(B, K)`` as ``dtype``.
 
     Counts are clamped to at least 1, like :func:`~sdpo_lightning.training.objectives.sft_loss`
@@ -140,14 +152,18 @@ def check_lengths(chosen_lengths: Tensor | None, rejected_lengths: Tensor | None
         ValueError: if either is missing, has the wrong shape, or holds a negative count.
     """
     if chosen_lengths is None or rejected_lengths is None:
-        raise ValueError("token counts are required: pass chosen_lengths (B,) and "
-                         "rejected_lengths (B, K)")
+        raise ValueError(
+            "token counts are required: pass chosen_lengths (B,) and rejected_lengths (B, K)"
+        )
     if tuple(chosen_lengths.shape) != (batch,):
-        raise ValueError(f"chosen_lengths must have shape ({batch},), got "
-                         f"{tuple(chosen_lengths.shape)}")
+        raise ValueError(
+            f"chosen_lengths must have shape ({batch},), got {tuple(chosen_lengths.shape)}"
+        )
     if tuple(rejected_lengths.shape) != (batch, n_neg):
-        raise ValueError(f"rejected_lengths must have shape ({batch}, {n_neg}), got "
-                         f"{tuple(rejected_lengths.shape)}")
+        raise ValueError(
+            f"rejected_lengths must have shape ({batch}, {n_neg}), got "
+            f"{tuple(rejected_lengths.shape)}"
+        )
     if (chosen_lengths < 0).any() or (rejected_lengths < 0).any():
         raise ValueError("token counts must be >= 0")
     chosen = chosen_lengths.detach().to(device=device, dtype=dtype).clamp_min(1.0)

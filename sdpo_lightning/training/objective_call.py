@@ -61,15 +61,17 @@ def objective_options(args: ObjectiveArgs, n_tokens: Tensor) -> dict[str, Any]:
         options.update(chosen_lengths=n_tokens[:, 0], rejected_lengths=n_tokens[:, 1:])
     elif name in ("simpo", "softmax_simpo"):
         counts = n_tokens if uses_token_mean(args) else n_tokens.new_ones(n_tokens.shape)
-        options.update(chosen_lengths=counts[:, 0], rejected_lengths=counts[:, 1:],
-                       gamma=args.gamma)
+        options.update(
+            chosen_lengths=counts[:, 0], rejected_lengths=counts[:, 1:], gamma=args.gamma
+        )
     elif name == "dynamicpo":
         options.update(margin=args.dynamicpo_margin, spread=args.dynamicpo_spread)
     return options
 
 
-def objective_loss(args: ObjectiveArgs, policy_logps: Tensor, n_tokens: Tensor,
-                   reference_logps: Tensor | None) -> ObjectiveOutput:
+def objective_loss(
+    args: ObjectiveArgs, policy_logps: Tensor, n_tokens: Tensor, reference_logps: Tensor | None
+) -> ObjectiveOutput:
     """The preference objective of ``args`` on one batch.
 
     Args:
@@ -90,5 +92,12 @@ def objective_loss(args: ObjectiveArgs, policy_logps: Tensor, n_tokens: Tensor,
         raise ValueError(f"objective {args.name!r} needs reference log-probs")
     ref_chosen = reference_logps[:, 0] if reference_logps is not None else None
     ref_rejected = reference_logps[:, 1:] if reference_logps is not None else None
-    return preference_loss(args.name, policy_logps[:, 0], policy_logps[:, 1:], ref_chosen,
-                           ref_rejected, args.beta, **objective_options(args, n_tokens))
+    return preference_loss(
+        args.name,
+        policy_logps[:, 0],
+        policy_logps[:, 1:],
+        ref_chosen,
+        ref_rejected,
+        args.beta,
+        **objective_options(args, n_tokens),
+    )

@@ -244,17 +244,21 @@ OBJECTIVE_SPECS: dict[str, ObjectiveSpec] = {
     "dmpo": ObjectiveSpec(dmpo_loss, reference=True, pairwise=False),
     "ipo": ObjectiveSpec(ipo_loss, reference=True, pairwise=True, options=_LENGTHS),
     "ipo_k": ObjectiveSpec(ipo_k_loss, reference=True, pairwise=False, options=_LENGTHS),
-    "simpo": ObjectiveSpec(simpo_loss, reference=False, pairwise=True,
-                           options=(*_LENGTHS, "gamma")),
-    "softmax_simpo": ObjectiveSpec(softmax_simpo_loss, reference=False, pairwise=False,
-                                   options=(*_LENGTHS, "gamma")),
-    "dynamicpo": ObjectiveSpec(dynamicpo_loss, reference=True, pairwise=False,
-                               options=("margin", "spread", "clusters")),
+    "simpo": ObjectiveSpec(
+        simpo_loss, reference=False, pairwise=True, options=(*_LENGTHS, "gamma")
+    ),
+    "softmax_simpo": ObjectiveSpec(
+        softmax_simpo_loss, reference=False, pairwise=False, options=(*_LENGTHS, "gamma")
+    ),
+    "dynamicpo": ObjectiveSpec(
+        dynamicpo_loss, reference=True, pairwise=False, options=("margin", "spread", "clusters")
+    ),
 }
 """Preference objectives by name, with how each is called (:class:`ObjectiveSpec`)."""
 
 OBJECTIVES: dict[str, PreferenceObjective] = {
-    name: spec.fn for name, spec in OBJECTIVE_SPECS.items()}
+    name: spec.fn for name, spec in OBJECTIVE_SPECS.items()
+}
 """Preference objectives by name. ``sft`` is separate (:func:`sft_loss`): it needs no negatives."""
 
 
@@ -297,10 +301,17 @@ def preference_loss(
         ) from None
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise ValueError(f"objective {name!r} takes no option {unknown[0]!r}; its options: "
-                         f"{list(spec.options)}")
-    return spec.fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                   ref_rejected_logps, beta, **options)
+        raise ValueError(
+            f"objective {name!r} takes no option {unknown[0]!r}; its options: {list(spec.options)}"
+        )
+    return spec.fn(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        beta,
+        **options,
+    )
 
 
 @torch.no_grad()

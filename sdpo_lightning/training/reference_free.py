@@ -40,8 +40,13 @@ def check_gamma(gamma: float) -> float:
     return gamma
 
 
-def simpo_rewards(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, beta: float,
-                  chosen_lengths: Tensor, rejected_lengths: Tensor) -> tuple[Tensor, Tensor]:
+def simpo_rewards(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    beta: float,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> tuple[Tensor, Tensor]:
     """SimPO's rewards ``r(y) = beta * log pi_theta(y|x) / |y|``: ``(B,)`` and ``(B, K)``,
     attached to the graph, in at least float32.
 
@@ -51,8 +56,9 @@ def simpo_rewards(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, be
     beta = check_beta(beta)
     batch, n_neg = check_logps(policy_chosen_logps, policy_rejected_logps)
     dtype = compute_dtype(policy_chosen_logps, policy_rejected_logps)
-    n_chosen, n_rejected = check_lengths(chosen_lengths, rejected_lengths, batch, n_neg, dtype,
-                                         policy_chosen_logps.device)
+    n_chosen, n_rejected = check_lengths(
+        chosen_lengths, rejected_lengths, batch, n_neg, dtype, policy_chosen_logps.device
+    )
     chosen = beta * policy_chosen_logps.to(dtype) / n_chosen  # (B,)
     rejected = beta * policy_rejected_logps.to(dtype) / n_rejected  # (B, K)
     return chosen, rejected
@@ -108,8 +114,9 @@ def softmax_simpo_loss(
             ``gamma``.
     """
     gamma = check_gamma(gamma)
-    chosen, rejected = simpo_rewards(policy_chosen_logps, policy_rejected_logps, beta,
-                                     chosen_lengths, rejected_lengths)
+    chosen, rejected = simpo_rewards(
+        policy_chosen_logps, policy_rejected_logps, beta, chosen_lengths, rejected_lengths
+    )
     # (B,)
     lse = torch.logsumexp(rejected - chosen.unsqueeze(-1), dim=-1)
     losses = F.softplus(lse + gamma)
@@ -157,14 +164,16 @@ def simpo_loss(
         raise ValueError(
             "simpo expects exactly one rejected item per example (shape (B,) or (B, 1)), got "
             f"policy_rejected_logps of shape {tuple(policy_rejected_logps.shape)}; use objective "
-            "'softmax_simpo' for K > 1 negatives")
+            "'softmax_simpo' for K > 1 negatives"
+        )
     if policy_rejected_logps.dim() == 1:
         policy_rejected_logps = policy_rejected_logps.unsqueeze(-1)
     if rejected_lengths is not None and rejected_lengths.dim() == 1:
         rejected_lengths = rejected_lengths.unsqueeze(-1)
     gamma = check_gamma(gamma)
-    chosen, rejected = simpo_rewards(policy_chosen_logps, policy_rejected_logps, beta,
-                                     chosen_lengths, rejected_lengths)
+    chosen, rejected = simpo_rewards(
+        policy_chosen_logps, policy_rejected_logps, beta, chosen_lengths, rejected_lengths
+    )
     # (B,)
     losses = -F.logsigmoid(chosen - rejected.squeeze(-1) - gamma)
     return ObjectiveOutput(losses, chosen.detach(), rejected.detach())

@@ -27,7 +27,8 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -77,18 +78,26 @@ class SDPODeepSpeedStrategy(DeepSpeedStrategy):
     strategy_name = "sdpo_deepspeed"
 
     def __init__(
-        self, *args: Any, exclude_frozen_parameters: bool = True, cpu_adam: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        exclude_frozen_parameters: bool = True,
+        cpu_adam: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
         self.cpu_adam = cpu_adam
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
         """DeepSpeed writes the weights itself and drops ``state_dict`` from the rest of the
         checkpoint; keep the names of the weights it holds (see :meth:`load_checkpoint`)."""
         checkpoint = {**checkpoint, STATE_DICT_KEYS: sorted(checkpoint.get("state_dict") or {})}
         super().save_checkpoint(checkpoint, filepath, storage_options)
 
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, checkpoint_path: Any, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """DeepSpeed restores the weights into the engine; hooks that inspect
         ``checkpoint["state_dict"]`` (``SDPOModule.on_load_checkpoint`` checks that every trainable
         weight is there) get the names of the restored weights, each with an empty tensor."""
@@ -112,7 +121,9 @@ class SDPODeepSpeedStrategy(DeepSpeedStrategy):
         zero = (self.config or {}).get("zero_optimization") or {}
         return (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
 
-    def _setup_model_and_optimizer(self, model: nn.Module, optimizer: Any, lr_scheduler: Any = None) -> Any:
+    def _setup_model_and_optimizer(
+        self, model: nn.Module, optimizer: Any, lr_scheduler: Any = None
+    ) -> Any:
         if optimizer is not None and self.offloads_optimizer:
             new = _cpu_adam_like(optimizer) if self.cpu_adam else None
             if new is None:
@@ -133,12 +144,18 @@ def _cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | 
 
         d = optimizer.defaults
         new = DeepSpeedCPUAdam(
-            optimizer.param_groups, lr=d["lr"], betas=d["betas"], eps=d["eps"],
-            weight_decay=d["weight_decay"], adamw_mode=isinstance(optimizer, torch.optim.AdamW),
+            optimizer.param_groups,
+            lr=d["lr"],
+            betas=d["betas"],
+            eps=d["eps"],
+            weight_decay=d["weight_decay"],
+            adamw_mode=isinstance(optimizer, torch.optim.AdamW),
         )
     except Exception as err:  # op not buildable here: keep the torch optimizer
         name = type(optimizer).__name__
-        log.warning("DeepSpeedCPUAdam unavailable (%s); keeping %s for the offloaded optimizer", err, name)
+        log.warning(
+            "DeepSpeedCPUAdam unavailable (%s); keeping %s for the offloaded optimizer", err, name
+        )
         return None
     log.info("optimizer offload: %s replaced by DeepSpeedCPUAdam", type(optimizer).__name__)
     return new
@@ -177,7 +194,9 @@ class CPUDeepSpeedStrategy(SDPODeepSpeedStrategy):
 
     strategy_name = "cpu_deepspeed"
 
-    def __init__(self, *args: Any, cpu_adam: bool = False, shm_comm: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, cpu_adam: bool = False, shm_comm: bool = False, **kwargs: Any
+    ) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         kwargs.setdefault("process_group_backend", "gloo")
         super().__init__(*args, cpu_adam=cpu_adam, **kwargs)
@@ -190,7 +209,9 @@ class CPUDeepSpeedStrategy(SDPODeepSpeedStrategy):
 
     def setup_environment(self) -> None:
         if not isinstance(self.accelerator, CPUAccelerator):
-            raise RuntimeError(f"CPUDeepSpeedStrategy needs `accelerator: cpu`, got {type(self.accelerator).__name__}")
+            raise RuntimeError(
+                f"CPUDeepSpeedStrategy needs `accelerator: cpu`, got {type(self.accelerator).__name__}"
+            )
         DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDA-only check
 
     def setup_distributed(self) -> None:

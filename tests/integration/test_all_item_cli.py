@@ -32,8 +32,14 @@ def catalogue(synthetic_dir, tmp_path_factory) -> Path:
 
 
 def _cfg(tmp_path, synthetic_dir, catalogue, name="run", **model):
-    settings = dict(objective="sft", eval_protocols=["ranking", "all_item"], catalogue_file=str(catalogue),
-                    top_n=10, beam_width=12, **model)
+    settings = dict(
+        objective="sft",
+        eval_protocols=["ranking", "all_item"],
+        catalogue_file=str(catalogue),
+        top_n=10,
+        beam_width=12,
+        **model,
+    )
     return tiny_config(tmp_path, synthetic_dir, name, **settings)
 
 
@@ -46,11 +52,27 @@ def test_sdpo_test_all_item(tmp_path, synthetic_dir, catalogue, capsys):
     rows = json.loads((synthetic_dir / "test.json").read_text())
     cat = json.loads(catalogue.read_text())
     assert len(preds) == 8 == summary["n_examples"]
-    assert summary["catalogue"]["n_items"] == len(cat) and summary["catalogue"]["history_rule"] == "excluded"
+    assert (
+        summary["catalogue"]["n_items"] == len(cat)
+        and summary["catalogue"]["history_rule"] == "excluded"
+    )
     metrics = summary["protocols"]["all_item"]
-    assert set(metrics) == {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "valid_ratio",
-                            "generation_hr@1", "coverage@10", "popularity@10", "target_popularity",
-                            "popularity_lift@10", "novelty@10", "target_novelty"}  # no @20: top_n 10
+    assert set(metrics) == {
+        "hr@1",
+        "hr@5",
+        "hr@10",
+        "ndcg@5",
+        "ndcg@10",
+        "mrr",
+        "valid_ratio",
+        "generation_hr@1",
+        "coverage@10",
+        "popularity@10",
+        "target_popularity",
+        "popularity_lift@10",
+        "novelty@10",
+        "target_novelty",
+    }  # no @20: top_n 10
     assert "ranking" in summary["protocols"]  # the candidate-list protocol unchanged beside it
     titles = {c["title"] for c in cat}
     for p in preds:
@@ -59,7 +81,9 @@ def test_sdpo_test_all_item(tmp_path, synthetic_dir, catalogue, capsys):
         assert not set(part["items"]) & set(row["historyList"])  # the history rule
         assert part["scores"] == sorted(part["scores"], reverse=True)
         rank = part["target_rank"]
-        assert rank == (part["items"].index(p["target"]) + 1 if p["target"] in part["items"] else None)
+        assert rank == (
+            part["items"].index(p["target"]) + 1 if p["target"] in part["items"] else None
+        )
         assert "movie" in part["prompt"] and "Choose" not in part["prompt"]  # history-only preset
         assert isinstance(part["valid"], bool) and part["parsed"] in titles | {None}
     hits = [p["all_item"]["target_rank"] is not None for p in preds]
@@ -75,10 +99,25 @@ def test_sdpo_test_all_item(tmp_path, synthetic_dir, catalogue, capsys):
     s2 = json.loads((other / "summary.json").read_text())
     (other / "summary.json").write_text(json.dumps({**s2, "method": "copy"}))
     capsys.readouterr()
-    assert report_main([str(run / "summary.json"), str(other / "summary.json"), "--protocol", "all_item",
-                        "--baseline-last", "--n-boot", "200"]) == 0
+    assert (
+        report_main(
+            [
+                str(run / "summary.json"),
+                str(other / "summary.json"),
+                "--protocol",
+                "all_item",
+                "--baseline-last",
+                "--n-boot",
+                "200",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
-    assert f"{synthetic_dir.name} HR@10 | {synthetic_dir.name} NDCG@10" in table and "(p=1.0000)" in table
+    assert (
+        f"{synthetic_dir.name} HR@10 | {synthetic_dir.name} NDCG@10" in table
+        and "(p=1.0000)" in table
+    )
     assert report_main([str(run / "summary.json")]) == 2  # no generation protocol in this run
     assert "missing protocols.generation.hr@1.value" in capsys.readouterr().err
 
@@ -90,12 +129,25 @@ def test_all_item_errors_are_one_line(tmp_path, synthetic_dir, catalogue, capsys
     rows = json.loads((synthetic_dir / "test.json").read_text())
     short.write_text(json.dumps([c for c in items if c["title"] != rows[0]["trueSelection"]]))
     line = _error_line(capsys, "test", "-c", str(cfg), "--model.eval.catalogue_file", str(short))
-    assert f"test.json, record 0: target {rows[0]['trueSelection']!r} is not in the catalogue" in line
-    line = _error_line(capsys, "test", "-c", str(cfg), "--model.eval.top_n", "500", "--model.eval.beam_width", "500")
+    assert (
+        f"test.json, record 0: target {rows[0]['trueSelection']!r} is not in the catalogue" in line
+    )
+    line = _error_line(
+        capsys,
+        "test",
+        "-c",
+        str(cfg),
+        "--model.eval.top_n",
+        "500",
+        "--model.eval.beam_width",
+        "500",
+    )
     assert line.endswith(f"top_n=500 is larger than the catalogue ({len(items)} items)")
     line = _error_line(capsys, "test", "-c", str(cfg), "--model.eval.beam_width", "5")
     assert line == "sdpo: error: invalid configuration: beam_width must be >= top_n (10), got 5"
     dup = tmp_path / "dup.json"
-    dup.write_text(json.dumps(items + [{"item_id": None, "title": items[3]["title"].upper(), "popularity": 0}]))
+    dup.write_text(
+        json.dumps(items + [{"item_id": None, "title": items[3]["title"].upper(), "popularity": 0}])
+    )
     line = _error_line(capsys, "test", "-c", str(cfg), "--model.eval.catalogue_file", str(dup))
     assert f"dup.json, record {len(items)}: title" in line and "only in letter case" in line

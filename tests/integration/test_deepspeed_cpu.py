@@ -58,7 +58,9 @@ class LossProbe(Callback):
             self.layout[part] = {
                 "partitioned": sum(hasattr(p, "ds_id") for p in params),
                 "params": len(params),
-                "local_numel": sum(p.ds_tensor.numel() if hasattr(p, "ds_id") else p.numel() for p in params),
+                "local_numel": sum(
+                    p.ds_tensor.numel() if hasattr(p, "ds_id") else p.numel() for p in params
+                ),
                 "full_numel": sum(p.ds_numel if hasattr(p, "ds_id") else p.numel() for p in params),
             }
         lora_b = [p for n, p in pl_module.policy.named_parameters() if "lora_B" in n]
@@ -67,7 +69,9 @@ class LossProbe(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         m = trainer.callback_metrics
-        values = torch.stack([m["train/loss"].detach().float(), m["train/logps/chosen"].detach().float()])
+        values = torch.stack(
+            [m["train/loss"].detach().float(), m["train/logps/chosen"].detach().float()]
+        )
         self.train.append(trainer.strategy.reduce(values, reduce_op="mean").tolist())
         self.batches.append(sorted(trainer.strategy.all_gather(batch["index"]).flatten().tolist()))
 
@@ -77,8 +81,13 @@ class LossProbe(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            out = {"train": self.train, "batches": self.batches, "val": self.val, "layout": self.layout,
-                   "world": trainer.world_size}
+            out = {
+                "train": self.train,
+                "batches": self.batches,
+                "val": self.val,
+                "layout": self.layout,
+                "world": trainer.world_size,
+            }
             Path(trainer.default_root_dir, "probe.json").write_text(json.dumps(out))
 
 
@@ -99,31 +108,68 @@ def ds_inputs(synthetic_dir, tmp_path_factory) -> Path:
     return root
 
 
-def _config(inputs: Path, root: Path, stage: int | None, devices: int, lora: dict | None = LORA,
-            model: dict | None = None, **trainer) -> Path:
+def _config(
+    inputs: Path,
+    root: Path,
+    stage: int | None,
+    devices: int,
+    lora: dict | None = LORA,
+    model: dict | None = None,
+    **trainer,
+) -> Path:
     """A run's config; ``stage=None``: no DeepSpeed (Lightning's default single-device strategy)."""
-    strategy = {"strategy": {"class_path": STRATEGY, "init_args": {"stage": stage}}} if stage else {}
+    strategy = (
+        {"strategy": {"class_path": STRATEGY, "init_args": {"stage": stage}}} if stage else {}
+    )
     cfg = {
         "seed_everything": 0,
         "trainer": {
-            "default_root_dir": str(root), "accelerator": "cpu", "devices": devices, "num_nodes": 1, **strategy,
-            "precision": "32-true", "max_epochs": 2, "log_every_n_steps": 1, "logger": False,
-            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": devices,
+            "num_nodes": 1,
+            **strategy,
+            "precision": "32-true",
+            "max_epochs": 2,
+            "log_every_n_steps": 1,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
             "callbacks": [
                 {"class_path": PROBE},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(root / "checkpoints"), "filename": "epoch{epoch}",
-                               "auto_insert_metric_name": False, "every_n_epochs": 1, "save_top_k": -1}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(root / "checkpoints"),
+                        "filename": "epoch{epoch}",
+                        "auto_insert_metric_name": False,
+                        "every_n_epochs": 1,
+                        "save_top_k": -1,
+                    },
+                },
             ],
             **trainer,
         },
-        "model": grouped_kwargs({  # model: overrides by field name
-            "model_name_or_path": str(inputs / "base"), "lora": lora, "objective": "sdpo", "beta": 1.0,
-            "num_negatives": 3, "learning_rate": 1e-2, "reference": "live", **(model or {}),
-        }),
+        "model": grouped_kwargs(
+            {  # model: overrides by field name
+                "model_name_or_path": str(inputs / "base"),
+                "lora": lora,
+                "objective": "sdpo",
+                "beta": 1.0,
+                "num_negatives": 3,
+                "learning_rate": 1e-2,
+                "reference": "live",
+                **(model or {}),
+            }
+        ),
         "data": {
-            "train_file": str(inputs / "train.json"), "val_file": str(inputs / "valid.json"),
-            "batch_size": GLOBAL_BATCH // devices, "eval_batch_size": 2, "max_length": 256, "seed": 0,
+            "train_file": str(inputs / "train.json"),
+            "val_file": str(inputs / "valid.json"),
+            "batch_size": GLOBAL_BATCH // devices,
+            "eval_batch_size": 2,
+            "max_length": 256,
+            "seed": 0,
         },
     }
     root.mkdir(parents=True, exist_ok=True)
@@ -180,7 +226,11 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------- tests
 STRATEGY_CONFIGS = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
 SCALE_CONFIGS = sorted((REPO / "configs").rglob("*_zero3.yaml"))
-EXPECTED = {"zero2": (2, False, False), "zero3": (3, False, False), "zero3_offload": (3, True, True)}
+EXPECTED = {
+    "zero2": (2, False, False),
+    "zero3": (3, False, False),
+    "zero3_offload": (3, True, True),
+}
 
 
 def _deepspeed_config(printed: dict) -> dict:
@@ -195,11 +245,20 @@ def _deepspeed_config(printed: dict) -> dict:
     module, _, name = spec["class_path"].rpartition(".")
     args = {k: v for k, v in spec["init_args"].items() if v is not None and k != "timeout"}
     config = dict(getattr(importlib.import_module(module), name)(**args).config)
-    config.update(train_micro_batch_size_per_gpu=printed["data"]["batch_size"],
-                  gradient_accumulation_steps=printed["trainer"]["accumulate_grad_batches"],
-                  gradient_clipping=printed["trainer"]["gradient_clip_val"])
-    _format_precision_config(config=config, precision=printed["trainer"]["precision"], loss_scale=0,
-                             loss_scale_window=1000, min_loss_scale=1, initial_scale_power=16, hysteresis=2)
+    config.update(
+        train_micro_batch_size_per_gpu=printed["data"]["batch_size"],
+        gradient_accumulation_steps=printed["trainer"]["accumulate_grad_batches"],
+        gradient_clipping=printed["trainer"]["gradient_clip_val"],
+    )
+    _format_precision_config(
+        config=config,
+        precision=printed["trainer"]["precision"],
+        loss_scale=0,
+        loss_scale_window=1000,
+        min_loss_scale=1,
+        initial_scale_power=16,
+        hysteresis=2,
+    )
     DeepSpeedConfig(config)  # raises on an invalid configuration
     return config
 
@@ -218,13 +277,21 @@ def _print_config(capsys, *configs: Path) -> dict:
 def test_strategy_config_prints_a_valid_deepspeed_config(path, capsys):
     assert path.stem in EXPECTED
     printed = _print_config(capsys, REPO / "configs" / "lastfm" / "sdpo.yaml", path)
-    assert printed["trainer"]["strategy"]["class_path"] == "sdpo_lightning.training.strategies.SDPODeepSpeedStrategy"
-    assert printed["trainer"]["precision"] == "bf16-mixed" and printed["model"]["source"]["gradient_checkpointing"] is True
+    assert (
+        printed["trainer"]["strategy"]["class_path"]
+        == "sdpo_lightning.training.strategies.SDPODeepSpeedStrategy"
+    )
+    assert (
+        printed["trainer"]["precision"] == "bf16-mixed"
+        and printed["model"]["source"]["gradient_checkpointing"] is True
+    )
     config = _deepspeed_config(printed)
     stage, offload_opt, offload_param = EXPECTED[path.stem]
     zero = config["zero_optimization"]
     assert zero["stage"] == stage and config["bf16"] == {"enabled": True}
-    assert ("offload_optimizer" in zero) == offload_opt and ("offload_param" in zero) == offload_param
+    assert ("offload_optimizer" in zero) == offload_opt and (
+        "offload_param" in zero
+    ) == offload_param
     assert printed["model"]["objective"]["name"] == "sdpo"  # the experiment config is kept
 
 
@@ -241,10 +308,16 @@ def test_7b_config_prints_a_valid_deepspeed_config(path, capsys):
 def test_two_processes_match_one_process(runs, stage):
     two, one = runs(f"zero{stage}"), runs("single")
     assert two["world"] == 2 and one["world"] == 1
-    assert two["batches"] == one["batches"], "the global batches differ: data order depends on world size"
+    assert two["batches"] == one["batches"], (
+        "the global batches differ: data order depends on world size"
+    )
     assert len(two["train"]) == 2 * N_TRAIN // GLOBAL_BATCH
-    assert two["train"][0][0] == pytest.approx(math.log(4), abs=1e-5)  # starts at the reference: log(1+K)
-    _close(two["train"], one["train"])  # per step, over the global batch: [S-DPO loss, logps/chosen]
+    assert two["train"][0][0] == pytest.approx(
+        math.log(4), abs=1e-5
+    )  # starts at the reference: log(1+K)
+    _close(
+        two["train"], one["train"]
+    )  # per step, over the global batch: [S-DPO loss, logps/chosen]
     _close(two["val"], one["val"])  # after each epoch
     assert two["train"][-1][0] < two["train"][0][0]  # it learns
     a, b = _adapter(two["root"] / "export"), _adapter(one["root"] / "export")
@@ -259,7 +332,9 @@ def test_zero3_shards_policy_and_lora(runs):
     layout = runs("zero3")["layout"]
     policy = layout["policy"]
     assert policy["partitioned"] == policy["params"]
-    assert policy["local_numel"] <= policy["full_numel"] // 2 + policy["params"]  # half each (+ padding)
+    assert (
+        policy["local_numel"] <= policy["full_numel"] // 2 + policy["params"]
+    )  # half each (+ padding)
     assert "reference_model" not in layout
     assert layout["lora_B_absmax"] == 0.0
     assert runs("zero2")["layout"]["policy"]["partitioned"] == 0
@@ -270,13 +345,24 @@ def test_zero3_save_resume_continue(runs, ds_inputs):
     full = runs("zero3")
     ckpt = full["root"] / "checkpoints" / "epoch0.ckpt"
     saved = sorted(p.name for p in (ckpt / "checkpoint").iterdir())
-    assert saved == [f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")]
-    states = torch.load(ckpt / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)
+    assert saved == [
+        f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt"
+        for r in (0, 1)
+        for kind in ("model", "optim")
+    ]
+    states = torch.load(
+        ckpt / "checkpoint" / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        map_location="cpu",
+        weights_only=False,
+    )
     # frozen base weights are left out: the checkpoint holds the adapter and its optimizer state
     saved_params = [k for shapes in states["param_shapes"] for k in shapes]
     assert saved_params and all("lora_" in k for k in saved_params)
-    assert set(states["module"]) <= {*saved_params, *states["buffer_names"], *states["shared_params"]}  # tied lm_head
+    assert set(states["module"]) <= {
+        *saved_params,
+        *states["buffer_names"],
+        *states["shared_params"],
+    }  # tied lm_head
 
     root = runs.base / "zero3_resumed"
     resumed = _fit(_config(ds_inputs, root, 3, 2), "--ckpt_path", str(ckpt))
@@ -298,14 +384,25 @@ def _validate(inputs: Path, lora: dict | None, load_policy) -> float:
     from sdpo_lightning.training.module import SDPOModule
     from sdpo_lightning.training.module_args import ModelArgs, ObjectiveArgs
 
-    module = SDPOModule(source=ModelArgs(model_name_or_path=str(inputs / "base")), lora=lora,
-                        objective=ObjectiveArgs(name="sdpo", num_negatives=3))
+    module = SDPOModule(
+        source=ModelArgs(model_name_or_path=str(inputs / "base")),
+        lora=lora,
+        objective=ObjectiveArgs(name="sdpo", num_negatives=3),
+    )
     module.configure_model()
     load_policy(module.policy)
-    dm = RecDataModule(val_file=str(inputs / "valid.json"), num_negatives=3, eval_batch_size=2, max_length=256)
+    dm = RecDataModule(
+        val_file=str(inputs / "valid.json"), num_negatives=3, eval_batch_size=2, max_length=256
+    )
     dm.connect(module.tokenizer, module.item_table)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     (metrics,) = trainer.validate(module, datamodule=dm, verbose=False)
     return metrics["val/loss"]
 
@@ -319,15 +416,22 @@ def test_zero3_exported_adapter_scores_like_the_trained_model(runs, ds_inputs):
     run = runs("zero3")
     export = run["root"] / "export"
     weights = _adapter(export)
-    assert weights and all("lora_" in k for k in weights) and all(v.numel() for v in weights.values())
-    assert _validate(ds_inputs, LORA, lambda policy: set_peft_model_state_dict(policy, weights)) == pytest.approx(
-        run["val"][-1], abs=2e-5)
+    assert (
+        weights and all("lora_" in k for k in weights) and all(v.numel() for v in weights.values())
+    )
+    assert _validate(
+        ds_inputs, LORA, lambda policy: set_peft_model_state_dict(policy, weights)
+    ) == pytest.approx(run["val"][-1], abs=2e-5)
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ds_inputs / "base"), export)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(ds_inputs / "base"), export
+    )
     ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
     base = AutoModelForCausalLM.from_pretrained(ds_inputs / "base")
     with torch.no_grad():
-        assert not torch.allclose(model(ids).logits, base(ids).logits, atol=1e-4)  # the adapter is applied
+        assert not torch.allclose(
+            model(ids).logits, base(ids).logits, atol=1e-4
+        )  # the adapter is applied
 
 
 def test_zero3_test_stage_matches_one_process(runs, ds_inputs):
@@ -335,8 +439,11 @@ def test_zero3_test_stage_matches_one_process(runs, ds_inputs):
     ranking, predictions gathered) gives one process's predictions and metrics."""
     from sdpo_lightning.cli import cli_main
 
-    model = {"init_adapter": str(runs("zero3")["root"] / "export"), "max_new_tokens": 6,
-             "eval_protocols": ["generation", "ranking"]}
+    model = {
+        "init_adapter": str(runs("zero3")["root"] / "export"),
+        "max_new_tokens": 6,
+        "eval_protocols": ["generation", "ranking"],
+    }
     out = {}
     for name, stage, devices in (("test_zero3", 3, 2), ("test_single", None, 1)):
         config = _config(ds_inputs, runs.base / name, stage, devices, lora=None, model=model)
@@ -347,12 +454,17 @@ def test_zero3_test_stage_matches_one_process(runs, ds_inputs):
         _sdpo("test", config) if stage else cli_main(["test", "-c", str(config)])
         root = runs.base / name
         preds = [json.loads(line) for line in (root / "predictions.jsonl").open()]
-        out[name] = (json.loads((root / "summary.json").read_text()), sorted(preds, key=lambda p: p["index"]))
+        out[name] = (
+            json.loads((root / "summary.json").read_text()),
+            sorted(preds, key=lambda p: p["index"]),
+        )
     (s2, p2), (s1, p1) = out["test_zero3"], out["test_single"]
     assert s2["n_examples"] == s1["n_examples"] == N_VAL
     assert [p["generated"] for p in p2] == [p["generated"] for p in p1]
     for name, metric in s1["protocols"]["ranking"].items():
-        assert s2["protocols"]["ranking"][name]["value"] == pytest.approx(metric["value"], abs=1e-6), name
+        assert s2["protocols"]["ranking"][name]["value"] == pytest.approx(
+            metric["value"], abs=1e-6
+        ), name
 
 
 def test_zero3_full_finetuning_shards_reference_and_exports_model(runs, ds_inputs):
@@ -362,7 +474,11 @@ def test_zero3_full_finetuning_shards_reference_and_exports_model(runs, ds_input
     from transformers import AutoModelForCausalLM
 
     root = runs.base / "zero3_full"
-    run = _fit(_config(ds_inputs, root, 3, 2, lora=None, model={"gradient_checkpointing": True}, max_epochs=1))
+    run = _fit(
+        _config(
+            ds_inputs, root, 3, 2, lora=None, model={"gradient_checkpointing": True}, max_epochs=1
+        )
+    )
     for part in ("policy", "reference_model"):
         lay = run["layout"][part]
         assert lay["partitioned"] == lay["params"], part
@@ -371,8 +487,9 @@ def test_zero3_full_finetuning_shards_reference_and_exports_model(runs, ds_input
     original = AutoModelForCausalLM.from_pretrained(ds_inputs / "base").state_dict()
     assert state.keys() == original.keys()
     assert any(not torch.equal(state[k], original[k]) for k in state)  # it trained
-    assert _validate(ds_inputs, None, lambda policy: policy.load_state_dict(state)) == pytest.approx(
-        run["val"][-1], abs=2e-5)
+    assert _validate(
+        ds_inputs, None, lambda policy: policy.load_state_dict(state)
+    ) == pytest.approx(run["val"][-1], abs=2e-5)
 
 
 def test_zero3_stage2_from_sft_adapter_with_cached_reference(runs, ds_inputs):
@@ -380,16 +497,27 @@ def test_zero3_stage2_from_sft_adapter_with_cached_reference(runs, ds_inputs):
     with the reference log-probs cached once (each rank scores a share, then all-gather)."""
     adapter = runs("zero3")["root"] / "export"
     model = {"init_adapter": str(adapter), "reference": "cached"}
-    two = _fit(_config(ds_inputs, runs.base / "stage2_zero3", 3, 2, lora=None, model=model, max_epochs=1))
-    one = _fit(_config(ds_inputs, runs.base / "stage2_single", None, 1, lora=None, model=model, max_epochs=1))
+    two = _fit(
+        _config(ds_inputs, runs.base / "stage2_zero3", 3, 2, lora=None, model=model, max_epochs=1)
+    )
+    one = _fit(
+        _config(
+            ds_inputs, runs.base / "stage2_single", None, 1, lora=None, model=model, max_epochs=1
+        )
+    )
     assert two["batches"] == one["batches"]
     assert two["train"][0][0] == pytest.approx(math.log(4), abs=1e-5)  # starts at the reference
     _close(two["train"], one["train"])
     _close(two["val"], one["val"])
-    caches = [sorted((runs.base / r / "reference_cache").glob("*.pt")) for r in ("stage2_zero3", "stage2_single")]
+    caches = [
+        sorted((runs.base / r / "reference_cache").glob("*.pt"))
+        for r in ("stage2_zero3", "stage2_single")
+    ]
     assert [p.name for p in caches[0]] == [p.name for p in caches[1]] and caches[0]
-    for a, b in zip(*caches):
-        torch.testing.assert_close(torch.load(a)["scores"], torch.load(b)["scores"], rtol=0, atol=1e-4)
+    for a, b in zip(*caches, strict=False):
+        torch.testing.assert_close(
+            torch.load(a)["scores"], torch.load(b)["scores"], rtol=0, atol=1e-4
+        )
 
 
 def test_zero3_bf16_mixed_with_checkpointing_like_the_7b_configs(runs, ds_inputs):
@@ -400,7 +528,9 @@ def test_zero3_bf16_mixed_with_checkpointing_like_the_7b_configs(runs, ds_inputs
     run = _fit(_config(ds_inputs, root, 3, 2, model=model, precision="bf16-mixed", max_epochs=1))
     fp32 = runs("zero3")
     assert run["batches"] == fp32["batches"][: len(run["batches"])]
-    assert run["train"][0][0] == pytest.approx(math.log(4), abs=1e-6)  # policy == reference at start
+    assert run["train"][0][0] == pytest.approx(
+        math.log(4), abs=1e-6
+    )  # policy == reference at start
     losses = [loss for loss, _ in run["train"]]
     _close(losses, [loss for loss, _ in fp32["train"][: len(losses)]], atol=2e-2)
     assert (root / "export" / "adapter_model.safetensors").is_file()

@@ -36,10 +36,19 @@ def readme_block() -> str:
 
 
 def test_demo_learns_and_readme_shows_its_output(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "sdpo_lightning.demo", "--configs", str(REPO / "configs")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdpo_lightning.demo", "--configs", str(REPO / "configs")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     block = (tmp_path / "runs" / "quickstart" / "results.txt").read_text().strip()
     assert block in proc.stdout
@@ -56,13 +65,21 @@ def test_demo_learns_and_readme_shows_its_output(tmp_path: Path) -> None:
     assert sft["generation"]["valid_ratio"]["value"] >= 0.95
     for baseline in ("baselines/random", "baselines/most_popular"):
         for protocol in ("generation", "ranking"):
-            assert sft[protocol]["hr@1"]["value"] > protocols(baseline)[protocol]["hr@1"]["value"], baseline
-    paired = re.findall(r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", block, re.M)
+            assert (
+                sft[protocol]["hr@1"]["value"] > protocols(baseline)[protocol]["hr@1"]["value"]
+            ), baseline
+    paired = re.findall(
+        r"^\s+(generation|ranking) HR@1\s+([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]$", block, re.M
+    )
     assert [p[0] for p in paired] == ["generation", "ranking"]
     for _, _delta, low, _high in paired:  # S-DPO beats SFT on both protocols, same rows
         assert float(low) > 0, block
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        print(f"SKIP exact README block: kernels are pinned for x86-64, this is {platform.machine()}")
+        print(
+            f"SKIP exact README block: kernels are pinned for x86-64, this is {platform.machine()}"
+        )
         return
-    assert block == readme_block(), "README's demo block differs from what `make demo` prints:\n" + block
+    assert block == readme_block(), (
+        "README's demo block differs from what `make demo` prints:\n" + block
+    )

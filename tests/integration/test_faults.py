@@ -24,7 +24,9 @@ def _spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("SDPO_DEBUG", None)
     cmd = [sys.executable, "-m", "sdpo_lightning", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.Popen:
@@ -53,22 +55,40 @@ def _user_error(capsys, *args: str) -> str:
 def test_sigkill_mid_epoch_then_resume_from_last_gives_the_same_adapter(tmp_path, synthetic_dir):
     """Epochs of 5 steps, a checkpoint every 3 steps; killed at step 8, the run resumes from
     the step-6 checkpoint, one step into its second epoch."""
+
     def common(root: Path) -> list[str]:
-        return ["--trainer.max_steps", "10", "--trainer.limit_train_batches", "5", "--trainer.max_epochs", "2",
-                "--trainer.val_check_interval", "1.0",
-                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                f"--trainer.callbacks.dirpath={root / 'checkpoints'}", "--trainer.callbacks.every_n_train_steps=3",
-                "--trainer.callbacks.save_last=true"]
+        return [
+            "--trainer.max_steps",
+            "10",
+            "--trainer.limit_train_batches",
+            "5",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.val_check_interval",
+            "1.0",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={root / 'checkpoints'}",
+            "--trainer.callbacks.every_n_train_steps=3",
+            "--trainer.callbacks.save_last=true",
+        ]
 
     full = tiny_config(tmp_path, synthetic_dir, "full", objective="sdpo")
     cli_main(["fit", "-c", str(full), *common(tmp_path / "full")])
 
     crash = tiny_config(tmp_path, synthetic_dir, "crash", objective="sdpo")
-    proc = _run("fit", "-c", str(crash), *common(tmp_path / "crash"),
-                f"--trainer.callbacks+={CALLBACKS}.SigkillAtStep", "--trainer.callbacks.step=8")
+    proc = _run(
+        "fit",
+        "-c",
+        str(crash),
+        *common(tmp_path / "crash"),
+        f"--trainer.callbacks+={CALLBACKS}.SigkillAtStep",
+        "--trainer.callbacks.step=8",
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (tmp_path / "crash" / "export").exists()
-    last = torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(
+        tmp_path / "crash" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     assert last["global_step"] == 6 and last["epoch"] == 1  # mid-epoch: 1 of epoch 2's 5 steps done
 
     cli_main(["fit", "-c", str(crash), *common(tmp_path / "crash"), "--ckpt_path", "last"])
@@ -80,17 +100,30 @@ def test_sigkill_mid_epoch_then_resume_from_last_gives_the_same_adapter(tmp_path
 
 def test_sigkill_during_export_leaves_no_adapter_that_loads(tmp_path, synthetic_dir, capsys):
     cfg = tiny_config(tmp_path, synthetic_dir, "run", objective="sft")
-    proc = _run("fit", "-c", str(cfg), "--trainer.max_steps", "2", f"--trainer.callbacks+={CALLBACKS}.SigkillDuringExport")
+    proc = _run(
+        "fit",
+        "-c",
+        str(cfg),
+        "--trainer.max_steps",
+        "2",
+        f"--trainer.callbacks+={CALLBACKS}.SigkillDuringExport",
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     export = tmp_path / "run" / "export"
     assert not export.exists()
-    (partial,) = (tmp_path / "run").glob(".export.partial-*")  # weights and tokenizer written, not sealed
-    assert (partial / "adapter_model.safetensors").is_file() and (partial / "tokenizer.json").is_file()
+    (partial,) = (tmp_path / "run").glob(
+        ".export.partial-*"
+    )  # weights and tokenizer written, not sealed
+    assert (partial / "adapter_model.safetensors").is_file() and (
+        partial / "tokenizer.json"
+    ).is_file()
 
     stage2 = tiny_config(tmp_path, synthetic_dir, "stage2", objective="sdpo")
     line = _user_error(capsys, "fit", "-c", str(stage2), "--model.source.init_adapter", str(export))
     assert line == f"sdpo: error: init_adapter {str(export)!r}: no such directory"
-    line = _user_error(capsys, "fit", "-c", str(stage2), "--model.source.init_adapter", str(partial))
+    line = _user_error(
+        capsys, "fit", "-c", str(stage2), "--model.source.init_adapter", str(partial)
+    )
     assert "incomplete export" in line and str(partial) in line
 
     # the next export of the same path completes it and clears the leftover
@@ -98,11 +131,20 @@ def test_sigkill_during_export_leaves_no_adapter_that_loads(tmp_path, synthetic_
     assert (export / "export_complete.json").is_file() and not partial.exists()
 
 
-def test_second_run_on_the_same_root_is_refused_while_the_first_runs(tmp_path, synthetic_dir, capsys):
+def test_second_run_on_the_same_root_is_refused_while_the_first_runs(
+    tmp_path, synthetic_dir, capsys
+):
     cfg = tiny_config(tmp_path, synthetic_dir, "shared", objective="sdpo")
     ready, go = tmp_path / "ready", tmp_path / "go"
-    first = _spawn("fit", "-c", str(cfg), f"--trainer.callbacks+={CALLBACKS}.HoldAtStep",
-                   "--trainer.callbacks.step=1", f"--trainer.callbacks.ready={ready}", f"--trainer.callbacks.go={go}")
+    first = _spawn(
+        "fit",
+        "-c",
+        str(cfg),
+        f"--trainer.callbacks+={CALLBACKS}.HoldAtStep",
+        "--trainer.callbacks.step=1",
+        f"--trainer.callbacks.ready={ready}",
+        f"--trainer.callbacks.go={go}",
+    )
     try:
         deadline = time.monotonic() + 240
         while not ready.exists():
@@ -110,8 +152,10 @@ def test_second_run_on_the_same_root_is_refused_while_the_first_runs(tmp_path, s
             assert time.monotonic() < deadline, "the first run never reached step 1"
             time.sleep(0.2)
         line = _user_error(capsys, "fit", "-c", str(cfg))
-        assert line == (f"sdpo: error: {tmp_path / 'shared'} is in use by another run (pid {first.pid}); "
-                        "wait for it to end or set another trainer.default_root_dir")
+        assert line == (
+            f"sdpo: error: {tmp_path / 'shared'} is in use by another run (pid {first.pid}); "
+            "wait for it to end or set another trainer.default_root_dir"
+        )
     finally:
         go.touch()
         _, err = first.communicate(timeout=300)
@@ -121,8 +165,16 @@ def test_second_run_on_the_same_root_is_refused_while_the_first_runs(tmp_path, s
 
 def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path, synthetic_dir):
     cfg = tiny_config(tmp_path, synthetic_dir, "stale", objective="sdpo")
-    proc = _run("fit", "-c", str(cfg), f"--trainer.callbacks+={CALLBACKS}.SigkillAtStep", "--trainer.callbacks.step=1")
+    proc = _run(
+        "fit",
+        "-c",
+        str(cfg),
+        f"--trainer.callbacks+={CALLBACKS}.SigkillAtStep",
+        "--trainer.callbacks.step=1",
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert (tmp_path / "stale" / ".sdpo.lock").read_text().strip() == str(proc.pid)  # the file stays, unlocked
+    assert (tmp_path / "stale" / ".sdpo.lock").read_text().strip() == str(
+        proc.pid
+    )  # the file stays, unlocked
     cli_main(["fit", "-c", str(cfg), "--trainer.max_steps", "2"])
     assert (tmp_path / "stale" / "export" / "export_complete.json").is_file()

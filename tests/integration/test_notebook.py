@@ -20,8 +20,15 @@ pytest.importorskip("pandas")
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "reward_curves.ipynb"
 #: figure-producing cells, identified by the helper they call.
-FIGURE_CELLS = ["plot_losses", "plot_chosen_reward", "plot_rejected_rewards", "plot_margins",
-                "plot_logps", "plot_val_hr1", "plot_hr1_vs_negatives"]
+FIGURE_CELLS = [
+    "plot_losses",
+    "plot_chosen_reward",
+    "plot_rejected_rewards",
+    "plot_margins",
+    "plot_logps",
+    "plot_val_hr1",
+    "plot_hr1_vs_negatives",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,9 @@ def notebook_runs(tmp_path_factory, synthetic_dir) -> list[Path]:
     root = tmp_path_factory.mktemp("nb_runs")
     runs = []
     for name, objective, k in (("sdpo_k3", "sdpo", 3), ("dpo", "dpo", 1)):
-        cfg = tiny_config(root, synthetic_dir, name, objective=objective, num_negatives=k, val_generation=True)
+        cfg = tiny_config(
+            root, synthetic_dir, name, objective=objective, num_negatives=k, val_generation=True
+        )
         cli_main(["fit", "-c", str(cfg), "--trainer.max_steps", "6"])
         cli_main(["test", "-c", str(cfg)])
         runs.append(root / name)
@@ -53,11 +62,16 @@ def test_committed_notebook_has_no_outputs():
 
 def test_notebook_executes_and_draws_every_figure(notebook_runs, monkeypatch):
     monkeypatch.setenv("SDPO_RUNS", os.pathsep.join(map(str, notebook_runs)))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    ).execute()
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]

@@ -18,6 +18,10 @@ def test_onpolicy_refresh_benchmark_runs(tmp_path, capsys):
     spec.loader.exec_module(bench)
     assert bench.main(["--rows", "16", "--batch", "8", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("train step", "on_policy refresh", "on_policy_beam refresh (beam search",
-                 "on_policy_beam refresh (exact"):
+    for name in (
+        "train step",
+        "on_policy refresh",
+        "on_policy_beam refresh (beam search",
+        "on_policy_beam refresh (exact",
+    ):
         assert name in out

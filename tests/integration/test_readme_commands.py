@@ -43,20 +43,28 @@ from tests.conftest import REPO
 
 README = REPO / "README.md"
 #: the study pages the README links to: their commands are checked too, after the README's
-STUDY_PAGES = tuple(REPO / "docs" / "results" / f"{name}.md"
-                    for name in ("lastfm", "movielens", "baselines"))
+STUDY_PAGES = tuple(
+    REPO / "docs" / "results" / f"{name}.md" for name in ("lastfm", "movielens", "baselines")
+)
 SHARED_PREFIX = "../shared/"
 #: git-ignored output folders: what the README reads there must come from its own commands,
 #: not from whatever a developer's checkout holds
 OUTPUT_DIRS = ("runs/", "data/")
 
 #: the data files each ``sdpo`` subcommand reads
-READS = {"fit": ("train_file", "val_file"), "validate": ("val_file",), "test": ("test_file",),
-         "predict": ("predict_file",)}
+READS = {
+    "fit": ("train_file", "val_file"),
+    "validate": ("val_file",),
+    "test": ("test_file",),
+    "predict": ("predict_file",),
+}
 
 #: what ``make demo`` writes (sdpo_lightning/demo.py: ``run("runs/quickstart")``)
-DEMO_OUTPUTS = tuple(f"runs/quickstart/{stage}/{name}" for stage in ("sft", "sdpo")
-                     for name in ("summary.json", "predictions.jsonl", "export"))
+DEMO_OUTPUTS = tuple(
+    f"runs/quickstart/{stage}/{name}"
+    for stage in ("sft", "sdpo")
+    for name in ("summary.json", "predictions.jsonl", "export")
+)
 
 
 @dataclass(frozen=True)
@@ -80,13 +88,17 @@ def _brace_expand(word: str) -> list[str]:
     match = re.search(r"\{([^{}]*,[^{}]*)\}", word)
     if match is None:
         return [word]
-    head, tail = word[:match.start()], word[match.end():]
-    return [expanded for part in match.group(1).split(",")
-            for expanded in _brace_expand(head + part + tail)]
+    head, tail = word[: match.start()], word[match.end() :]
+    return [
+        expanded
+        for part in match.group(1).split(",")
+        for expanded in _brace_expand(head + part + tail)
+    ]
 
 
 def _expand_vars(text: str, env: dict[str, str]) -> str:
     """Replace ``$NAME`` / ``${NAME}`` with the README's earlier assignments."""
+
     def value(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
         assert name in env, f"${name} is used before the README assigns it: {text!r}"
@@ -164,7 +176,8 @@ def _entry_point(name: str) -> Any:
 def _installed(name: str) -> None:
     """The console script is installed beside the running interpreter (as ``make`` does)."""
     assert (Path(sys.executable).parent / name).exists(), (
-        f"{name} is not installed in {Path(sys.executable).parent}: pip install -e .")
+        f"{name} is not installed in {Path(sys.executable).parent}: pip install -e ."
+    )
 
 
 def _run_exit(func: Any, args: list[str]) -> int:
@@ -212,7 +225,8 @@ class Layout:
             return None
         assert any(path == w or path.startswith(w + "/") for w in self.written), (
             f"{what} {path} is neither in the repository nor written by an earlier README "
-            f"command (written: {sorted(self.written)})")
+            f"command (written: {sorted(self.written)})"
+        )
         return None
 
 
@@ -249,14 +263,20 @@ def check_sdpo(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture) -> l
     _check_configs(words)
     config = _print_config(cli_main, list(words), capsys)
     reasons = []
-    for key in ("model.source.model_name_or_path", "model.source.init_adapter", "model.hybrid.item_table",
-                *(f"data.{name}" for name in READS[words[0]])):
+    for key in (
+        "model.source.model_name_or_path",
+        "model.source.init_adapter",
+        "model.hybrid.item_table",
+        *(f"data.{name}" for name in READS[words[0]]),
+    ):
         value = _dig(config, key)
         if not isinstance(value, str) or not value:
             continue
         if key == "model.source.model_name_or_path" and not value.startswith((".", "/", "runs/")):
-            layout.notes.append(f"{cmd.id}: {value} comes from the Hugging Face hub (gated "
-                                "7B, GPU): parsed with --print_config only")
+            layout.notes.append(
+                f"{cmd.id}: {value} comes from the Hugging Face hub (gated "
+                "7B, GPU): parsed with --print_config only"
+            )
             continue
         reasons.append(layout.check_input(value, key))
     root = _dig(config, "trainer.default_root_dir")
@@ -280,8 +300,11 @@ def check_baseline(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture) 
         return []
     _check_configs(words)
     config = _print_config(main, list(words), capsys)
-    reasons = [layout.check_input(config["data"][key], f"data.{key}")
-               for key in ("train_file", "test_file") if config["data"].get(key)]
+    reasons = [
+        layout.check_input(config["data"][key], f"data.{key}")
+        for key in ("train_file", "test_file")
+        if config["data"].get(key)
+    ]
     init = config["model"].get("init_args", {})
     report = init.get("report_dir") or config["trainer"]["default_root_dir"]
     layout.written |= {f"{report}/summary.json", f"{report}/predictions.jsonl"}
@@ -306,12 +329,14 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     """The shell's reading of a glob: ``*`` and ``?`` do not cross ``/`` (unlike fnmatch)."""
     parts = re.split(r"(\*|\?|\[[^]]*\])", pattern)
     table = {"*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(table.get(p, p if p.startswith("[") else re.escape(p))
-                              for p in parts if p))
+    return re.compile(
+        "".join(table.get(p, p if p.startswith("[") else re.escape(p)) for p in parts if p)
+    )
 
 
-def check_report(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
-                 tmp_path: Path) -> list[str]:
+def check_report(
+    cmd: Command, layout: Layout, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> list[str]:
     """``sdpo-report PATTERNS``: each pattern matches files that exist or that earlier
     commands write; run it when every file is in the repository."""
     main = _entry_point("sdpo-report")
@@ -331,7 +356,8 @@ def check_report(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
         in_repo = [] if pattern.startswith(OUTPUT_DIRS) else glob.glob(str(REPO / pattern))
         written = [s for s in summaries if _glob_regex(pattern).fullmatch(s)]
         assert in_repo or written, (
-            f"{pattern} matches nothing the README's commands write: {summaries}")
+            f"{pattern} matches nothing the README's commands write: {summaries}"
+        )
         all_in_repo &= bool(in_repo) and not written
     if all_in_repo:
         words = [str(REPO / w) if w in patterns else w for w in words]
@@ -360,8 +386,7 @@ def check_pip(cmd: Command) -> None:
                 assert extra in cfg["options.extras_require"], f"no extra {extra!r}"
 
 
-def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
-          tmp_path: Path) -> list[str]:
+def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture, tmp_path: Path) -> list[str]:
     """Check one command; returns the reasons it cannot run here (empty: it can)."""
     program = cmd.words[0]
     if program == "make":
@@ -373,12 +398,14 @@ def check(cmd: Command, layout: Layout, capsys: pytest.CaptureFixture,
     if program in ("source", ".") and len(cmd.words) == 2:
         venv = re.search(r"^VENV \?= (\S+)$", (REPO / "Makefile").read_text(), re.M)
         assert venv and cmd.words[1] == f"{venv.group(1)}/bin/activate", (
-            f"{cmd.words[1]} is not the activate script of the Makefile's virtualenv")
+            f"{cmd.words[1]} is not the activate script of the Makefile's virtualenv"
+        )
         return []
     if program == "python" and cmd.words[1:3] == ("-m", "sdpo_lightning"):
         assert importlib.util.find_spec("sdpo_lightning.__main__") is not None
-        return check_sdpo(Command(cmd.line, cmd.text, ("sdpo", *cmd.words[3:]), cmd.source), layout,
-                          capsys)
+        return check_sdpo(
+            Command(cmd.line, cmd.text, ("sdpo", *cmd.words[3:]), cmd.source), layout, capsys
+        )
     _installed(program)
     if program == "sdpo":
         return check_sdpo(cmd, layout, capsys)
@@ -401,8 +428,11 @@ def test_readme_has_commands() -> None:
 def test_report_glob_matches_the_run_layout() -> None:
     """The Evaluation section's ``sdpo-report`` pattern names the ``runs/<exp>/<stage>/`` files
     the LastFM commands above it write (``runs/*/summary.json`` matched nothing)."""
-    reports = [c for c in COMMANDS if c.words[0] == "sdpo-report"
-               and any(w.startswith("runs/") for w in c.words)]
+    reports = [
+        c
+        for c in COMMANDS
+        if c.words[0] == "sdpo-report" and any(w.startswith("runs/") for w in c.words)
+    ]
     assert reports, "no sdpo-report command over runs/"
     for cmd in reports:
         for word in cmd.words[1:]:
@@ -425,9 +455,13 @@ def checked() -> Checked:
 
 
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[c.id for c in COMMANDS])
-def test_readme_command_runs_as_written(index: int, checked: Checked,
-                                        capsys: pytest.CaptureFixture,
-                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_readme_command_runs_as_written(
+    index: int,
+    checked: Checked,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     """Each command, after every earlier one (checked here if a filter left them out)."""
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(sys, "argv", [COMMANDS[index].words[0]])  # the CLIs see no pytest flags

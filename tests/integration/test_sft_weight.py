@@ -23,8 +23,15 @@ def test_sft_weight_adds_the_chosen_nll_to_the_preference_loss(tmp_path, synthet
     plain run's loss."""
     runs = {}
     for name, lam in (("plain", 0.0), ("nll", 0.5)):
-        cli_main(["fit", "-c", str(tiny_config(tmp_path, synthetic_dir, name, objective="sdpo", sft_weight=lam)),
-                  "--trainer.max_steps", "1"])
+        cli_main(
+            [
+                "fit",
+                "-c",
+                str(tiny_config(tmp_path, synthetic_dir, name, objective="sdpo", sft_weight=lam)),
+                "--trainer.max_steps",
+                "1",
+            ]
+        )
         runs[name] = _metrics(tmp_path / name)
     plain, nll = runs["plain"], runs["nll"]
     pref, sft = _first(nll, "train/loss/preference"), _first(nll, "train/loss/sft")
@@ -37,5 +44,7 @@ def test_sft_weight_adds_the_chosen_nll_to_the_preference_loss(tmp_path, synthet
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_sft_weight_must_be_non_negative(bad):
     with pytest.raises(ValueError, match="sft_weight must be >= 0"):
-        SDPOModule(source=ModelArgs(tiny_config={}, tokenizer_path="unused"),
-                   objective=ObjectiveArgs(sft_weight=bad))
+        SDPOModule(
+            source=ModelArgs(tiny_config={}, tokenizer_path="unused"),
+            objective=ObjectiveArgs(sft_weight=bad),
+        )

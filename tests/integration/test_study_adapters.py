@@ -36,11 +36,18 @@ RESULTS = REPO / "benchmarks" / "quality" / "results"
 #: committed adapter → (results run, config it was tested with, method label)
 CASES = {
     "sft": ("sft_e6", "configs/lastfm/smollm2/sft.yaml", "SFT"),
-    "sdpo": ("sft_e6.sdpo_k19_e2_sel", "configs/lastfm/smollm2/sdpo.yaml", "S-DPO (K=19, 2 epochs, unseen rows)"),
+    "sdpo": (
+        "sft_e6.sdpo_k19_e2_sel",
+        "configs/lastfm/smollm2/sdpo.yaml",
+        "S-DPO (K=19, 2 epochs, unseen rows)",
+    ),
     # hybrid prompts: the adapter folder's hybrid/ (item table + projector) comes along on its own
     "llara": ("llara", "configs/lastfm/smollm2/sft.yaml", "LLaRA (hybrid SFT)"),
-    "llara_sdpo": ("llara.sdpo_k19_e2_sel", "configs/lastfm/smollm2/sdpo.yaml",
-                   "LLaRA + S-DPO (K=19, 2 epochs, unseen rows)"),
+    "llara_sdpo": (
+        "llara.sdpo_k19_e2_sel",
+        "configs/lastfm/smollm2/sdpo.yaml",
+        "LLaRA + S-DPO (K=19, 2 epochs, unseen rows)",
+    ),
 }
 
 
@@ -53,10 +60,22 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
     if not (ADAPTERS / adapter / "adapter_model.safetensors").is_file():
         pytest.fail(f"benchmarks/quality/adapters/{adapter} is not committed")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "sdpo_lightning", "test", "-c", cfg,
-           "--model.source.init_adapter", str(ADAPTERS / adapter), "--model.output.method", method,
-           "--data.test_file", str(SHARED / "data" / "lastfm" / "valid.json"),
-           "--trainer.default_root_dir", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sdpo_lightning",
+        "test",
+        "-c",
+        cfg,
+        "--model.source.init_adapter",
+        str(ADAPTERS / adapter),
+        "--model.output.method",
+        method,
+        "--data.test_file",
+        str(SHARED / "data" / "lastfm" / "valid.json"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -64,7 +83,10 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
         recs = read_predictions(path)
         return sorted((r["index"], r["generated"], r["correct"], r["target_rank"]) for r in recs)
 
-    got_rows, want_rows = rows(tmp_path / "run" / "predictions.jsonl"), rows(RESULTS / run / "predictions.jsonl")
+    got_rows, want_rows = (
+        rows(tmp_path / "run" / "predictions.jsonl"),
+        rows(RESULTS / run / "predictions.jsonl"),
+    )
     got = json.loads((tmp_path / "run" / "summary.json").read_text())["protocols"]
     want = json.loads((RESULTS / run / "summary.json").read_text())["protocols"]
     if torch.backends.cpu.get_cpu_capability() == RESULTS_CAPABILITY:
@@ -72,9 +94,13 @@ def test_committed_adapter_reproduces_its_row(adapter: str, tmp_path: Path) -> N
         assert got == want
         return
     assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
-    flipped = sum(a != b for a, b in zip(got_rows, want_rows))
-    print(f"{adapter}: {flipped} of {len(want_rows)} rows differ on ATen "
-          f"{torch.backends.cpu.get_cpu_capability()} (results: {RESULTS_CAPABILITY})")
+    flipped = sum(a != b for a, b in zip(got_rows, want_rows, strict=False))
+    print(
+        f"{adapter}: {flipped} of {len(want_rows)} rows differ on ATen "
+        f"{torch.backends.cpu.get_cpu_capability()} (results: {RESULTS_CAPABILITY})"
+    )
     assert flipped <= MAX_FLIPPED * len(want_rows)
     for protocol in want:
-        assert abs(got[protocol]["hr@1"]["value"] - want[protocol]["hr@1"]["value"]) <= MAX_FLIPPED, protocol
+        assert (
+            abs(got[protocol]["hr@1"]["value"] - want[protocol]["hr@1"]["value"]) <= MAX_FLIPPED
+        ), protocol

@@ -25,30 +25,48 @@ def reference_calls(monkeypatch, count_builds):
     import sdpo_lightning.scoring.reference_cache as rc
     import sdpo_lightning.training.module as module
 
-    calls: dict[str, int] = {"_reference_for": 0, "reference_mode": 0, "reference_scorer": 0,
-                             "ReferenceCache": 0}
+    calls: dict[str, int] = {
+        "_reference_for": 0,
+        "reference_mode": 0,
+        "reference_scorer": 0,
+        "ReferenceCache": 0,
+    }
 
     def counted(name, real):
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return real(*args, **kwargs)
+
         return wrapper
 
     cls = module.SDPOModule
     monkeypatch.setattr(cls, "_reference_for", counted("_reference_for", cls._reference_for))
     monkeypatch.setattr(cls, "reference_scorer", counted("reference_scorer", cls.reference_scorer))
     monkeypatch.setattr(module, "reference_mode", counted("reference_mode", module.reference_mode))
-    monkeypatch.setattr(rc.ReferenceCache, "__init__",
-                        counted("ReferenceCache", rc.ReferenceCache.__init__))
+    monkeypatch.setattr(
+        rc.ReferenceCache, "__init__", counted("ReferenceCache", rc.ReferenceCache.__init__)
+    )
     return calls
 
 
 def _fit(tmp_path, synthetic_dir, name: str, k: int, reference: str) -> list[dict]:
     run = f"{name}_{reference}"
-    cfg = tiny_config(tmp_path, synthetic_dir, run, objective="sdpo", num_negatives=3,
-                      reference=reference)
-    cli_main(["fit", "-c", str(cfg), "--model.objective.name", name,
-              "--model.objective.num_negatives", str(k), "--trainer.max_steps", "3"])
+    cfg = tiny_config(
+        tmp_path, synthetic_dir, run, objective="sdpo", num_negatives=3, reference=reference
+    )
+    cli_main(
+        [
+            "fit",
+            "-c",
+            str(cfg),
+            "--model.objective.name",
+            name,
+            "--model.objective.num_negatives",
+            str(k),
+            "--trainer.max_steps",
+            "3",
+        ]
+    )
     return _metrics(tmp_path / run)
 
 
@@ -65,8 +83,9 @@ def _assert_trained(tmp_path, run: str, rows: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("name, k", [("dmpo", 3), ("ipo", 1), ("ipo_k", 3), ("dynamicpo", 3)])
-def test_reference_objectives_train(tmp_path, synthetic_dir, reference_calls, count_builds, name,
-                                    k):
+def test_reference_objectives_train(
+    tmp_path, synthetic_dir, reference_calls, count_builds, name, k
+):
     """Reference-based successors train from the command line (reference: cached); the
     reference is read (the control of the reference-free test below)."""
     rows = _fit(tmp_path, synthetic_dir, name, k, "cached")
@@ -79,7 +98,8 @@ def test_reference_objectives_train(tmp_path, synthetic_dir, reference_calls, co
 @pytest.mark.parametrize("reference", ["live", "cached"])
 @pytest.mark.parametrize("name, k", [("simpo", 1), ("softmax_simpo", 3)])
 def test_reference_free_objectives_train_without_a_reference_pass(
-        tmp_path, synthetic_dir, reference_calls, count_builds, name, k, reference):
+    tmp_path, synthetic_dir, reference_calls, count_builds, name, k, reference
+):
     """SimPO and softmax SimPO train, and no reference log-prob is computed or cached, whatever
     ``scoring.reference`` says."""
     rows = _fit(tmp_path, synthetic_dir, name, k, reference)

@@ -19,8 +19,14 @@ import torch
 
 from tests.conftest import REPO
 
-CONFIG = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-              num_key_value_heads=2, vocab_size=40)
+CONFIG = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    vocab_size=40,
+)
 
 SCRIPT = r"""
 import sys
@@ -61,11 +67,25 @@ def test_model_built_after_zero_init_exits_runs_like_one_built_without_it(tmp_pa
 
     src, out = tmp_path / "config", tmp_path / "out.pt"
     LlamaConfig(**CONFIG).save_pretrained(src)
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(src), str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(src), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig.from_pretrained(src)).eval()

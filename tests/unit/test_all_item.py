@@ -34,8 +34,18 @@ from sdpo_lightning.evaluation.report import (
 )
 from sdpo_lightning.scoring.logps import completion_logps
 
-TITLES = ["Heat", "Heat Wave", "Quiet Raven", "Iron Drum", "Paper Cloud", "Glacier", "Tide Secret",
-          "Avenue", "Zenith", "Reef Final Distant"]
+TITLES = [
+    "Heat",
+    "Heat Wave",
+    "Quiet Raven",
+    "Iron Drum",
+    "Paper Cloud",
+    "Glacier",
+    "Tide Secret",
+    "Avenue",
+    "Zenith",
+    "Reef Final Distant",
+]
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -56,10 +66,17 @@ def test_history_only_presets():
 def test_encode_history_drops_the_oldest_items(tokenizer):
     builder = PromptBuilder("music", seed=1, history_only=True)
     text, ids, used = builder.encode_history(["Heat", "Iron Drum", "Zenith"], 3, tokenizer, 512, 5)
-    assert used == 3 and "Heat, Iron Drum, Zenith" in text and text in HISTORY_PRESETS["music"][0].format(
-        history="Heat, Iron Drum, Zenith") + HISTORY_PRESETS["music"][1].format(history="Heat, Iron Drum, Zenith")
+    assert (
+        used == 3
+        and "Heat, Iron Drum, Zenith" in text
+        and text
+        in HISTORY_PRESETS["music"][0].format(history="Heat, Iron Drum, Zenith")
+        + HISTORY_PRESETS["music"][1].format(history="Heat, Iron Drum, Zenith")
+    )
     full = len(ids)
-    _, short, used = builder.encode_history(["Heat", "Iron Drum", "Zenith"], 3, tokenizer, full + 5 - 2, 5)
+    _, short, used = builder.encode_history(
+        ["Heat", "Iron Drum", "Zenith"], 3, tokenizer, full + 5 - 2, 5
+    )
     assert used < 3 and len(short) + 5 <= full + 3
     with pytest.raises(DataFormatError, match="record 4: empty history"):
         builder.encode_history([], 4, tokenizer, 512, 5)
@@ -71,22 +88,33 @@ def model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
-                      pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def _protocol(tokenizer, **kw):
     cat = Catalogue(TITLES, popularity=[5, 0, 1, 2, 3, 0, 0, 4, 1, 2], source="cat.json")
-    return AllItemProtocol(cat, tokenizer, PromptBuilder("movies", history_only=True), 256,
-                           source="test.json", **kw)
+    return AllItemProtocol(
+        cat, tokenizer, PromptBuilder("movies", history_only=True), 256, source="test.json", **kw
+    )
 
 
 def test_one_batch_matches_brute_force_with_history_excluded(model, tokenizer):
     proto = _protocol(tokenizer, top_n=4, beam_width=len(TITLES), max_new_tokens=6)
-    batch = {"index": torch.tensor([0, 1]), "history": [["Heat", "Zenith"], ["Glacier"]],
-             "target": ["Heat Wave", "Zenith"]}
+    batch = {
+        "index": torch.tensor([0, 1]),
+        "history": [["Heat", "Zenith"], ["Glacier"]],
+        "target": ["Heat Wave", "Zenith"],
+    }
     parts = proto.run(model, batch)
     p_ids, p_mask, texts = proto.encode(batch["history"], [0, 1])
     seqs = completion_sequences(TITLES, tokenizer, " ")
@@ -94,7 +122,7 @@ def test_one_batch_matches_brute_force_with_history_excluded(model, tokenizer):
     ids = torch.full((2, len(seqs), C), tokenizer.pad_token_id)
     mask = torch.zeros((2, len(seqs), C), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[:, i, :len(s)], mask[:, i, :len(s)] = torch.tensor(s), 1
+        ids[:, i, : len(s)], mask[:, i, : len(s)] = torch.tensor(s), 1
     with torch.no_grad():
         logps = completion_logps(model, p_ids, p_mask, ids, mask, mode="shared_prefix").logps
     for b, hist in enumerate(batch["history"]):
@@ -104,7 +132,9 @@ def test_one_batch_matches_brute_force_with_history_excluded(model, tokenizer):
         assert part["items"] == [TITLES[i] for i in want] and part["prompt"] == texts[b]
         assert part["scores"] == pytest.approx([float(logps[b, i]) for i in want], abs=1e-3)
         target = batch["target"][b]
-        assert part["target_rank"] == (part["items"].index(target) + 1 if target in part["items"] else None)
+        assert part["target_rank"] == (
+            part["items"].index(target) + 1 if target in part["items"] else None
+        )
         assert part["popularity"] == [proto.catalogue.popularity[i] for i in want]
         assert part["target_popularity"] == proto.catalogue.popularity[TITLES.index(target)]
         assert isinstance(part["generated"], str) and part["valid"] == (part["parsed"] is not None)
@@ -115,7 +145,10 @@ def test_one_batch_matches_brute_force_with_history_excluded(model, tokenizer):
 def test_a_target_outside_the_catalogue_names_file_and_record(model, tokenizer):
     proto = _protocol(tokenizer, top_n=2)
     batch = {"index": torch.tensor([7]), "history": [["Heat"]], "target": ["Nowhere"]}
-    with pytest.raises(DataFormatError, match="test.json, record 7: target 'Nowhere' is not in the catalogue cat.json"):
+    with pytest.raises(
+        DataFormatError,
+        match="test.json, record 7: target 'Nowhere' is not in the catalogue cat.json",
+    ):
         proto.run(model, batch)
     with pytest.raises(ValueError, match="larger than the catalogue"):
         _protocol(tokenizer, top_n=11)
@@ -123,7 +156,9 @@ def test_a_target_outside_the_catalogue_names_file_and_record(model, tokenizer):
 
 def test_predict_rows_without_a_target(model, tokenizer):
     proto = _protocol(tokenizer, top_n=3, free_generation=False)
-    (part,) = proto.run(model, {"index": torch.tensor([0]), "history": [["Heat"]], "target": [None]})
+    (part,) = proto.run(
+        model, {"index": torch.tensor([0]), "history": [["Heat"]], "target": [None]}
+    )
     assert len(part["items"]) == 3 and "target_rank" not in part and "generated" not in part
 
 
@@ -136,15 +171,37 @@ def _records():
         (["A", "C", "F"], None, [5, 1, 0], 4, False, False),
         (["A", "B", "D"], 2, [5, 0, 2], 0, False, False),
     ]
-    return [{"index": i, "all_item": {"items": it, "scores": [-1.0, -2.0, -3.0], "target_rank": r,
-                                      "popularity": pop, "target_popularity": tp, "valid": v, "correct": c}}
-            for i, (it, r, pop, tp, v, c) in enumerate(rows)]
+    return [
+        {
+            "index": i,
+            "all_item": {
+                "items": it,
+                "scores": [-1.0, -2.0, -3.0],
+                "target_rank": r,
+                "popularity": pop,
+                "target_popularity": tp,
+                "valid": v,
+                "correct": c,
+            },
+        }
+        for i, (it, r, pop, tp, v, c) in enumerate(rows)
+    ]
 
 
 def test_all_item_metrics_by_hand():
     values = all_item_values(_records(), {"n_items": 10, "total_popularity": 18, "top_n": 3})
-    assert list(values) == ["hr@1", "mrr", "valid_ratio", "generation_hr@1", "coverage@3", "popularity@3",
-                            "target_popularity", "popularity_lift@3", "novelty@3", "target_novelty"]
+    assert list(values) == [
+        "hr@1",
+        "mrr",
+        "valid_ratio",
+        "generation_hr@1",
+        "coverage@3",
+        "popularity@3",
+        "target_popularity",
+        "popularity_lift@3",
+        "novelty@3",
+        "target_novelty",
+    ]
     assert values["hr@1"].tolist() == [1, 0, 0, 0] and "hr@5" not in values  # k <= top_n only
     assert values["mrr"].tolist() == pytest.approx([1, 1 / 3, 0, 1 / 2])
     assert values["valid_ratio"].mean() == 0.5 and values["generation_hr@1"].mean() == 0.25
@@ -170,20 +227,37 @@ def test_coverage_interval_resamples_rows_like_bootstrap_ci():
 
 def test_summary_report_and_paired_values(tmp_path):
     recs = _records()
-    meta = {"run": "r", "method": "A", "dataset": "d", "model": "m",
-            "catalogue": {"n_items": 10, "total_popularity": 18, "top_n": 3}}
+    meta = {
+        "run": "r",
+        "method": "A",
+        "dataset": "d",
+        "model": "m",
+        "catalogue": {"n_items": 10, "total_popularity": 18, "top_n": 3},
+    }
     summary = build_summary(recs, meta, n_boot=200)
     block = summary["protocols"]["all_item"]
     assert block["hr@1"]["value"] == 0.25 and block["coverage@3"]["value"] == pytest.approx(0.6)
     assert block["coverage@3"]["n"] == 4 and summary["catalogue"]["n_items"] == 10
     assert "generation" not in summary["protocols"]
-    for name, method, rows in (("a", "A", recs), ("b", "B", [dict(r, all_item={**r["all_item"], "target_rank": 1})
-                                                             for r in recs])):
+    for name, method, rows in (
+        ("a", "A", recs),
+        ("b", "B", [dict(r, all_item={**r["all_item"], "target_rank": 1}) for r in recs]),
+    ):
         write_predictions(tmp_path / name, rows)
         write_summary(tmp_path / name, build_summary(rows, {**meta, "method": method}, n_boot=200))
-    assert all_item_values_by_index(tmp_path / "a" / "predictions.jsonl", "hr@1") == {0: 1.0, 1: 0.0, 2: 0.0, 3: 0.0}
-    table = comparison_table([tmp_path / "a" / "summary.json", tmp_path / "b" / "summary.json"], baseline_last=True,
-                             n_boot=500, protocol="all_item", metrics=["hr@1", "mrr", "coverage@3"])
+    assert all_item_values_by_index(tmp_path / "a" / "predictions.jsonl", "hr@1") == {
+        0: 1.0,
+        1: 0.0,
+        2: 0.0,
+        3: 0.0,
+    }
+    table = comparison_table(
+        [tmp_path / "a" / "summary.json", tmp_path / "b" / "summary.json"],
+        baseline_last=True,
+        n_boot=500,
+        protocol="all_item",
+        metrics=["hr@1", "mrr", "coverage@3"],
+    )
     assert "| Method | d HR@1 | d MRR | d Coverage@3 | Rel.Ipv d |" in table
     assert "| A | 0.2500 | 0.4583 | 0.6000 | +300.00% (p=" in table
     assert "Rel.Ipv: relative HR@1 (all_item) improvement of B over each row." in table
@@ -193,8 +267,11 @@ def test_logged_metrics_equal_the_summary():
     recs = _records()
     m = AllItemMetrics(top_n=3)
     parts = [r["all_item"] for r in recs]
-    m.update(torch.tensor([p["target_rank"] or 0 for p in parts]), torch.tensor([p["valid"] for p in parts]),
-             torch.tensor([p["correct"] for p in parts]))
+    m.update(
+        torch.tensor([p["target_rank"] or 0 for p in parts]),
+        torch.tensor([p["valid"] for p in parts]),
+        torch.tensor([p["correct"] for p in parts]),
+    )
     got = {k: float(v) for k, v in m.compute().items()}
     values = all_item_values(recs, {"top_n": 3})
     assert set(got) == {"hr@1", "mrr", "valid_ratio", "generation_hr@1"}
@@ -211,10 +288,12 @@ def test_eval_settings_are_checked():
     from sdpo_lightning.training.module_args import EvalArgs
 
     assert EvalArgs(eval_protocols=["all_item"], catalogue_file="c.json").top_n == 20
-    for kwargs, message in (({"eval_protocols": ["all_item"]}, "needs catalogue_file"),
-                            ({"top_n": 0}, "top_n must be >= 1"),
-                            ({"top_n": 10, "beam_width": 4}, "beam_width must be >= top_n"),
-                            ({"beam_length_penalty": -0.5}, "beam_length_penalty must be"),
-                            ({"kv_sharing": "copy"}, "kv_sharing must be one of")):
+    for kwargs, message in (
+        ({"eval_protocols": ["all_item"]}, "needs catalogue_file"),
+        ({"top_n": 0}, "top_n must be >= 1"),
+        ({"top_n": 10, "beam_width": 4}, "beam_width must be >= top_n"),
+        ({"beam_length_penalty": -0.5}, "beam_length_penalty must be"),
+        ({"kv_sharing": "copy"}, "kv_sharing must be one of"),
+    ):
         with pytest.raises(ValueError, match=message):
             EvalArgs(**kwargs)

@@ -37,8 +37,10 @@ LOGGED = [
 
 def write_logs(run_dir: Path, loggers=("csv", "tb"), logged=LOGGED, version=0) -> Path:
     """Logs ``logged`` through real Lightning loggers, like a Trainer would."""
-    made = {"csv": CSVLogger(run_dir, name="csv", version=version),
-            "tb": TensorBoardLogger(run_dir, name="tb", version=version)}
+    made = {
+        "csv": CSVLogger(run_dir, name="csv", version=version),
+        "tb": TensorBoardLogger(run_dir, name="tb", version=version),
+    }
     active = [made[name] for name in loggers]
     for step, epoch, metrics in logged:
         for logger in active:
@@ -51,8 +53,11 @@ def write_logs(run_dir: Path, loggers=("csv", "tb"), logged=LOGGED, version=0) -
 
 
 def expected_rows() -> set[tuple[str, str, int, float]]:
-    return {(*sa.split_name(name), step, float(epoch))
-            for step, epoch, metrics in LOGGED for name in metrics}
+    return {
+        (*sa.split_name(name), step, float(epoch))
+        for step, epoch, metrics in LOGGED
+        for name in metrics
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +69,19 @@ def both(tmp_path_factory) -> Path:
 def runs(tmp_path_factory) -> list[Path]:
     """Synthetic runs: S-DPO K=1/3 (CSV + TB), DPO (TB only, no per-negative rewards)."""
     root = tmp_path_factory.mktemp("runs")
-    return [sa.write_synthetic_run(root / "sdpo_k1", num_negatives=1, steps=12),
-            sa.write_synthetic_run(root / "sdpo_k3", num_negatives=3, steps=12),
-            sa.write_synthetic_run(root / "dpo", objective="dpo", num_negatives=1, steps=12,
-                                   loggers=["tensorboard"], per_negative=False,
-                                   write_summary=False)]
+    return [
+        sa.write_synthetic_run(root / "sdpo_k1", num_negatives=1, steps=12),
+        sa.write_synthetic_run(root / "sdpo_k3", num_negatives=3, steps=12),
+        sa.write_synthetic_run(
+            root / "dpo",
+            objective="dpo",
+            num_negatives=1,
+            steps=12,
+            loggers=["tensorboard"],
+            per_negative=False,
+            write_summary=False,
+        ),
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -77,21 +90,32 @@ def _close_figures():
     plt.close("all")
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("train/rewards/chosen", ("train", "rewards/chosen")), ("val/hr@1", ("val", "hr@1")),
-    ("validation/loss", ("val", "loss")), ("lr-AdamW", ("other", "lr-AdamW")),
-    ("train", ("other", "train")), ("weird/x", ("other", "weird/x"))])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("train/rewards/chosen", ("train", "rewards/chosen")),
+        ("val/hr@1", ("val", "hr@1")),
+        ("validation/loss", ("val", "loss")),
+        ("lr-AdamW", ("other", "lr-AdamW")),
+        ("train", ("other", "train")),
+        ("weird/x", ("other", "weird/x")),
+    ],
+)
 def test_split_name(name, expected):
     assert sa.split_name(name) == expected
 
 
-@pytest.mark.parametrize("reader, pattern", [
-    (sa.read_csv_metrics, "csv/version_0/metrics.csv"),
-    (sa.read_tensorboard_metrics, "tb/version_0")])
+@pytest.mark.parametrize(
+    "reader, pattern",
+    [
+        (sa.read_csv_metrics, "csv/version_0/metrics.csv"),
+        (sa.read_tensorboard_metrics, "tb/version_0"),
+    ],
+)
 def test_readers_return_the_logged_values_in_tidy_form(both, reader, pattern):
     df = reader(both / pattern, run="r")
     assert list(df.columns) == sa.COLUMNS
-    assert set(zip(df.split, df.metric, df.step, df.epoch)) == expected_rows()
+    assert set(zip(df.split, df.metric, df.step, df.epoch, strict=False)) == expected_rows()
     assert len(df) == sum(len(m) for _, _, m in LOGGED)  # no hp_metric, epoch, _hparams_
     assert (df.run == "r").all()
     loss = df[(df.split == "train") & (df.metric == "loss")].sort_values("step")
@@ -158,8 +182,11 @@ def test_directories_holding_several_runs_are_expanded(tmp_path):
     write_logs(tmp_path / "quickstart" / "sdpo", ("csv",), version=1)  # resumed: same run
     write_logs(tmp_path / "sdpo", ("tb",))
     assert sa.find_runs(tmp_path / "quickstart" / "sdpo") == [tmp_path / "quickstart" / "sdpo"]
-    assert [name for _, name in sa.named_runs([tmp_path / "quickstart", tmp_path / "sdpo"])] \
-        == ["quickstart/sdpo", "quickstart/sft", "sdpo"]
+    assert [name for _, name in sa.named_runs([tmp_path / "quickstart", tmp_path / "sdpo"])] == [
+        "quickstart/sdpo",
+        "quickstart/sft",
+        "sdpo",
+    ]
     df = sa.load_runs([str(tmp_path / "*")])
     assert set(df.run) == {"quickstart/sdpo", "quickstart/sft", "sdpo"}
     assert df.groupby("run").size().nunique() == 1  # stages were not merged
@@ -167,22 +194,46 @@ def test_directories_holding_several_runs_are_expanded(tmp_path):
         sa.load_run(tmp_path / "quickstart")
 
 
-@pytest.mark.parametrize("config", [
-    {"model": {"class_path": "m.M", "init_args": {"objective": "dpo_k", "num_negatives": 5,
-                                                  "beta": 0.1, "method": "DPO-5"}}},
-    {"model": {"objective": "dpo_k", "beta": 0.1, "method": "DPO-5"},
-     "data": {"num_negatives": 5}},
-    {"model": {"objective": {"name": "dpo_k", "beta": 0.1, "num_negatives": 5},
-               "output": {"method": "DPO-5"}}}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {
+            "model": {
+                "class_path": "m.M",
+                "init_args": {
+                    "objective": "dpo_k",
+                    "num_negatives": 5,
+                    "beta": 0.1,
+                    "method": "DPO-5",
+                },
+            }
+        },
+        {
+            "model": {"objective": "dpo_k", "beta": 0.1, "method": "DPO-5"},
+            "data": {"num_negatives": 5},
+        },
+        {
+            "model": {
+                "objective": {"name": "dpo_k", "beta": 0.1, "num_negatives": 5},
+                "output": {"method": "DPO-5"},
+            }
+        },
+    ],
+)
 def test_read_run_config_understands_lightningcli_layouts(tmp_path, config):
     import yaml
 
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "config.yaml").write_text(yaml.safe_dump(config))
-    assert sa.read_run_config(tmp_path) == {"objective": "dpo_k", "num_negatives": 5,
-                                            "beta": 0.1, "method": "DPO-5"}
+    assert sa.read_run_config(tmp_path) == {
+        "objective": "dpo_k",
+        "num_negatives": 5,
+        "beta": 0.1,
+        "method": "DPO-5",
+    }
     assert sa.read_run_config(tmp_path / "csv" / "missing") == dict.fromkeys(
-        ["num_negatives", "objective", "beta", "method"])
+        ["num_negatives", "objective", "beta", "method"]
+    )
 
 
 def test_run_table_reads_config_hr1_sources_and_overrides(runs, tmp_path):
@@ -192,12 +243,17 @@ def test_run_table_reads_config_hr1_sources_and_overrides(runs, tmp_path):
     assert table.loc["sdpo_k3", "hr@1_source"] == "summary"
     assert table.loc["dpo", "hr@1_source"] == "test/hr@1"
     (tmp_path / "summary.json").write_text(
-        json.dumps({"protocols": {"generation": {"hr@1": {"value": 0.61}}}}))
+        json.dumps({"protocols": {"generation": {"hr@1": {"value": 0.61}}}})
+    )
     assert sa.read_summary_hr1(tmp_path) == 0.61
     val_only = write_logs(tmp_path / "val", ("csv",), LOGGED[:3])
     over = sa.run_table([val_only], num_negatives={"val": 9}, objectives={"val": "x"})
-    assert over.iloc[0][["num_negatives", "hr@1", "hr@1_source", "objective"]].tolist() \
-        == [9, 0.3, "val/hr@1", "x"]
+    assert over.iloc[0][["num_negatives", "hr@1", "hr@1_source", "objective"]].tolist() == [
+        9,
+        0.3,
+        "val/hr@1",
+        "x",
+    ]
 
 
 def test_smooth_is_a_debiased_ema():
@@ -213,8 +269,9 @@ def labels(ax) -> list[str]:
     return [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
-@pytest.mark.parametrize("helper", [sa.plot_chosen_reward, sa.plot_margins,
-                                    sa.plot_accuracies, sa.plot_val_hr1])
+@pytest.mark.parametrize(
+    "helper", [sa.plot_chosen_reward, sa.plot_margins, sa.plot_accuracies, sa.plot_val_hr1]
+)
 def test_curve_helpers_draw_one_line_per_run(runs, helper):
     ax = helper(sa.load_runs(runs), smooth=0.6)
     assert len([lb for lb in labels(ax) if "test" not in lb]) == 3
@@ -223,16 +280,28 @@ def test_curve_helpers_draw_one_line_per_run(runs, helper):
 
 def test_loss_logps_and_rejected_rewards(runs):
     df = sa.load_runs(runs)
-    assert labels(sa.plot_losses(df)) == [f"{r} · {s}" for r in ("sdpo_k1", "sdpo_k3", "dpo")
-                                          for s in ("train", "val")]
+    assert labels(sa.plot_losses(df)) == [
+        f"{r} · {s}" for r in ("sdpo_k1", "sdpo_k3", "dpo") for s in ("train", "val")
+    ]
     assert len(labels(sa.plot_logps(df, x="epoch"))) == 6
     gids = [ln.get_gid() for ln in sa.plot_rejected_rewards(df, smooth=0.5).get_lines()]
     assert sorted(g for g in gids if g) == sorted(
-        ["sdpo_k1/mean", "sdpo_k1/k0", "sdpo_k3/mean", "sdpo_k3/k0", "sdpo_k3/k1",
-         "sdpo_k3/k2", "dpo/mean"])  # DPO logged no per-negative rewards: mean only
+        [
+            "sdpo_k1/mean",
+            "sdpo_k1/k0",
+            "sdpo_k3/mean",
+            "sdpo_k3/k0",
+            "sdpo_k3/k1",
+            "sdpo_k3/k2",
+            "dpo/mean",
+        ]
+    )  # DPO logged no per-negative rewards: mean only
     assert sa.negative_indices(df[df.run == "sdpo_k3"]) == [0, 1, 2]
     assert labels(sa.plot_rejected_rewards(df, per_negative=False)) == [
-        "sdpo_k1 · mean", "sdpo_k3 · mean", "dpo · mean"]
+        "sdpo_k1 · mean",
+        "sdpo_k3 · mean",
+        "dpo · mean",
+    ]
 
 
 def test_missing_metric_warns_and_says_so(runs):
@@ -253,22 +322,38 @@ def test_hr1_vs_negatives(runs, kind):
         assert heights == pytest.approx(sorted(table["hr@1"]))
     with pytest.warns(UserWarning, match="left out.*sdpo_k3"):
         sa.plot_hr1_vs_negatives(table.assign(num_negatives=[1, None, 1]), kind=kind)
-    by_method = sa.plot_hr1_vs_negatives(table.assign(method=["S-DPO", None, "Vanilla"]),
-                                         kind=kind, hue="method")
+    by_method = sa.plot_hr1_vs_negatives(
+        table.assign(method=["S-DPO", None, "Vanilla"]), kind=kind, hue="method"
+    )
     assert [t.get_text() for t in by_method.get_legend().get_texts()] == [
-        "S-DPO", "Vanilla", "sdpo"]  # a run without a label falls back to its objective
+        "S-DPO",
+        "Vanilla",
+        "sdpo",
+    ]  # a run without a label falls back to its objective
     with pytest.raises(ValueError, match="no run has both"), pytest.warns(UserWarning):
         sa.plot_hr1_vs_negatives(table.assign(**{"hr@1": None}))
 
 
 def test_sdpo_plots_command_writes_pngs(runs, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert sa.main([*map(str, runs), "--out", str(out), "--smooth", "0.6",
-                    "--negatives", "dpo=1"]) == 0
+    assert (
+        sa.main([*map(str, runs), "--out", str(out), "--smooth", "0.6", "--negatives", "dpo=1"])
+        == 0
+    )
     printed = capsys.readouterr().out.split()
-    assert [Path(p).name for p in printed] == [f"{stem}.png" for stem in (
-        "loss", "rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies",
-        "logps", "val_hr1", "hr1_vs_negatives")]
+    assert [Path(p).name for p in printed] == [
+        f"{stem}.png"
+        for stem in (
+            "loss",
+            "rewards_chosen",
+            "rewards_rejected",
+            "rewards_margins",
+            "rewards_accuracies",
+            "logps",
+            "val_hr1",
+            "hr1_vs_negatives",
+        )
+    ]
     for path in map(Path, printed):
         assert path.parent == out and path.stat().st_size > 1000
         assert path.read_bytes()[:4] == b"\x89PNG"
@@ -285,12 +370,19 @@ def test_sdpo_plots_command_errors(tmp_path, capsys):
 
 
 def test_package_imports_without_the_extra_and_names_it(both):
-    code = ("import sys; sys.modules['pandas'] = sys.modules['matplotlib'] = None\n"
-            "import sdpo_lightning.analysis as sa\n"
-            "try:\n    sa.load_run(sys.argv[1])\n"
-            "except ImportError as e:\n    print(e)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(both)], cwd=REPO,
-                            capture_output=True, text=True, check=True)
+    code = (
+        "import sys; sys.modules['pandas'] = sys.modules['matplotlib'] = None\n"
+        "import sdpo_lightning.analysis as sa\n"
+        "try:\n    sa.load_run(sys.argv[1])\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(both)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "pip install sdpo_lightning[analysis]" in result.stdout
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sdpo_lightning.baselines.caser import Caser
+from sdpo_lightning.baselines.cli import main as baseline_main
 from sdpo_lightning.baselines.gru4rec import GRU4Rec
 from sdpo_lightning.baselines.sasrec import SASRec
-from sdpo_lightning.baselines.cli import main as baseline_main
 from sdpo_lightning.baselines.seqrec_data import ItemVocab, SeqRecDataset
 from sdpo_lightning.data.records import Example
 from sdpo_lightning.evaluation.report import load_summary, read_predictions
@@ -86,22 +86,50 @@ def test_sasrec_starts_near_uniform_over_items() -> None:
 def test_cli_fit_learns_a_pattern_and_writes_report(model: str, tmp_path: Path) -> None:
     (tmp_path / "train.json").write_text(json.dumps(cycle_rows(64)))
     (tmp_path / "valid.json").write_text(json.dumps(cycle_rows(16, offset=3)))
-    assert baseline_main([  # sdpo-baseline fit ... dispatches to the LightningCLI
-        "fit", "--seed_everything", "0", f"--model=sdpo_lightning.baselines.{model}",
-        "--model.init_args.d", "16", "--model.init_args.lr", "0.02",
-        "--model.init_args.dropout", "0.0", "--data.train_file", str(tmp_path / "train.json"),
-        "--data.test_file", str(tmp_path / "valid.json"), "--data.dataset", "toy",
-        "--data.max_len", "3", "--data.batch_size", "16", "--trainer.max_epochs", "25",
-        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
-        "--model.init_args.item_table_dir", str(tmp_path / "items"),
-    ]) == 0
+    assert (
+        baseline_main(
+            [  # sdpo-baseline fit ... dispatches to the LightningCLI
+                "fit",
+                "--seed_everything",
+                "0",
+                f"--model=sdpo_lightning.baselines.{model}",
+                "--model.init_args.d",
+                "16",
+                "--model.init_args.lr",
+                "0.02",
+                "--model.init_args.dropout",
+                "0.0",
+                "--data.train_file",
+                str(tmp_path / "train.json"),
+                "--data.test_file",
+                str(tmp_path / "valid.json"),
+                "--data.dataset",
+                "toy",
+                "--data.max_len",
+                "3",
+                "--data.batch_size",
+                "16",
+                "--trainer.max_epochs",
+                "25",
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+                "--trainer.logger",
+                "false",
+                "--model.init_args.item_table_dir",
+                str(tmp_path / "items"),
+            ]
+        )
+        == 0
+    )
     summary = load_summary(tmp_path / "run/summary.json")
     assert summary["dataset"] == "toy" and summary["n_examples"] == 16
     assert summary["protocols"]["ranking"]["hr@1"]["value"] >= 0.9  # chance is 0.25
     recs = read_predictions(tmp_path / "run/predictions.jsonl")
     assert [r["index"] for r in recs] == list(range(16))
     assert all(len(r["scores"]) == 4 and r["valid"] for r in recs)
-    from sdpo_lightning.modeling.hybrid import ItemTable  # hybrid prompts' item table, written by `test`
+    from sdpo_lightning.modeling.hybrid import (
+        ItemTable,
+    )  # hybrid prompts' item table, written by `test`
 
     table = ItemTable.load(tmp_path / "items")
     assert sorted(table.titles) == ITEMS and table.embeddings.shape == (8, 16)

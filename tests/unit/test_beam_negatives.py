@@ -29,10 +29,20 @@ def catalogue(synthetic_dir, tmp_path_factory) -> Path:
 
 
 def _setup(synthetic_dir, catalogue, tmp_path, **data):
-    module, dm = make(synthetic_dir, synthetic_dir, model={"objective": "sdpo", "num_negatives": 3},
-                      data={"negative_sampling": "on_policy_beam", "num_negatives": 3, "train_protocol": "all_item",
-                            "catalogue_file": str(catalogue), "catalogue_candidates": 5,
-                            "prompt_templates": "music", **data})
+    module, dm = make(
+        synthetic_dir,
+        synthetic_dir,
+        model={"objective": "sdpo", "num_negatives": 3},
+        data={
+            "negative_sampling": "on_policy_beam",
+            "num_negatives": 3,
+            "train_protocol": "all_item",
+            "catalogue_file": str(catalogue),
+            "catalogue_candidates": 5,
+            "prompt_templates": "music",
+            **data,
+        },
+    )
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # a policy that differs from the reference
         for name, p in module.policy.named_parameters():
@@ -57,9 +67,11 @@ def test_negatives_are_the_policys_top_catalogue_items(synthetic_dir, catalogue,
         ids = torch.full((1, n, c), module.tokenizer.pad_token_id)
         mask = torch.zeros((1, n, c), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[0, i, :len(s)], mask[0, i, :len(s)] = torch.tensor(s), 1
-        row = {"prompt_input_ids": batch["prompt_input_ids"][b:b + 1],
-               "prompt_attention_mask": batch["prompt_attention_mask"][b:b + 1]}
+            ids[0, i, : len(s)], mask[0, i, : len(s)] = torch.tensor(s), 1
+        row = {
+            "prompt_input_ids": batch["prompt_input_ids"][b : b + 1],
+            "prompt_attention_mask": batch["prompt_attention_mask"][b : b + 1],
+        }
         with torch.no_grad(), eval_mode(module.policy):
             scores = module.score(row, ids, mask, mode="shared_prefix").logps[0]  # (n,)
         for t in batch["history"][b]:
@@ -71,11 +83,18 @@ def test_negatives_are_the_policys_top_catalogue_items(synthetic_dir, catalogue,
     assert got["completion_index"][:, 1:].tolist() == [[1, 2, 3]] * 2
     assert got["target_index"].tolist() == [0, 0]
     assert not torch.equal(got["token_digest"], batch["token_digest"])
-    assert set(got["negative_stats"]) == {"target_top1", "target_in_beams", "mean_rank", "refreshed"}
+    assert set(got["negative_stats"]) == {
+        "target_top1",
+        "target_in_beams",
+        "mean_rank",
+        "refreshed",
+    }
 
     cached = module._reference_for(got)  # the cache re-scores the rows (their digest changed)
     with eval_mode(module.policy):
-        live = module.reference_logps(got, got["completion_input_ids"], got["completion_attention_mask"])
+        live = module.reference_logps(
+            got, got["completion_input_ids"], got["completion_attention_mask"]
+        )
     torch.testing.assert_close(cached, live, rtol=0, atol=1e-4)
 
 
@@ -100,4 +119,6 @@ def test_on_policy_beam_needs_all_item_training(synthetic_dir):
     from sdpo_lightning.data.datamodule import RecDataModule
 
     with pytest.raises(ConfigError, match="on_policy_beam searches the catalogue"):
-        RecDataModule(train_file=str(synthetic_dir / "train.json"), negative_sampling="on_policy_beam")
+        RecDataModule(
+            train_file=str(synthetic_dir / "train.json"), negative_sampling="on_policy_beam"
+        )

@@ -13,8 +13,20 @@ from sdpo_lightning.evaluation.beam_search import (
 )
 from sdpo_lightning.scoring.logps import completion_logps
 
-TITLES = ["Heat", "Heat Wave", "Heat Wave Two", "Quiet Raven", "Iron Drum", "Paper Cloud",
-          "Paper Cloud Rising", "Glacier", "Tide Secret", "Reef Final Distant", "Avenue", "Zenith"]
+TITLES = [
+    "Heat",
+    "Heat Wave",
+    "Heat Wave Two",
+    "Quiet Raven",
+    "Iron Drum",
+    "Paper Cloud",
+    "Paper Cloud Rising",
+    "Glacier",
+    "Tide Secret",
+    "Reef Final Distant",
+    "Avenue",
+    "Zenith",
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,22 +34,31 @@ def model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      initializer_range=0.3, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def _prompts(tokenizer):
-    texts = ["After watching Heat, Iron Drum, which movie next?\nAnswer:",
-             "Zenith\nAnswer:",
-             "This user has watched Glacier, Avenue, Quiet Raven, Paper Cloud in the previous.\nAnswer:"]
+    texts = [
+        "After watching Heat, Iron Drum, which movie next?\nAnswer:",
+        "Zenith\nAnswer:",
+        "This user has watched Glacier, Avenue, Quiet Raven, Paper Cloud in the previous.\nAnswer:",
+    ]
     ids = [tokenizer(t)["input_ids"] for t in texts]
     P = max(map(len, ids))
     p_ids = torch.full((len(ids), P), tokenizer.pad_token_id)
     p_mask = torch.zeros((len(ids), P), dtype=torch.long)
     for i, x in enumerate(ids):
-        p_ids[i, P - len(x):], p_mask[i, P - len(x):] = torch.tensor(x), 1
+        p_ids[i, P - len(x) :], p_mask[i, P - len(x) :] = torch.tensor(x), 1
     return p_ids, p_mask
 
 
@@ -48,16 +69,24 @@ def _brute_force(model, tokenizer, p_ids, p_mask):
     ids = torch.full((len(seqs), C), tokenizer.pad_token_id)
     mask = torch.zeros((len(seqs), C), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
     B = p_ids.shape[0]
     with torch.no_grad():
-        out = completion_logps(model, p_ids, p_mask, ids.expand(B, -1, -1), mask.expand(B, -1, -1),
-                               mode="shared_prefix")
+        out = completion_logps(
+            model,
+            p_ids,
+            p_mask,
+            ids.expand(B, -1, -1),
+            mask.expand(B, -1, -1),
+            mode="shared_prefix",
+        )
     return out.logps, out.n_tokens
 
 
 def _top(scores: torch.Tensor, n: int, exclude=()) -> list[int]:
-    order = sorted((i for i in range(len(scores)) if i not in exclude), key=lambda i: (-float(scores[i]), i))
+    order = sorted(
+        (i for i in range(len(scores)) if i not in exclude), key=lambda i: (-float(scores[i]), i)
+    )
     return order[:n]
 
 
@@ -105,12 +134,16 @@ def test_history_items_are_excluded_exactly(model, tokenizer):
     trie = CatalogueTrie.from_titles(TITLES, tokenizer, " ")
     logps, _ = _brute_force(model, tokenizer, p_ids, p_mask)
     exclude = [[0, 4], [11, 11], [7, 10, 3, 5, 1, 2]]  # the "Heat" branch's three items in row 2
-    out = constrained_beam_search(model, p_ids, p_mask, trie, 6, beam_width=len(TITLES), exclude=exclude)
+    out = constrained_beam_search(
+        model, p_ids, p_mask, trie, 6, beam_width=len(TITLES), exclude=exclude
+    )
     for b in range(3):
         want = _top(logps[b], 6, set(exclude[b]))
         assert out.items[b].tolist() == want and not set(want) & set(exclude[b])
     # fewer items left than N: padded with -1 / -inf
-    out = constrained_beam_search(model, p_ids[:1], p_mask[:1], trie, 12, beam_width=12, exclude=[[0]])
+    out = constrained_beam_search(
+        model, p_ids[:1], p_mask[:1], trie, 12, beam_width=12, exclude=[[0]]
+    )
     assert out.items[0, -1] == -1 and out.scores[0, -1] == float("-inf")
     assert sorted(out.items[0, :-1].tolist()) == list(range(1, 12))
 
@@ -119,7 +152,9 @@ def test_length_penalty_ranks_by_mean(model, tokenizer):
     p_ids, p_mask = _prompts(tokenizer)
     trie = CatalogueTrie.from_titles(TITLES, tokenizer, " ")
     logps, n_tok = _brute_force(model, tokenizer, p_ids, p_mask)
-    out = constrained_beam_search(model, p_ids, p_mask, trie, 4, beam_width=len(TITLES), length_penalty=1.0)
+    out = constrained_beam_search(
+        model, p_ids, p_mask, trie, 4, beam_width=len(TITLES), length_penalty=1.0
+    )
     mean = logps / n_tok
     for b in range(3):
         want = _top(mean[b], 4)
@@ -168,15 +203,23 @@ def test_random_catalogue_with_shared_prefixes_is_exact(model, tokenizer):
     ids = torch.full((1, len(seqs), C), tokenizer.pad_token_id)
     mask = torch.zeros((1, len(seqs), C), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[0, i, :len(s)], mask[0, i, :len(s)] = torch.tensor(s), 1
+        ids[0, i, : len(s)], mask[0, i, : len(s)] = torch.tensor(s), 1
     with torch.no_grad():
-        logps = completion_logps(model, p_ids, p_mask, ids.expand(3, -1, -1), mask.expand(3, -1, -1),
-                                 mode="shared_prefix").logps
+        logps = completion_logps(
+            model,
+            p_ids,
+            p_mask,
+            ids.expand(3, -1, -1),
+            mask.expand(3, -1, -1),
+            mode="shared_prefix",
+        ).logps
     exclude = [[0, 1, 2], [], list(range(10, 30))]
     out = constrained_beam_search(model, p_ids, p_mask, trie, 10, beam_width=80, exclude=exclude)
     for b in range(3):
         assert out.items[b].tolist() == _top(logps[b], 10, set(exclude[b]))
-    one = constrained_beam_search(model, p_ids[2:], p_mask[2:], trie, 10, beam_width=80, exclude=exclude[2:])
+    one = constrained_beam_search(
+        model, p_ids[2:], p_mask[2:], trie, 10, beam_width=80, exclude=exclude[2:]
+    )
     assert one.items[0].tolist() == out.items[2].tolist()  # batching does not change a row
 
 
@@ -188,8 +231,16 @@ def test_both_kv_sharing_paths_are_exact(model, tokenizer, kv_sharing):
     p_ids, p_mask = _prompts(tokenizer)
     trie = CatalogueTrie.from_titles(TITLES, tokenizer, " ")
     logps, _ = _brute_force(model, tokenizer, p_ids, p_mask)
-    out = constrained_beam_search(model, p_ids, p_mask, trie, 6, beam_width=len(TITLES),
-                                  exclude=[[1], [], [2, 3]], kv_sharing=kv_sharing)
+    out = constrained_beam_search(
+        model,
+        p_ids,
+        p_mask,
+        trie,
+        6,
+        beam_width=len(TITLES),
+        exclude=[[1], [], [2, 3]],
+        kv_sharing=kv_sharing,
+    )
     for b, ex in enumerate([[1], [], [2, 3]]):
         want = _top(logps[b], 6, set(ex))
         assert out.items[b].tolist() == want

@@ -35,9 +35,17 @@ def catalogue(synthetic_dir, tmp_path_factory) -> Path:
 
 
 def _dm(synthetic_dir, tokenizer, catalogue, **kw) -> RecDataModule:
-    args = dict(train_file=str(synthetic_dir / "train.json"), val_file=str(synthetic_dir / "valid.json"),
-                batch_size=4, num_negatives=3, seed=5, max_length=256, train_protocol="all_item",
-                catalogue_file=str(catalogue), catalogue_candidates=M)
+    args = dict(
+        train_file=str(synthetic_dir / "train.json"),
+        val_file=str(synthetic_dir / "valid.json"),
+        batch_size=4,
+        num_negatives=3,
+        seed=5,
+        max_length=256,
+        train_protocol="all_item",
+        catalogue_file=str(catalogue),
+        catalogue_candidates=M,
+    )
     dm = RecDataModule(**{**args, **kw})
     dm.connect(tokenizer)
     dm.setup("fit")
@@ -50,24 +58,33 @@ def test_draws_exclude_and_repeat_for_a_seed():
     assert a == draw_catalogue_items(20, exclude, 10, catalogue_generator(1, 0, 4))
     assert len(set(a)) == 10 and not set(a) & set(exclude)
     assert a != draw_catalogue_items(20, exclude, 10, catalogue_generator(1, 1, 4))  # next epoch
-    assert sorted(draw_catalogue_items(20, exclude, 17, catalogue_generator(1, 0, 4))) == \
-        [i for i in range(20) if i not in exclude]  # all that is left
-    with pytest.raises(ValueError, match="catalogue_candidates 18 is more than the 17 catalogue items left"):
+    assert sorted(draw_catalogue_items(20, exclude, 17, catalogue_generator(1, 0, 4))) == [
+        i for i in range(20) if i not in exclude
+    ]  # all that is left
+    with pytest.raises(
+        ValueError, match="catalogue_candidates 18 is more than the 17 catalogue items left"
+    ):
         draw_catalogue_items(20, exclude, 18, catalogue_generator(1, 0, 4))
 
 
 def test_popularity_draws_favour_popular_items():
     pop = torch.zeros(50, dtype=torch.long)
     pop[:5] = 1000
-    hits = sum(len(set(draw_catalogue_items(50, [], 5, catalogue_generator(0, 0, r), pop)) & set(range(5)))
-               for r in range(40))
+    hits = sum(
+        len(set(draw_catalogue_items(50, [], 5, catalogue_generator(0, 0, r), pop)) & set(range(5)))
+        for r in range(40)
+    )
     assert hits > 0.8 * 40 * 5  # uniform would give 40 * 5 * 5 / 50 = 20
 
 
-def test_rows_hold_the_target_and_catalogue_draws_never_the_history(synthetic_dir, tokenizer, catalogue):
+def test_rows_hold_the_target_and_catalogue_draws_never_the_history(
+    synthetic_dir, tokenizer, catalogue
+):
     dm = _dm(synthetic_dir, tokenizer, catalogue)
     train = dm.datasets["fit"]
-    assert isinstance(train, CatalogueDataset) and isinstance(dm.datasets["validate"], CatalogueDataset)
+    assert isinstance(train, CatalogueDataset) and isinstance(
+        dm.datasets["validate"], CatalogueDataset
+    )
     titles = set(load_catalogue(catalogue).titles)
     for i in range(0, len(train), 37):
         ex, item = train.examples[i], train[(i, 2)]
@@ -85,7 +102,9 @@ def test_rows_hold_the_target_and_catalogue_draws_never_the_history(synthetic_di
     assert other[(0, 0)]["candidates"] != train[(0, 0)]["candidates"]  # the seed decides
 
 
-def test_the_training_loader_hands_the_epoch_and_selectors_apply(synthetic_dir, tokenizer, catalogue):
+def test_the_training_loader_hands_the_epoch_and_selectors_apply(
+    synthetic_dir, tokenizer, catalogue
+):
     dm = _dm(synthetic_dir, tokenizer, catalogue, catalogue_sampling="popularity")
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(3)
@@ -100,8 +119,12 @@ def test_the_training_loader_hands_the_epoch_and_selectors_apply(synthetic_dir, 
 def test_settings_are_checked(synthetic_dir, tokenizer, catalogue):
     with pytest.raises(ConfigError, match="set data.catalogue_file"):
         RecDataModule(train_protocol="all_item")
-    with pytest.raises(ValueError, match=r"catalogue_candidates \(2\) must be >= num_negatives \(3\)"):
-        RecDataModule(train_protocol="all_item", catalogue_file=str(catalogue), catalogue_candidates=2)
+    with pytest.raises(
+        ValueError, match=r"catalogue_candidates \(2\) must be >= num_negatives \(3\)"
+    ):
+        RecDataModule(
+            train_protocol="all_item", catalogue_file=str(catalogue), catalogue_candidates=2
+        )
     with pytest.raises(ValueError, match="train_protocol must be"):
         RecDataModule(train_protocol="all_items")
 

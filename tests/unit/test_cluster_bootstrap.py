@@ -13,8 +13,10 @@ def test_one_row_per_cluster_is_the_row_bootstrap() -> None:
     """Singleton clusters: S_c = x_c and n_c = 1, so mean* = mean of the drawn rows, with the
     same draws as bootstrap_ci for the same seed — the two intervals are equal."""
     x = np.random.default_rng(3).integers(0, 2, size=157).astype(float)
-    assert_close(cluster_bootstrap_ci(x, list(range(157)), n_boot=2000, seed=5),
-                 bootstrap_ci(x, n_boot=2000, seed=5))
+    assert_close(
+        cluster_bootstrap_ci(x, list(range(157)), n_boot=2000, seed=5),
+        bootstrap_ci(x, n_boot=2000, seed=5),
+    )
 
 
 def test_two_clusters_hand_computed() -> None:

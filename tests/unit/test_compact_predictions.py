@@ -30,26 +30,57 @@ TEMPLATE = "Heard {history}. Next from {candidates}?\nAnswer:"
 
 #: three test rows: history, candidates, target
 ROWS = [
-    {"historyList": ["Abba", "Blur"], "itemList": ["Cher", "Dido", "Enya"],
-     "trueSelection": "Dido"},
+    {
+        "historyList": ["Abba", "Blur"],
+        "itemList": ["Cher", "Dido", "Enya"],
+        "trueSelection": "Dido",
+    },
     {"historyList": ["Cher"], "itemList": ["Abba", "Björk", "Blur"], "trueSelection": "Abba"},
-    {"historyList": ["Enya", "Dido", "Abba"], "itemList": ["Blur", "Cher"],
-     "trueSelection": "Cher"},
+    {
+        "historyList": ["Enya", "Dido", "Abba"],
+        "itemList": ["Blur", "Cher"],
+        "trueSelection": "Cher",
+    },
 ]
 
 #: what ``sdpo test`` writes for them (prompts rendered by hand from TEMPLATE)
 FULL = [
-    {"index": 0, "target": "Dido",
-     "prompt": "Heard Abba, Blur. Next from Cher, Dido, Enya?\nAnswer:",
-     "generated": " Cher", "parsed": "Cher", "valid": True, "correct": False, "target_rank": 2,
-     "top_item": "Cher", "scores": [-0.5, -1.25, -3.0]},
-    {"index": 1, "target": "Abba", "prompt": "Heard Cher. Next from Abba, Björk, Blur?\nAnswer:",
-     "generated": " Abba", "parsed": "Abba", "valid": True, "correct": True, "target_rank": 1,
-     "top_item": "Abba", "scores": [-0.1, -2.0, None]},
-    {"index": 2, "target": "Cher",
-     "prompt": "Heard Enya, Dido, Abba. Next from Blur, Cher?\nAnswer:",
-     "generated": " Zappa", "parsed": None, "valid": False, "correct": False, "target_rank": 1,
-     "top_item": "Cher", "scores": [-4.0, -0.75]},
+    {
+        "index": 0,
+        "target": "Dido",
+        "prompt": "Heard Abba, Blur. Next from Cher, Dido, Enya?\nAnswer:",
+        "generated": " Cher",
+        "parsed": "Cher",
+        "valid": True,
+        "correct": False,
+        "target_rank": 2,
+        "top_item": "Cher",
+        "scores": [-0.5, -1.25, -3.0],
+    },
+    {
+        "index": 1,
+        "target": "Abba",
+        "prompt": "Heard Cher. Next from Abba, Björk, Blur?\nAnswer:",
+        "generated": " Abba",
+        "parsed": "Abba",
+        "valid": True,
+        "correct": True,
+        "target_rank": 1,
+        "top_item": "Abba",
+        "scores": [-0.1, -2.0, None],
+    },
+    {
+        "index": 2,
+        "target": "Cher",
+        "prompt": "Heard Enya, Dido, Abba. Next from Blur, Cher?\nAnswer:",
+        "generated": " Zappa",
+        "parsed": None,
+        "valid": False,
+        "correct": False,
+        "target_rank": 1,
+        "top_item": "Cher",
+        "scores": [-4.0, -0.75],
+    },
 ]
 
 
@@ -65,8 +96,15 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
 def test_compact_record_drops_only_the_derived_fields() -> None:
     assert DERIVED_FIELDS == ("target", "prompt")
     assert compact_record(FULL[0]) == {
-        "index": 0, "generated": " Cher", "parsed": "Cher", "valid": True, "correct": False,
-        "target_rank": 2, "top_item": "Cher", "scores": [-0.5, -1.25, -3.0]}
+        "index": 0,
+        "generated": " Cher",
+        "parsed": "Cher",
+        "valid": True,
+        "correct": False,
+        "target_rank": 2,
+        "top_item": "Cher",
+        "scores": [-0.5, -1.25, -3.0],
+    }
 
 
 def test_round_trip_is_byte_identical(run: tuple[Path, Path]) -> None:
@@ -87,8 +125,9 @@ def test_compact_bytes_are_reproducible(run: tuple[Path, Path], tmp_path: Path) 
     a = compact_file(pred, tmp_path / "a.jsonl.gz", keep_source=True)
     b = compact_file(a, tmp_path / "b.jsonl.gz")  # compacting a compact file changes nothing
     assert a.read_bytes() == b.read_bytes()
-    want = "".join(json.dumps(compact_record(FULL[i]), ensure_ascii=False) + "\n"
-                   for i in (2, 0, 1))
+    want = "".join(
+        json.dumps(compact_record(FULL[i]), ensure_ascii=False) + "\n" for i in (2, 0, 1)
+    )
     assert gzip.open(a).read() == want.encode("utf-8")
 
 
@@ -108,8 +147,10 @@ def test_report_pairs_compact_predictions(tmp_path: Path) -> None:
     from sdpo_lightning.evaluation.report import build_summary, write_summary
 
     def make(name: str, flips: int) -> Path:
-        recs = [dict(r, index=i, correct=(i % 3 == 0) != (i < flips), valid=True)
-                for i, r in enumerate(FULL * 10)]
+        recs = [
+            dict(r, index=i, correct=(i % 3 == 0) != (i < flips), valid=True)
+            for i, r in enumerate(FULL * 10)
+        ]
         write_predictions(tmp_path / name, recs)
         meta = {"run": name, "method": name, "dataset": "d", "model": "m"}
         return write_summary(tmp_path / name, build_summary(recs, meta, n_boot=50))
@@ -134,8 +175,9 @@ def test_baseline_records_without_prompt(tmp_path: Path, run: tuple[Path, Path])
 def test_hybrid_prompts_mark_every_title(run: tuple[Path, Path]) -> None:
     _, data = run
     [rec] = expand_records([compact_record(FULL[1])], data, prompt_templates=TEMPLATE, hybrid=True)
-    assert rec["prompt"] == ("Heard Cher<item>. Next from Abba<item>, Björk<item>, Blur<item>?"
-                             "\nAnswer:")
+    assert rec["prompt"] == (
+        "Heard Cher<item>. Next from Abba<item>, Björk<item>, Blur<item>?\nAnswer:"
+    )
 
 
 def test_wrong_data_file_is_refused(run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -154,8 +196,21 @@ def test_cli(run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["compact", str(pred)]) == 0
     assert not pred.exists() and "predictions.jsonl.gz" in capsys.readouterr().out
     out = tmp_path / "full.jsonl"
-    assert main(["expand", str(pred) + ".gz", "--data", str(data), "--prompt-templates", TEMPLATE,
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "expand",
+                str(pred) + ".gz",
+                "--data",
+                str(data),
+                "--prompt-templates",
+                TEMPLATE,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.read_text(encoding="utf-8") == original
     assert main(["expand", str(pred) + ".gz", "--data", str(tmp_path / "missing.json")]) == 2
     assert "compact_predictions: error:" in capsys.readouterr().err

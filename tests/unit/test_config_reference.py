@@ -13,15 +13,19 @@ def test_committed_reference_is_up_to_date():
     committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == render(), (
         "docs/configuration.md is stale: python -m sdpo_lightning.config_reference "
-        "> docs/configuration.md")
+        "> docs/configuration.md"
+    )
 
 
 def test_reference_lists_every_field_with_a_description():
     text = render()
     for group, cls in GROUPS.items():
         for f in dataclasses.fields(cls):
-            row = next(line for line in text.splitlines()
-                       if line.startswith(f"| `model.{group}.{f.name}` |"))
+            row = next(
+                line
+                for line in text.splitlines()
+                if line.startswith(f"| `model.{group}.{f.name}` |")
+            )
             assert not row.endswith("|  |"), f"{group}.{f.name} has no description"
     assert "`model.lora.r`" in text and "`model.hybrid.item_table`" in text
 
@@ -33,10 +37,19 @@ def test_every_flat_key_has_a_new_place():
     assert FLAT_KEYS["beta"] == ("objective", "beta")
     # every flat argument of the earlier signature but lora, hybrid (34), and the objective and
     # eval fields added since, whose flat form is refused with their place too
-    assert len(FLAT_KEYS) == 34 + len({"gamma", "token_mean", "dynamicpo_margin",
-                                      "dynamicpo_spread"}) + len(
-        {"catalogue_file", "top_n", "beam_width", "beam_length_penalty", "all_item_prompts",
-         "all_item_free_generation", "kv_sharing"})
+    assert len(FLAT_KEYS) == 34 + len(
+        {"gamma", "token_mean", "dynamicpo_margin", "dynamicpo_spread"}
+    ) + len(
+        {
+            "catalogue_file",
+            "top_n",
+            "beam_width",
+            "beam_length_penalty",
+            "all_item_prompts",
+            "all_item_free_generation",
+            "kv_sharing",
+        }
+    )
     assert FLAT_KEYS["gamma"] == ("objective", "gamma")
 
 

@@ -39,15 +39,34 @@ def test_constrained_greedy_generation_always_names_one_candidate(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                         pad_token_id=tokenizer.pad_token_id)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
     titles = ["Quiet Raven", "Iron Drum", "Paper Cloud"]
-    cands = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in titles]
-    prompt = torch.tensor([tokenizer("Pick one: Quiet Raven, Iron Drum, Paper Cloud\nAnswer:")["input_ids"]])
+    cands = [
+        tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for t in titles
+    ]
+    prompt = torch.tensor(
+        [tokenizer("Pick one: Quiet Raven, Iron Drum, Paper Cloud\nAnswer:")["input_ids"]]
+    )
     fn = prefix_allowed_tokens_fn([cands], prompt.shape[1], tokenizer.eos_token_id)
-    out = model.generate(prompt, max_new_tokens=8, do_sample=False, prefix_allowed_tokens_fn=fn,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        prompt,
+        max_new_tokens=8,
+        do_sample=False,
+        prefix_allowed_tokens_fn=fn,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    text = tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True)
     parsed = parse_answer(text, titles)
     assert parsed.valid and parsed.item in titles

@@ -11,8 +11,12 @@ from sdpo_lightning.training.negatives import negatives_for
 
 def _dm(synthetic_dir, tokenizer, **kw) -> RecDataModule:
     dm = RecDataModule(
-        train_file=str(synthetic_dir / "train.json"), val_file=str(synthetic_dir / "valid.json"),
-        test_file=str(synthetic_dir / "test.json"), batch_size=4, num_negatives=3, **kw,
+        train_file=str(synthetic_dir / "train.json"),
+        val_file=str(synthetic_dir / "valid.json"),
+        test_file=str(synthetic_dir / "test.json"),
+        batch_size=4,
+        num_negatives=3,
+        **kw,
     )
     dm.tokenizer = tokenizer
     return dm
@@ -47,7 +51,9 @@ def test_select_completions_puts_the_chosen_first(synthetic_dir, tokenizer):
     for i in range(4):
         for j, cand in enumerate(out["completion_index"][i].tolist()):
             m = int(batch["candidate_attention_mask"][i, cand].sum())
-            assert torch.equal(out["completion_input_ids"][i, j, :m], batch["candidate_input_ids"][i, cand, :m])
+            assert torch.equal(
+                out["completion_input_ids"][i, j, :m], batch["candidate_input_ids"][i, cand, :m]
+            )
             assert int(out["completion_attention_mask"][i, j].sum()) == m
     assert (out["completion_index"][:, 1:] != out["completion_index"][:, :1]).all()
 
@@ -57,10 +63,16 @@ def test_same_config_and_seed_same_prompts_and_negatives(synthetic_dir, tokenize
     for dm in (a, b, c):
         dm.setup("fit")
     idx = list(range(12))
-    assert [a.datasets["fit"][i]["prompt"] for i in idx] == [b.datasets["fit"][i]["prompt"] for i in idx]
+    assert [a.datasets["fit"][i]["prompt"] for i in idx] == [
+        b.datasets["fit"][i]["prompt"] for i in idx
+    ]
     assert torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(b, "fit", idx, epoch=2))
-    assert not torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(a, "fit", idx, epoch=3))
-    assert not torch.equal(negatives_for(a, "fit", idx, epoch=2), negatives_for(c, "fit", idx, epoch=2))
+    assert not torch.equal(
+        negatives_for(a, "fit", idx, epoch=2), negatives_for(a, "fit", idx, epoch=3)
+    )
+    assert not torch.equal(
+        negatives_for(a, "fit", idx, epoch=2), negatives_for(c, "fit", idx, epoch=2)
+    )
 
 
 def test_popularity_counts_training_targets(synthetic_dir, tokenizer):

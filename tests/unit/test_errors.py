@@ -35,7 +35,10 @@ def test_report_prints_one_line_and_the_traceback_only_in_debug(capsys, monkeypa
 def test_debug_flag_is_stripped_and_turns_debug_on(monkeypatch):
     import os
 
-    assert strip_debug_flag(["fit", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"] and os.environ["SDPO_DEBUG"] == "0"
+    assert (
+        strip_debug_flag(["fit", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"]
+        and os.environ["SDPO_DEBUG"] == "0"
+    )
     assert strip_debug_flag(["fit", "--debug", "-c", "x.yaml"]) == ["fit", "-c", "x.yaml"]
     assert os.environ["SDPO_DEBUG"] == "1"
 
@@ -102,6 +105,8 @@ def test_sdpo_prepare_missing_raw_dir_with_debug(tmp_path, capsys):
     args = ["movielens-100k", "--raw", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("sdpo-prepare: error: ") and "does not exist" in err and err.count("\n") == 1
+    assert (
+        err.startswith("sdpo-prepare: error: ") and "does not exist" in err and err.count("\n") == 1
+    )
     assert main([*args, "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -95,8 +95,11 @@ def _hand(ranks: list[int]) -> dict[str, float]:
         return sum(1 / math.log2(r + 1) for r in ranks if r <= k) / n
 
     return {
-        "hr@1": sum(r <= 1 for r in ranks) / n, "hr@3": sum(r <= 3 for r in ranks) / n,
-        "hr@5": sum(r <= 5 for r in ranks) / n, "ndcg@5": ndcg(5), "ndcg@10": ndcg(10),
+        "hr@1": sum(r <= 1 for r in ranks) / n,
+        "hr@3": sum(r <= 3 for r in ranks) / n,
+        "hr@5": sum(r <= 5 for r in ranks) / n,
+        "ndcg@5": ndcg(5),
+        "ndcg@10": ndcg(10),
         "mrr": sum(1 / r for r in ranks) / n,
     }
 
@@ -180,13 +183,21 @@ def test_paired_pvalue() -> None:
 def _sync_worker(rank: int, world: int, port: int, queue) -> None:  # pragma: no cover - subprocess
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         gen, rnk = GenerationMetrics(), RankingMetrics()
         rows = slice(0, 3) if rank == 0 else slice(3, 4)  # uneven shards, same local indexes
-        gen.update(torch.tensor([True, False, True, False])[rows], torch.tensor([True, True, True, False])[rows])
+        gen.update(
+            torch.tensor([True, False, True, False])[rows],
+            torch.tensor([True, True, True, False])[rows],
+        )
         rnk.update(SCORES[rows], TARGET[rows])
-        out = {k: float(v) for k, v in {**gen.compute(), **{f"r/{k}": v for k, v in rnk.compute().items()}}.items()}
+        out = {
+            k: float(v)
+            for k, v in {**gen.compute(), **{f"r/{k}": v for k, v in rnk.compute().items()}}.items()
+        }
         queue.put((rank, out))
     finally:
         dist.destroy_process_group()

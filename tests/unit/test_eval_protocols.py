@@ -39,8 +39,12 @@ def setup(synthetic_dir, tokenizer, tmp_path_factory) -> tuple[EvalModel, dict[s
     rows = json.loads((synthetic_dir / "test.json").read_text())[:5]
     (out / "test.json").write_text(json.dumps(rows))
     model = build_policy(None, tokenizer, tiny_config=TINY, init_seed=3).eval()
-    dm = RecDataModule(test_file=str(out / "test.json"), eval_batch_size=5, max_length=256,
-                       prompt_templates="music")
+    dm = RecDataModule(
+        test_file=str(out / "test.json"),
+        eval_batch_size=5,
+        max_length=256,
+        prompt_templates="music",
+    )
     dm.tokenizer = tokenizer
     dm.setup("test")
     ds = dm.datasets["test"]
@@ -88,8 +92,11 @@ def test_a_registered_protocol_runs_over_the_shared_pass(setup, monkeypatch):
 def test_an_optional_protocol_alone_gets_no_packed_pass(setup, monkeypatch):
     ctx, batch = setup
     seen: list[SharedPass] = []
-    monkeypatch.setitem(evaluator.PROTOCOLS, "prompt_width",
-                        PassProtocol(lambda shared: seen.append(shared) or shared.p_ids.shape[1]))
+    monkeypatch.setitem(
+        evaluator.PROTOCOLS,
+        "prompt_width",
+        PassProtocol(lambda shared: seen.append(shared) or shared.p_ids.shape[1]),
+    )
     calls = _count_packed(monkeypatch)
     out = run_protocols(ctx, batch, ["prompt_width"])
     assert calls == [] and seen[0].packed is None
@@ -104,8 +111,14 @@ def test_evaluator_takes_plain_callables_and_writes_its_reports(setup, tmp_path)
 
     def score(b: dict[str, Any]) -> CompletionLogps:
         ids, mask = b["candidate_input_ids"], b["candidate_attention_mask"]
-        return completion_logps(ctx.model, b["prompt_input_ids"], b["prompt_attention_mask"],
-                                ids, mask, mode="shared_prefix")
+        return completion_logps(
+            ctx.model,
+            b["prompt_input_ids"],
+            b["prompt_attention_mask"],
+            ids,
+            mask,
+            mode="shared_prefix",
+        )
 
     plain = EvalModel(ctx.model, ctx.tokenizer, max_new_tokens=6, constrained=True, score=score)
     one = Evaluator("test", ["generation", "ranking"])
@@ -117,8 +130,13 @@ def test_evaluator_takes_plain_callables_and_writes_its_reports(setup, tmp_path)
     for a, b in zip(new, old, strict=True):
         assert a["scores"] == pytest.approx(b["scores"], abs=2e-4)
     assert scores.logps.shape == batch["candidate_mask"].shape
-    meta = {"run": "plain", "method": "none", "dataset": "synthetic", "data_file": None,
-            "model": "tiny-llama"}
+    meta = {
+        "run": "plain",
+        "method": "none",
+        "dataset": "synthetic",
+        "data_file": None,
+        "model": "tiny-llama",
+    }
     summary = one.write_reports(tmp_path, meta, SINGLE_PROCESS)
     assert summary["run"] == "plain" and summary["n_examples"] == len(batch["index"])
     written = json.loads(Path(tmp_path, "summary.json").read_text())

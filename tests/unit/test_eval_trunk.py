@@ -19,17 +19,33 @@ from sdpo_lightning.evaluation.evaluator import one_pass_outputs
 from sdpo_lightning.training.module import SDPOModule
 from sdpo_lightning.training.module_args import EvalArgs, ModelArgs, ScoringArgs
 
-TINY3 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)
+TINY3 = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 
 
 def _module(synthetic_dir, trunk_dir, seed: int, layers=(2,), init_seed: int = 0) -> SDPOModule:
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"],
-            "layers_to_transform": list(layers)}
+    lora = {
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj", "up_proj"],
+        "layers_to_transform": list(layers),
+    }
     torch.manual_seed(seed)  # LoRA A
-    source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY3,
-                       init_seed=init_seed)
-    module = SDPOModule(source=source, lora=lora, eval=EvalArgs(max_new_tokens=10),
-                        scoring=ScoringArgs(eval_trunk_dir=str(trunk_dir) if trunk_dir else None))
+    source = ModelArgs(
+        tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY3, init_seed=init_seed
+    )
+    module = SDPOModule(
+        source=source,
+        lora=lora,
+        eval=EvalArgs(max_new_tokens=10),
+        scoring=ScoringArgs(eval_trunk_dir=str(trunk_dir) if trunk_dir else None),
+    )
     module.configure_model()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -42,9 +58,16 @@ def _module(synthetic_dir, trunk_dir, seed: int, layers=(2,), init_seed: int = 0
 @pytest.fixture(scope="module")
 def batch(synthetic_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaltrunk")
-    (out / "test.json").write_text(json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6]))
+    (out / "test.json").write_text(
+        json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6])
+    )
     module = _module(synthetic_dir, None, 1)
-    dm = RecDataModule(test_file=str(out / "test.json"), eval_batch_size=6, max_length=256, prompt_templates="music")
+    dm = RecDataModule(
+        test_file=str(out / "test.json"),
+        eval_batch_size=6,
+        max_length=256,
+        prompt_templates="music",
+    )
     dm.tokenizer = module.tokenizer
     dm.setup("test")
     ds = dm.datasets["test"]
@@ -61,7 +84,9 @@ def test_constrained_generation_alone_is_served_too(synthetic_dir, tmp_path, bat
 
 
 @pytest.mark.parametrize("generation", [False, True])
-def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir, tmp_path, batch, generation):
+def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(
+    synthetic_dir, tmp_path, batch, generation
+):
     for seed in (1, 2):  # two adapters on the same base: the second reads the first's file
         plain = _module(synthetic_dir, None, seed)
         plain.hparams.eval.constrained = True
@@ -73,7 +98,9 @@ def test_persisted_trunk_gives_the_plain_evaluation_and_is_reused(synthetic_dir,
         assert torch.equal(got.n_tokens, want.n_tokens)
         assert got_texts == want_texts
         cache = served.eval_trunk()
-        assert cache.builds == (len(batch["index"]) if seed == 1 else 0)  # the second computes nothing
+        assert cache.builds == (
+            len(batch["index"]) if seed == 1 else 0
+        )  # the second computes nothing
         if seed == 1:  # what on_test_epoch_end writes (no trainer here)
             cache.save(served._eval_trunk[1], served._eval_trunk[2])
     (path,) = tmp_path.glob("trunk-*.pt")
@@ -105,7 +132,9 @@ def test_other_lower_layers_are_refused_by_path(synthetic_dir, tmp_path, batch):
     from sdpo_lightning.scoring.trunk_cache import TrunkCache, lower_layers_identity
 
     assert lower_layers_identity(other.policy, 2) != identity
-    with pytest.raises(ValueError, match=f"trunk cache file {path}: written for other lower layers"):
+    with pytest.raises(
+        ValueError, match=f"trunk cache file {path}: written for other lower layers"
+    ):
         TrunkCache.load(path, lower_layers_identity(other.policy, 2), 2)
 
 

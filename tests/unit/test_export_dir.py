@@ -9,7 +9,11 @@ from sdpo_lightning.runtime.export_dir import sort_adapter_modules
 
 
 def test_target_modules_are_sorted_and_the_rest_kept(tmp_path: Path) -> None:
-    config = {"r": 16, "target_modules": ["v_proj", "down_proj", "q_proj"], "task_type": "CAUSAL_LM"}
+    config = {
+        "r": 16,
+        "target_modules": ["v_proj", "down_proj", "q_proj"],
+        "task_type": "CAUSAL_LM",
+    }
     path = tmp_path / "adapter_config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
     sort_adapter_modules(tmp_path)
@@ -20,7 +24,12 @@ def test_target_modules_are_sorted_and_the_rest_kept(tmp_path: Path) -> None:
     other = tmp_path / "b"
     other.mkdir()
     (other / "adapter_config.json").write_text(
-        json.dumps({**config, "target_modules": ["q_proj", "v_proj", "down_proj"]}, indent=2, sort_keys=True))
+        json.dumps(
+            {**config, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+            indent=2,
+            sort_keys=True,
+        )
+    )
     sort_adapter_modules(other)
     assert (other / "adapter_config.json").read_text() == text
     regex = tmp_path / "c"

@@ -54,12 +54,20 @@ def test_projector_init_is_seeded_and_round_trips(tmp_path):
     t = table()
     a = install_hybrid(tiny_llama(), t, hidden=16, seed=3)
     b = install_hybrid(tiny_llama(), t, hidden=16, seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.projector_state().values(), b.projector_state().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.projector_state().values(), b.projector_state().values(), strict=False)
+    )
     with torch.no_grad():
         a.unknown.fill_(0.5)
     save_projector(a, t, tmp_path / "hybrid")
-    c = install_hybrid(tiny_llama(), ItemTable.load(tmp_path / "hybrid"), hidden=16, seed=9,
-                       projector_dir=tmp_path / "hybrid")
+    c = install_hybrid(
+        tiny_llama(),
+        ItemTable.load(tmp_path / "hybrid"),
+        hidden=16,
+        seed=9,
+        projector_dir=tmp_path / "hybrid",
+    )
     for k, v in a.projector_state().items():
         assert torch.equal(v, c.projector_state()[k]), k
     assert torch.equal(c.items, t.embeddings)
@@ -82,14 +90,18 @@ def test_item_table_errors_name_the_file(tmp_path):
 
 
 def _example() -> Example:
-    return Example(history=["item1", "Zed", "item3"], candidates=["item0", "item4", "Nope"], target="item4")
+    return Example(
+        history=["item1", "Zed", "item3"], candidates=["item0", "item4", "Nope"], target="item4"
+    )
 
 
 def test_text_prompt_is_unchanged_and_hybrid_adds_one_token_per_title(tokenizer):
     b = PromptBuilder("music")
     ex = _example()
     text = b.encode(ex, 0, tokenizer, 512)
-    assert text.prompt_ids == list(tokenizer(b.render(ex, 0))["input_ids"])  # today's path, untouched
+    assert text.prompt_ids == list(
+        tokenizer(b.render(ex, 0))["input_ids"]
+    )  # today's path, untouched
     assert b.encode(ex, 0, tokenizer, 512, items=None) == text
     hyb = b.encode(ex, 0, tokenizer, 512, items=table())
     items = [i for i in hyb.prompt_ids if i < 0]
@@ -101,18 +113,26 @@ def test_text_prompt_is_unchanged_and_hybrid_adds_one_token_per_title(tokenizer)
     # each item token follows its title's tokens
     first = hyb.prompt_ids.index(item_token_id(1))
     title = tokenizer(" item1", add_special_tokens=False)["input_ids"]
-    assert hyb.prompt_ids[first - len(title):first] == title
+    assert hyb.prompt_ids[first - len(title) : first] == title
 
 
 def test_candidates_first_template_orders_item_tokens(tokenizer):
     b = PromptBuilder("Pick from {candidates} after {history}:")
     hyb = b.encode(_example(), 0, tokenizer, 512, items=table())
-    assert [i for i in hyb.prompt_ids if i < 0] == [item_token_id(0), item_token_id(4), -1,
-                                                     item_token_id(1), -1, item_token_id(3)]
+    assert [i for i in hyb.prompt_ids if i < 0] == [
+        item_token_id(0),
+        item_token_id(4),
+        -1,
+        item_token_id(1),
+        -1,
+        item_token_id(3),
+    ]
 
 
 def test_reserved_character_in_a_title_names_file_and_record(tokenizer):
-    bad = Example(history=["item1", "odd\ue000title"], candidates=["item0", "item4"], target="item4")
+    bad = Example(
+        history=["item1", "odd\ue000title"], candidates=["item0", "item4"], target="item4"
+    )
     with pytest.raises(ValueError, match=r"train.json, record 7: a title or the template contains"):
         PromptBuilder("music").encode(bad, 7, tokenizer, 512, items=table(), source="train.json")
 
@@ -127,8 +147,12 @@ def test_hybrid_truncation_drops_oldest_history(tokenizer):
 
 def _packed_inputs(t: ItemTable):
     P, N, C = 7, 3, 4
-    prompt = torch.tensor([[0, 0, 5, 9, item_token_id(1), 11, item_token_id(None)],
-                           [5, item_token_id(4), 8, 12, item_token_id(0), 13, 14]])  # (2, P)
+    prompt = torch.tensor(
+        [
+            [0, 0, 5, 9, item_token_id(1), 11, item_token_id(None)],
+            [5, item_token_id(4), 8, 12, item_token_id(0), 13, 14],
+        ]
+    )  # (2, P)
     p_mask = (torch.arange(P) >= torch.tensor([[2], [0]])).long()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 100, (2, N, C), generator=g)  # (B, N, C)
@@ -149,7 +173,7 @@ def test_shared_prefix_equals_naive_with_item_tokens():
         out.logps.sum().backward()
         grads[mode] = (out.logps.detach(), [p.grad.clone() for p in emb.projector.parameters()])
     assert_close(grads["shared_prefix"][0], grads["naive"][0], atol=1e-4, rtol=1e-4)
-    for a, b in zip(grads["shared_prefix"][1], grads["naive"][1]):
+    for a, b in zip(grads["shared_prefix"][1], grads["naive"][1], strict=False):
         assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert grads["naive"][1][0].abs().sum() > 0  # the projector does learn from the completions
 
@@ -157,7 +181,9 @@ def test_shared_prefix_equals_naive_with_item_tokens():
 def test_curriculum_strips_item_tokens_of_chosen_rows():
     ids = torch.tensor([[0, 0, 5, -3, 6, -1], [4, -2, 5, 6, -4, 7]])  # (2, 6) left-padded
     mask = (ids != 0).long()
-    out = strip_item_tokens({"prompt_input_ids": ids, "prompt_attention_mask": mask, "x": 1}, [True, False])
+    out = strip_item_tokens(
+        {"prompt_input_ids": ids, "prompt_attention_mask": mask, "x": 1}, [True, False]
+    )
     assert out["prompt_input_ids"].tolist() == [[0, 0, 0, 0, 5, 6], [4, -2, 5, 6, -4, 7]]
     assert out["prompt_attention_mask"].tolist() == [[0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1]]
     assert out["x"] == 1
@@ -184,8 +210,12 @@ def test_trunk_cache_serves_hybrid_prompts_with_a_frozen_projector():
     emb = install_hybrid(model, table(), hidden=16, seed=3)
     emb.requires_grad_(False)
     prompt, p_mask, ids, c_mask = _packed_inputs(table())
-    batch = {"prompt_input_ids": prompt, "prompt_attention_mask": p_mask,
-             "candidate_input_ids": ids, "candidate_attention_mask": c_mask}
+    batch = {
+        "prompt_input_ids": prompt,
+        "prompt_attention_mask": p_mask,
+        "candidate_input_ids": ids,
+        "candidate_attention_mask": c_mask,
+    }
     assert frozen_layer_count(model) == 2
     want = completion_logps(model, prompt, p_mask, ids, c_mask)
     got = TrunkCache(2).completion_logps(model, batch, ids, c_mask)
@@ -204,8 +234,15 @@ def test_generate_accepts_item_tokens_and_continues_the_prompt():
     model = tiny_llama().eval()
     install_hybrid(model, table(), hidden=16, seed=3)
     prompt = torch.tensor([[5, 9, item_token_id(1), 11, item_token_id(None), 12]])  # (1, 6)
-    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3,
-                         do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=2)
+    out = model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=3,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
     assert torch.equal(out[:, :6], prompt)
     for t in range(6, out.shape[1]):
         with torch.no_grad():

@@ -36,7 +36,8 @@ def test_candidates_equal_up_to_case_are_refused_naming_file_record_and_titles(w
     assert str(err.value) == (
         f"{path}, record 1: candidates 'Muse' (position 0) and 'MUSE' (position 2) differ only "
         "in case, blanks or punctuation, which answer parsing ignores: a generated answer could "
-        "not tell them apart; rename one or drop it from the list")
+        "not tell them apart; rename one or drop it from the list"
+    )
 
 
 @pytest.mark.parametrize("pair", [("Heat", "heat."), ("The  Thing", "the thing"), ("Ça", "ÇA")])
@@ -51,13 +52,15 @@ def test_distinct_titles_stay_accepted():
 
 
 def test_a_title_with_double_colon_next_to_a_history_string_is_refused(write_json):
-    path = write_json([record(history="A::B", items=("Re::Zero", "B2", "C2"), target="B2")],
-                      name="data.jsonl")
+    path = write_json(
+        [record(history="A::B", items=("Re::Zero", "B2", "C2"), target="B2")], name="data.jsonl"
+    )
     with pytest.raises(DataFormatError) as err:
         load_compact(path)
     assert str(err.value) == (
         f"{path}, line 1: title 'Re::Zero' contains '::', which also joins the titles of the "
-        "historyList string; give historyList as a JSON list of titles")
+        "historyList string; give historyList as a JSON list of titles"
+    )
 
 
 def test_an_ambiguous_history_string_is_refused_and_a_list_is_the_escape():
@@ -69,8 +72,11 @@ def test_an_ambiguous_history_string_is_refused_and_a_list_is_the_escape():
 
 
 def test_predict_records_may_leave_out_the_answer(write_json):
-    rows = [record(), {k: v for k, v in record().items() if k != "trueSelection"},
-            {**record(), "trueSelection": None}]
+    rows = [
+        record(),
+        {k: v for k, v in record().items() if k != "trueSelection"},
+        {**record(), "trueSelection": None},
+    ]
     examples, _ = load_compact(write_json(rows), require_target=False)
     assert [ex.target for ex in examples] == ["B2", None, None]
     assert [ex.target_index for ex in examples] == [1, -1, -1]
@@ -91,10 +97,30 @@ def _report_inputs(tmp_path: Path, correct: object) -> list[str]:
     paths = []
     for method, hits in (("A", [True, False, True]), ("B", [False, False, True])):
         run = tmp_path / method
-        recs = [{"index": i, "target": "x", "generated": "x", "parsed": "x", "valid": True,
-                 "correct": h} for i, h in enumerate(hits)]
-        write_summary(run, build_summary(recs, {"run": method, "method": method, "dataset": "d",
-                                                "model": "m", "predictions": "predictions.jsonl"}))
+        recs = [
+            {
+                "index": i,
+                "target": "x",
+                "generated": "x",
+                "parsed": "x",
+                "valid": True,
+                "correct": h,
+            }
+            for i, h in enumerate(hits)
+        ]
+        write_summary(
+            run,
+            build_summary(
+                recs,
+                {
+                    "run": method,
+                    "method": method,
+                    "dataset": "d",
+                    "model": "m",
+                    "predictions": "predictions.jsonl",
+                },
+            ),
+        )
         recs[1]["correct"] = correct
         write_predictions(run, recs)
         paths.append(str(run / "summary.json"))
@@ -109,7 +135,8 @@ def test_report_refuses_a_correct_field_that_is_not_a_bool(tmp_path, capsys, val
     assert main([*paths, "--baseline-last", "--n-boot", "100"]) == 2
     assert _one_line(capsys, "sdpo-report") == (
         f"sdpo-report: error: {tmp_path / 'B' / 'predictions.jsonl'}:2: 'correct' must be true or "
-        f"false, got {json.dumps(value)}")
+        f"false, got {json.dumps(value)}"
+    )
 
 
 def test_report_refuses_mistyped_ranks_and_summary_values(tmp_path):
@@ -120,26 +147,47 @@ def test_report_refuses_mistyped_ranks_and_summary_values(tmp_path):
     with pytest.raises(ReportError, match=r"p.jsonl:2: 'target_rank' must be an integer >= 1"):
         read_predictions(pred)
     summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"method": "A", "dataset": "d", "protocols": {"generation": {
-        "hr@1": {"value": "0.5"}, "valid_ratio": {"value": 1.0}}}}))
+    summary.write_text(
+        json.dumps(
+            {
+                "method": "A",
+                "dataset": "d",
+                "protocols": {
+                    "generation": {"hr@1": {"value": "0.5"}, "valid_ratio": {"value": 1.0}}
+                },
+            }
+        )
+    )
     with pytest.raises(ReportError, match=r"protocols.generation.hr@1.value must be a number"):
         load_summary(summary)
     assert issubclass(ReportError, UserError)
 
 
 # ------------------------------------------------------------ sdpo-prepare
-@pytest.mark.parametrize("split, message", [
-    (("0.9", "0.9", "0.1"), "split fractions must sum to 1, got 0.9 + 0.9 + 0.1 = 1.9"),
-    (("0.8", "0.1", "0.100002"), "split fractions must sum to 1, got 0.8 + 0.1 + 0.100002"),
-    (("0.8", "0", "0.2"),
-     "--split: every fraction must be positive (each split gets users), got 0.8 0.0 0.2"),
-    (("1.2", "-0.1", "-0.1"), "--split: every fraction must be positive"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        (("0.9", "0.9", "0.1"), "split fractions must sum to 1, got 0.9 + 0.9 + 0.1 = 1.9"),
+        (("0.8", "0.1", "0.100002"), "split fractions must sum to 1, got 0.8 + 0.1 + 0.100002"),
+        (
+            ("0.8", "0", "0.2"),
+            "--split: every fraction must be positive (each split gets users), got 0.8 0.0 0.2",
+        ),
+        (("1.2", "-0.1", "-0.1"), "--split: every fraction must be positive"),
+    ],
+)
 def test_prepare_refuses_split_fractions(tmp_path, capsys, split, message):
     from sdpo_lightning.data.prepare.cli import main
 
-    args = ["movielens-100k", "--raw", str(tmp_path), "--out", str(tmp_path / "out"),
-            "--split", *split]
+    args = [
+        "movielens-100k",
+        "--raw",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--split",
+        *split,
+    ]
     assert main(args) == 2
     assert _one_line(capsys, "sdpo-prepare").startswith(f"sdpo-prepare: error: {message}")
     assert not (tmp_path / "out").exists()
@@ -153,8 +201,16 @@ def test_split_fractions_summing_to_one_within_tolerance_pass():
 
 
 # ------------------------------------------------------------ settings
-@pytest.mark.parametrize("setting", [dict(batch_size=0), dict(max_length=-5), dict(max_length=0),
-                                     dict(eval_batch_size=0), dict(num_workers=-1)])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        dict(batch_size=0),
+        dict(max_length=-5),
+        dict(max_length=0),
+        dict(eval_batch_size=0),
+        dict(num_workers=-1),
+    ],
+)
 def test_data_module_refuses_non_positive_counts(setting):
     from sdpo_lightning.data.datamodule import RecDataModule
 
@@ -163,9 +219,17 @@ def test_data_module_refuses_non_positive_counts(setting):
         RecDataModule(**setting)
 
 
-@pytest.mark.parametrize("setting", [dict(learning_rate=-1e-4), dict(learning_rate=float("nan")),
-                                     dict(weight_decay=-0.1), dict(min_lr_ratio=1.5),
-                                     dict(warmup_steps=-1), dict(max_new_tokens=0)])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        dict(learning_rate=-1e-4),
+        dict(learning_rate=float("nan")),
+        dict(weight_decay=-0.1),
+        dict(min_lr_ratio=1.5),
+        dict(warmup_steps=-1),
+        dict(max_new_tokens=0),
+    ],
+)
 def test_module_refuses_unusable_optimizer_settings(synthetic_dir, setting):
     from sdpo_lightning.training.module import SDPOModule
     from sdpo_lightning.training.module_args import grouped_kwargs
@@ -183,9 +247,11 @@ def test_a_folder_without_a_model(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelSourceError) as err:
         load_tokenizer(str(tmp_path))
-    assert str(err.value) == (f"cannot load the model from '{tmp_path}': the folder holds no "
-                              "model (no config.json); to load its GGUF file give "
-                              f"'{tmp_path / 'm.gguf'}'")
+    assert str(err.value) == (
+        f"cannot load the model from '{tmp_path}': the folder holds no "
+        "model (no config.json); to load its GGUF file give "
+        f"'{tmp_path / 'm.gguf'}'"
+    )
 
 
 def test_missing_model_path_is_a_user_error(tmp_path):
@@ -195,10 +261,13 @@ def test_missing_model_path_is_a_user_error(tmp_path):
         build_policy(str(tmp_path / "nowhere"), tokenizer=None)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "the GGUF file is empty"),
-    (b"PK\x03\x04 zip", "not a GGUF file (it does not start with 'GGUF')"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "the GGUF file is empty"),
+        (b"PK\x03\x04 zip", "not a GGUF file (it does not start with 'GGUF')"),
+    ],
+)
 def test_empty_or_foreign_gguf_file(tmp_path, content, reason):
     from sdpo_lightning.modeling.models import load_tokenizer
 
@@ -218,7 +287,8 @@ def test_truncated_gguf_file(tmp_path):
     with pytest.raises(ModelSourceError) as err:
         load_tokenizer(str(path))
     assert str(err.value).startswith(
-        f"cannot load the model from '{path}': the GGUF file is truncated or corrupt (")
+        f"cannot load the model from '{path}': the GGUF file is truncated or corrupt ("
+    )
 
 
 # ------------------------------------------------------------ sdpo-plots
@@ -229,14 +299,21 @@ def _run_with_metrics(tmp_path: Path, text: bytes) -> Path:
     return run
 
 
-@pytest.mark.parametrize("text, reason", [
-    (b"", "not a readable metrics.csv (No columns to parse from file)"),
-    (b"\xff\xfe\x00garbage", "not a readable metrics.csv ('utf-8' codec can't decode"),
-    (b"epoch,step,train/loss\n0,0,1.0\n0,1,2.0,3.0,4\n",
-     "not a readable metrics.csv (Error tokenizing"),
-    (b"epoch,step,train/loss\n0,0,1.0\n0,1,high\n",
-     "a metrics.csv with a value that is not a number"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (b"", "not a readable metrics.csv (No columns to parse from file)"),
+        (b"\xff\xfe\x00garbage", "not a readable metrics.csv ('utf-8' codec can't decode"),
+        (
+            b"epoch,step,train/loss\n0,0,1.0\n0,1,2.0,3.0,4\n",
+            "not a readable metrics.csv (Error tokenizing",
+        ),
+        (
+            b"epoch,step,train/loss\n0,0,1.0\n0,1,high\n",
+            "a metrics.csv with a value that is not a number",
+        ),
+    ],
+)
 def test_plots_name_a_corrupt_metrics_file(tmp_path, capsys, text, reason):
     pytest.importorskip("matplotlib")
     from sdpo_lightning.analysis.cli import main
@@ -257,4 +334,5 @@ def test_plots_out_pointing_at_a_file(tmp_path, capsys):
     assert main([str(run), "--out", str(tmp_path / "taken")]) == 2
     assert _one_line(capsys, "sdpo-plots") == (
         f"sdpo-plots: error: --out {tmp_path / 'taken'}: exists and is not a directory; give a "
-        "directory for the figures")
+        "directory for the figures"
+    )

@@ -10,9 +10,11 @@ import sys
 from sdpo_lightning.kernels import PINNED, is_pinned, pinned_env
 from tests.conftest import REPO
 
-_PROBE = ("from sdpo_lightning.kernels import reexec_pinned, describe; import sys; "
-          "reexec_pinned(sys.argv[1]); import os, torch; "
-          "print(os.environ.get('ATEN_CPU_CAPABILITY'), torch.backends.cpu.get_cpu_capability(), sys.argv[1:])")
+_PROBE = (
+    "from sdpo_lightning.kernels import reexec_pinned, describe; import sys; "
+    "reexec_pinned(sys.argv[1]); import os, torch; "
+    "print(os.environ.get('ATEN_CPU_CAPABILITY'), torch.backends.cpu.get_cpu_capability(), sys.argv[1:])"
+)
 
 
 def _run(setting: str, **env: str) -> str:
@@ -20,8 +22,13 @@ def _run(setting: str, **env: str) -> str:
     for key in PINNED:
         full.pop(key, None)
     full.update(env)
-    proc = subprocess.run([sys.executable, "-c", _PROBE, setting, "extra-arg"], env=full,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, setting, "extra-arg"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip()
 

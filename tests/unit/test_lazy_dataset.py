@@ -18,7 +18,11 @@ def _eager(path, tokenizer, templates, max_length, seed=0):
     examples = load_examples(path, min_candidates=4).examples
     prompts = PromptBuilder(templates, seed)
     title_ids: dict = {}
-    return examples, prompts, [prompts.encode(ex, i, tokenizer, max_length, title_ids) for i, ex in enumerate(examples)]
+    return (
+        examples,
+        prompts,
+        [prompts.encode(ex, i, tokenizer, max_length, title_ids) for i, ex in enumerate(examples)],
+    )
 
 
 @pytest.mark.parametrize("templates", ["movies", "After {history} which of {candidates}?\nAnswer:"])
@@ -28,10 +32,16 @@ def test_lazy_ids_equal_eager_ids_with_truncation(synthetic_dir, tokenizer, temp
     lengths = sorted(len(e.prompt_ids) for e in full)
     max_length = lengths[len(lengths) // 2] + max(len(c) for e in full for c in e.candidate_ids)
     examples, prompts, eager = _eager(path, tokenizer, templates, max_length)
-    truncated = [i for i, (e, x) in enumerate(zip(eager, examples)) if e.history_used < len(x.history)]
+    truncated = [
+        i
+        for i, (e, x) in enumerate(zip(eager, examples, strict=False))
+        if e.history_used < len(x.history)
+    ]
     assert len(truncated) > 5 and len(truncated) < len(eager)  # the budget really cuts some rows
 
-    dm = RecDataModule(train_file=str(path), prompt_templates=templates, max_length=max_length, num_negatives=3)
+    dm = RecDataModule(
+        train_file=str(path), prompt_templates=templates, max_length=max_length, num_negatives=3
+    )
     dm.tokenizer = tokenizer
     dm.setup("fit")
     ds = dm.datasets["fit"]
@@ -46,19 +56,31 @@ def test_lazy_ids_equal_eager_ids_with_truncation(synthetic_dir, tokenizer, temp
             assert item["candidate_ids"] == want.candidate_ids, i
             assert item["prompt"] == want.prompt and item["target_index"] == want.target_index, i
             assert ds.encoded[i].history_used == want.history_used, i
-            assert list(item["candidates"]) == list(examples[i].candidates) and item["target"] == examples[i].target
+            assert (
+                list(item["candidates"]) == list(examples[i].candidates)
+                and item["target"] == examples[i].target
+            )
 
 
-def test_lazy_setup_tokenizes_nothing_and_a_too_long_row_fails_on_access(synthetic_dir, tokenizer, monkeypatch):
+def test_lazy_setup_tokenizes_nothing_and_a_too_long_row_fails_on_access(
+    synthetic_dir, tokenizer, monkeypatch
+):
     calls = []
     real = PromptBuilder.encode
-    monkeypatch.setattr(PromptBuilder, "encode", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
-    dm = RecDataModule(train_file=str(synthetic_dir / "train.json"), val_file=str(synthetic_dir / "valid.json"),
-                       max_length=20)
+    monkeypatch.setattr(
+        PromptBuilder, "encode", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k)
+    )
+    dm = RecDataModule(
+        train_file=str(synthetic_dir / "train.json"),
+        val_file=str(synthetic_dir / "valid.json"),
+        max_length=20,
+    )
     dm.tokenizer = tokenizer
     dm.setup("fit")
     assert calls == []
-    with pytest.raises(ValueError, match=r"train.json, record 3: prompt needs \d+ tokens .* over max_length=20"):
+    with pytest.raises(
+        ValueError, match=r"train.json, record 3: prompt needs \d+ tokens .* over max_length=20"
+    ):
         dm.datasets["fit"][3]
 
 
@@ -70,17 +92,26 @@ def test_compact_records_equal_load_examples_and_keep_its_errors(synthetic_dir, 
     assert compact.head(3)[2] == want[2] and len(compact.head(3)) == 3
     rows = json.loads(path.read_text())[:4]
     rows[1]["trueSelection"] = "not a candidate"
-    for suffix, text in ((".json", json.dumps(rows, indent=1)), (".jsonl", "\n".join(map(json.dumps, rows)))):
+    for suffix, text in (
+        (".json", json.dumps(rows, indent=1)),
+        (".jsonl", "\n".join(map(json.dumps, rows))),
+    ):
         bad = tmp_path / f"bad{suffix}"
         bad.write_text(text)
         label = "record 1" if suffix == ".json" else "line 2"
-        with pytest.raises(DataFormatError, match=f"bad{suffix}, {label}: target 'not a candidate' is not among"):
+        with pytest.raises(
+            DataFormatError, match=f"bad{suffix}, {label}: target 'not a candidate' is not among"
+        ):
             load_compact(bad)
         lenient, skipped = load_compact(bad, lenient=True)
         assert len(lenient) == 3 and skipped[0][0] == label
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps(json.loads(path.read_text())[:4])[:-40])  # cut inside the last record
-    with pytest.raises(DataFormatError, match=r"broken.json: malformed JSON .* at line 1, column \d+"):
+    broken.write_text(
+        json.dumps(json.loads(path.read_text())[:4])[:-40]
+    )  # cut inside the last record
+    with pytest.raises(
+        DataFormatError, match=r"broken.json: malformed JSON .* at line 1, column \d+"
+    ):
         load_compact(broken)
     (tmp_path / "obj.json").write_text("{}")
     with pytest.raises(DataFormatError, match="expected a JSON list of records, got dict"):

@@ -17,20 +17,35 @@ from sdpo_lightning.training.module_args import (
 )
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: ObjectiveArgs(name="sdpoo"), "objective must be one of ('sft', 'sdpo', 'dpo', "
-                                          "'dpo_k', 'dmpo', 'ipo', 'ipo_k', 'simpo', "
-                                          "'softmax_simpo', 'dynamicpo'), got 'sdpoo'"),
-    (lambda: ObjectiveArgs(name="dpo", num_negatives=3), "objective 'dpo' is pairwise: num_negatives "
-                                                          "must be 1, got 3 (use dpo_k or sdpo)"),
-    (lambda: ScoringArgs(mode="fast"), "scoring must be 'shared_prefix' or 'naive', got 'fast'"),
-    (lambda: ScoringArgs(reference="x"), "reference must be 'live' or 'cached', got 'x'"),
-    (lambda: ScoringArgs(reference_cache_build="x"), "reference_cache_build must be auto, lazy or "
-                                                      "full, got 'x'"),
-    (lambda: EvalArgs(eval_protocols=["generation", "beam"]), "unknown eval_protocols ['beam']; "
-                                                              "choose from generation, ranking"),
-    (lambda: ModelArgs(dtype="float8"), "dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: ObjectiveArgs(name="sdpoo"),
+            "objective must be one of ('sft', 'sdpo', 'dpo', "
+            "'dpo_k', 'dmpo', 'ipo', 'ipo_k', 'simpo', "
+            "'softmax_simpo', 'dynamicpo'), got 'sdpoo'",
+        ),
+        (
+            lambda: ObjectiveArgs(name="dpo", num_negatives=3),
+            "objective 'dpo' is pairwise: num_negatives must be 1, got 3 (use dpo_k or sdpo)",
+        ),
+        (
+            lambda: ScoringArgs(mode="fast"),
+            "scoring must be 'shared_prefix' or 'naive', got 'fast'",
+        ),
+        (lambda: ScoringArgs(reference="x"), "reference must be 'live' or 'cached', got 'x'"),
+        (
+            lambda: ScoringArgs(reference_cache_build="x"),
+            "reference_cache_build must be auto, lazy or full, got 'x'",
+        ),
+        (
+            lambda: EvalArgs(eval_protocols=["generation", "beam"]),
+            "unknown eval_protocols ['beam']; choose from generation, ranking",
+        ),
+        (lambda: ModelArgs(dtype="float8"), "dtype must be one of"),
+    ],
+)
 def test_groups_check_their_values(build, message):
     with pytest.raises(ValueError) as err:
         build()
@@ -45,17 +60,28 @@ def test_as_group_takes_a_mapping_and_refuses_unknown_keys():
 
 
 def test_flat_arguments_are_regrouped():
-    flat = {"objective": "dpo", "num_negatives": 1, "beta": 0.5, "scoring": "naive",
-            "init_adapter": "a", "lora": None, "eval_protocols": ["ranking"]}
+    flat = {
+        "objective": "dpo",
+        "num_negatives": 1,
+        "beta": 0.5,
+        "scoring": "naive",
+        "init_adapter": "a",
+        "lora": None,
+        "eval_protocols": ["ranking"],
+    }
     assert is_flat(flat)
     assert grouped_kwargs(flat) == {
         "objective": {"name": "dpo", "num_negatives": 1, "beta": 0.5},
-        "scoring": {"mode": "naive"}, "source": {"init_adapter": "a"}, "lora": None,
-        "eval": {"eval_protocols": ["ranking"]}}
+        "scoring": {"mode": "naive"},
+        "source": {"init_adapter": "a"},
+        "lora": None,
+        "eval": {"eval_protocols": ["ranking"]},
+    }
     grouped = {"objective": {"name": "sft"}, "optim": {"learning_rate": 0.1}}
     assert not is_flat(grouped) and grouped_kwargs(grouped) == grouped
     assert grouped_kwargs({"objective": {"name": "sft"}, "beta": 2}) == {
-        "objective": {"name": "sft", "beta": 2}}
+        "objective": {"name": "sft", "beta": 2}
+    }
 
 
 def test_a_flat_model_section_is_refused_with_the_new_place():

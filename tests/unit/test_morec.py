@@ -18,8 +18,13 @@ from sdpo_lightning.baselines.morec import (
 from sdpo_lightning.data.catalogue import catalogue_from_candidate_lists, write_catalogue
 from sdpo_lightning.evaluation.report import read_predictions
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,9 @@ def test_encode_titles_is_the_mean_of_the_last_hidden_layer(tiny_encoder, tokeni
         torch.testing.assert_close(emb[i], h.mean(0), rtol=1e-4, atol=1e-5)
 
 
-def test_title_embeddings_are_cached_by_encoder_and_titles(synthetic_dir, tmp_path, monkeypatch) -> None:
+def test_title_embeddings_are_cached_by_encoder_and_titles(
+    synthetic_dir, tmp_path, monkeypatch
+) -> None:
     tok = str(synthetic_dir / "tokenizer")
     titles = ["a b", "c"]
     first = title_embeddings(titles, None, tok, TINY, tmp_path)
@@ -73,18 +80,53 @@ def test_item_table_is_the_projection_of_standardised_text(synthetic_dir) -> Non
 def test_cli_fit_and_test_with_a_tiny_encoder(protocol, synthetic_dir, tmp_path) -> None:
     train, valid = synthetic_dir / "train.json", synthetic_dir / "valid.json"
     args = [
-        "fit", "--seed_everything", "0", "--model=sdpo_lightning.baselines.morec.MoRec",
-        "--model.init_args.d", "16", "--model.init_args.dropout", "0.0", "--model.init_args.lr", "0.01",
-        "--model.init_args.encoder", "null", "--model.init_args.tokenizer_path",
-        str(synthetic_dir / "tokenizer"), "--model.init_args.tiny_config", json.dumps(TINY),
-        "--model.init_args.embedding_cache_dir", str(tmp_path / "cache"),
-        "--data.train_file", str(train), "--data.test_file", str(valid), "--data.dataset", "toy",
-        "--data.max_len", "5", "--data.batch_size", "32", "--trainer.max_epochs", "2",
-        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
+        "fit",
+        "--seed_everything",
+        "0",
+        "--model=sdpo_lightning.baselines.morec.MoRec",
+        "--model.init_args.d",
+        "16",
+        "--model.init_args.dropout",
+        "0.0",
+        "--model.init_args.lr",
+        "0.01",
+        "--model.init_args.encoder",
+        "null",
+        "--model.init_args.tokenizer_path",
+        str(synthetic_dir / "tokenizer"),
+        "--model.init_args.tiny_config",
+        json.dumps(TINY),
+        "--model.init_args.embedding_cache_dir",
+        str(tmp_path / "cache"),
+        "--data.train_file",
+        str(train),
+        "--data.test_file",
+        str(valid),
+        "--data.dataset",
+        "toy",
+        "--data.max_len",
+        "5",
+        "--data.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.logger",
+        "false",
     ]
     if protocol == "all_item":
-        cat = write_catalogue(catalogue_from_candidate_lists([train, valid]), tmp_path / "catalogue.json")
-        args += ["--data.protocol", "all_item", "--data.catalogue_file", str(cat), "--data.top_n", "10"]
+        cat = write_catalogue(
+            catalogue_from_candidate_lists([train, valid]), tmp_path / "catalogue.json"
+        )
+        args += [
+            "--data.protocol",
+            "all_item",
+            "--data.catalogue_file",
+            str(cat),
+            "--data.top_n",
+            "10",
+        ]
     assert baseline_main(args) == 0
     s = json.loads((tmp_path / "run/summary.json").read_text())
     assert s["method"] == "MoRec" and s["config"]["encoder"] is None

@@ -89,13 +89,16 @@ def test_checkpoint_with_the_old_class_path_loads(synthetic_dir, tmp_path):
 
     from tests.conftest import TINY
 
-    hparams = {"source": {"tokenizer_path": str(synthetic_dir / "tokenizer"), "tiny_config": TINY},
-               "objective": {"name": "sft"},
-               "_instantiator": "lightning.pytorch.cli.instantiate_module",
-               "_class_path": "sdpo_lightning.module.SDPOModule"}
+    hparams = {
+        "source": {"tokenizer_path": str(synthetic_dir / "tokenizer"), "tiny_config": TINY},
+        "objective": {"name": "sft"},
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        "_class_path": "sdpo_lightning.module.SDPOModule",
+    }
     ckpt = tmp_path / "old.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": hparams,
-                "pytorch-lightning_version": "2.4.0"}, ckpt)
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": hparams, "pytorch-lightning_version": "2.4.0"}, ckpt
+    )
     code = textwrap.dedent(f"""
         from sdpo_lightning.training.module import SDPOModule
         module = SDPOModule.load_from_checkpoint({str(ckpt)!r}, weights_only=True)
@@ -112,8 +115,16 @@ def test_config_with_the_old_strategy_class_path_parses(tmp_path, capsys):
     old = tmp_path / "old_zero3.yaml"
     old.write_text(yaml.safe_dump(preset))
     with pytest.raises(SystemExit) as exc:
-        cli_main(["fit", "-c", str(REPO / "configs" / "lastfm" / "sdpo.yaml"), "-c", str(old),
-                  "--print_config"])
+        cli_main(
+            [
+                "fit",
+                "-c",
+                str(REPO / "configs" / "lastfm" / "sdpo.yaml"),
+                "-c",
+                str(old),
+                "--print_config",
+            ]
+        )
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["strategy"]["class_path"].endswith("strategies.SDPODeepSpeedStrategy")

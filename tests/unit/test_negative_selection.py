@@ -30,9 +30,13 @@ from sdpo_lightning.training.negatives import (
 
 @pytest.fixture(scope="module")
 def dm(synthetic_dir, tokenizer) -> RecDataModule:
-    dm = RecDataModule(train_file=str(synthetic_dir / "train.json"),
-                       val_file=str(synthetic_dir / "valid.json"), batch_size=4, num_negatives=3,
-                       seed=5)
+    dm = RecDataModule(
+        train_file=str(synthetic_dir / "train.json"),
+        val_file=str(synthetic_dir / "valid.json"),
+        batch_size=4,
+        num_negatives=3,
+        seed=5,
+    )
     dm.connect(tokenizer)
     dm.setup("fit")
     return dm
@@ -74,14 +78,17 @@ def test_the_data_module_carries_the_settings_and_picks_nothing(dm):
     assert not is_overridden("on_after_batch_transfer", dm)  # Lightning calls the module's
     batch = dm.collated("fit", [0, 1])
     assert "completion_input_ids" not in batch and batch["candidate_input_ids"].shape[:2] == (2, 20)
-    assert torch.equal(negatives_for(dm, "validate", [0, 1], VAL_EPOCH),
-                       RandomNegatives(5).select(dm.collated("validate", [0, 1]), 3, VAL_EPOCH))
+    assert torch.equal(
+        negatives_for(dm, "validate", [0, 1], VAL_EPOCH),
+        RandomNegatives(5).select(dm.collated("validate", [0, 1]), 3, VAL_EPOCH),
+    )
 
 
 def test_the_data_package_never_reads_the_module():
     data = Path(sdpo_lightning.__file__).parent / "data"
-    hits = [str(p) for p in data.rglob("*.py")
-            if "lightning_module" in p.read_text(encoding="utf-8")]
+    hits = [
+        str(p) for p in data.rglob("*.py") if "lightning_module" in p.read_text(encoding="utf-8")
+    ]
     assert hits == []
 
 
@@ -110,8 +117,9 @@ def test_the_module_picks_negatives_with_its_selectors(dm, synthetic_dir):
 
     source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY)
     module = SDPOModule(source=source, objective=ObjectiveArgs(name="sft", num_negatives=3))
-    trainer = SimpleNamespace(datamodule=dm, training=True, validating=False, sanity_checking=False,
-                              current_epoch=2)
+    trainer = SimpleNamespace(
+        datamodule=dm, training=True, validating=False, sanity_checking=False, current_epoch=2
+    )
     module._trainer = trainer
     module.setup("fit")
     assert module.sampling == dm.sampling
@@ -123,8 +131,10 @@ def test_the_module_picks_negatives_with_its_selectors(dm, synthetic_dir):
 
     trainer.training, trainer.validating = False, True  # validation: random, the fixed epoch
     val = dm.collated("validate", [0, 1])
-    assert torch.equal(module.on_after_batch_transfer(val, 0)["completion_index"][:, 1:],
-                       negative_indices(val, 3, "random", 5, VAL_EPOCH))
+    assert torch.equal(
+        module.on_after_batch_transfer(val, 0)["completion_index"][:, 1:],
+        negative_indices(val, 3, "random", 5, VAL_EPOCH),
+    )
     trainer.validating = False  # test / predict batches keep every candidate only
     assert "completion_index" not in module.on_after_batch_transfer(val, 0)
 

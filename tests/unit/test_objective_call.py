@@ -20,31 +20,55 @@ from sdpo_lightning.training.objective_call import (
 from sdpo_lightning.training.objectives import OBJECTIVES
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "ipo", "num_negatives": 3}, "objective 'ipo' is pairwise: num_negatives must be 1, "
-                                          "got 3 (use ipo_k)"),
-    ({"name": "simpo", "num_negatives": 2}, "objective 'simpo' is pairwise: num_negatives must be "
-                                            "1, got 2 (use softmax_simpo)"),
-    ({"gamma": -0.1}, "gamma must be a finite number >= 0, got -0.1"),
-    ({"gamma": math.nan}, "gamma must be a finite number >= 0, got nan"),
-    ({"name": "sdpo", "token_mean": True}, "token_mean applies to ('ipo', 'ipo_k', 'simpo', "
-                                           "'softmax_simpo'), not 'sdpo'; leave it unset"),
-    ({"name": "dynamicpo", "dynamicpo_spread": 1.0},
-     "dynamicpo_spread must be in [0, 1), got 1.0"),
-    ({"name": "dynamicpo", "dynamicpo_margin": math.inf},
-     "dynamicpo_margin must be finite, got inf"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"name": "ipo", "num_negatives": 3},
+            "objective 'ipo' is pairwise: num_negatives must be 1, got 3 (use ipo_k)",
+        ),
+        (
+            {"name": "simpo", "num_negatives": 2},
+            "objective 'simpo' is pairwise: num_negatives must be 1, got 2 (use softmax_simpo)",
+        ),
+        ({"gamma": -0.1}, "gamma must be a finite number >= 0, got -0.1"),
+        ({"gamma": math.nan}, "gamma must be a finite number >= 0, got nan"),
+        (
+            {"name": "sdpo", "token_mean": True},
+            "token_mean applies to ('ipo', 'ipo_k', 'simpo', "
+            "'softmax_simpo'), not 'sdpo'; leave it unset",
+        ),
+        (
+            {"name": "dynamicpo", "dynamicpo_spread": 1.0},
+            "dynamicpo_spread must be in [0, 1), got 1.0",
+        ),
+        (
+            {"name": "dynamicpo", "dynamicpo_margin": math.inf},
+            "dynamicpo_margin must be finite, got inf",
+        ),
+    ],
+)
 def test_settings_refused(kwargs, message):
     with pytest.raises(ValueError) as err:
         ObjectiveArgs(**kwargs)
     assert str(err.value) == message
 
 
-@pytest.mark.parametrize("name, k, reference", [
-    ("sft", 3, False), ("sdpo", 3, True), ("dpo", 1, True), ("dpo_k", 3, True), ("dmpo", 3, True),
-    ("ipo", 1, True), ("ipo_k", 3, True), ("simpo", 1, False), ("softmax_simpo", 3, False),
-    ("dynamicpo", 3, True),
-])
+@pytest.mark.parametrize(
+    "name, k, reference",
+    [
+        ("sft", 3, False),
+        ("sdpo", 3, True),
+        ("dpo", 1, True),
+        ("dpo_k", 3, True),
+        ("dmpo", 3, True),
+        ("ipo", 1, True),
+        ("ipo_k", 3, True),
+        ("simpo", 1, False),
+        ("softmax_simpo", 3, False),
+        ("dynamicpo", 3, True),
+    ],
+)
 def test_needs_reference(name, k, reference):
     args = ObjectiveArgs(name=name, num_negatives=k)
     assert args.needs_reference is reference
@@ -83,9 +107,9 @@ def test_options():
     opts = objective_options(ObjectiveArgs(name="softmax_simpo", token_mean=False), n)
     assert_close(opts["chosen_lengths"], torch.ones(3, dtype=n.dtype))
     assert_close(opts["rejected_lengths"], torch.ones(3, 2, dtype=n.dtype))
-    assert objective_options(ObjectiveArgs(name="dynamicpo", dynamicpo_margin=1.0,
-                                           dynamicpo_spread=0.25), n) == {"margin": 1.0,
-                                                                          "spread": 0.25}
+    assert objective_options(
+        ObjectiveArgs(name="dynamicpo", dynamicpo_margin=1.0, dynamicpo_spread=0.25), n
+    ) == {"margin": 1.0, "spread": 0.25}
 
 
 @pytest.mark.parametrize("name", ["sdpo", "dpo_k", "dmpo", "ipo_k", "dynamicpo"])
@@ -127,8 +151,9 @@ def test_full_fine_tuning_builds_a_frozen_copy_only_with_a_reference(synthetic_d
     from sdpo_lightning.training.module_args import ModelArgs
     from tests.conftest import TINY
 
-    module = SDPOModule(source=ModelArgs(tiny_config=TINY,
-                                         tokenizer_path=str(synthetic_dir / "tokenizer")),
-                        objective=ObjectiveArgs(name=name, num_negatives=k))
+    module = SDPOModule(
+        source=ModelArgs(tiny_config=TINY, tokenizer_path=str(synthetic_dir / "tokenizer")),
+        objective=ObjectiveArgs(name=name, num_negatives=k),
+    )
     module.configure_model()
     assert (module.reference_model is not None) is (name == "sdpo")

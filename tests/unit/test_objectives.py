@@ -99,8 +99,11 @@ class TestSDPO:
     def test_beta_scales_rewards(self):
         """r(y) = beta * (logpi - logref): with beta = 0.5, logpi = -2, logref = -4 -> r = 1."""
         out = sdpo_loss(
-            torch.tensor([-2.0]), torch.tensor([[-4.0]]), torch.tensor([-4.0]),
-            torch.tensor([[-2.0]]), beta=0.5,
+            torch.tensor([-2.0]),
+            torch.tensor([[-4.0]]),
+            torch.tensor([-4.0]),
+            torch.tensor([[-2.0]]),
+            beta=0.5,
         )
         assert_close(out.chosen_rewards, torch.tensor([1.0]))
         assert_close(out.rejected_rewards, torch.tensor([[-1.0]]))
@@ -206,8 +209,11 @@ class TestDPO:
         """beta = 0.5: r(p) = 0.5 * (-1 - -3) = 1, r(d) = 0.5 * (-4 - -2) = -1,
         L = -log σ(2) = log(1 + e^-2)."""
         out = dpo_loss(
-            torch.tensor([-1.0]), torch.tensor([-4.0]), torch.tensor([-3.0]),
-            torch.tensor([-2.0]), beta=0.5,
+            torch.tensor([-1.0]),
+            torch.tensor([-4.0]),
+            torch.tensor([-3.0]),
+            torch.tensor([-2.0]),
+            beta=0.5,
         )
         assert_close(out.losses, torch.tensor([math.log1p(math.exp(-2.0))]))
 
@@ -249,8 +255,11 @@ class TestRewardMetrics:
         pr.requires_grad_(True)
         for name, spec in OBJECTIVE_SPECS.items():
             k = 1 if spec.pairwise else 2
-            options = {"chosen_lengths": torch.ones(3), "rejected_lengths": torch.ones(3, k)} \
-                if "gamma" in spec.options else {}
+            options = (
+                {"chosen_lengths": torch.ones(3), "rejected_lengths": torch.ones(3, k)}
+                if "gamma" in spec.options
+                else {}
+            )
             out = preference_loss(name, pc, pr[:, :k], rc, rr[:, :k], 1.0, **options)
             assert isinstance(out, ObjectiveOutput)
             assert out.losses.requires_grad
@@ -273,8 +282,12 @@ class TestRewardMetrics:
         out = sdpo_loss(pc, pr, torch.zeros(2), torch.zeros(2, 2), beta=1.0)
         m = reward_metrics(out, pc, pr)
         assert set(m) == {
-            "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-            "logps/chosen", "logps/rejected",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
         }
         assert_close(m["rewards/accuracies"], torch.tensor(0.5))
         assert_close(m["rewards/chosen"], torch.tensor(0.0))
@@ -313,8 +326,17 @@ class TestSFT:
 
 class TestRegistry:
     def test_registry_names(self):
-        assert set(OBJECTIVES) == {"sdpo", "dpo", "dpo_k", "dmpo", "ipo", "ipo_k", "simpo",
-                                   "softmax_simpo", "dynamicpo"}
+        assert set(OBJECTIVES) == {
+            "sdpo",
+            "dpo",
+            "dpo_k",
+            "dmpo",
+            "ipo",
+            "ipo_k",
+            "simpo",
+            "softmax_simpo",
+            "dynamicpo",
+        }
         assert OBJECTIVES["sdpo"] is sdpo_loss
         assert all(OBJECTIVES[n] is spec.fn for n, spec in OBJECTIVE_SPECS.items())
 
@@ -324,16 +346,19 @@ class TestRegistry:
         from sdpo_lightning.training.module_args import OBJECTIVE_NAMES, PAIRWISE, REFERENCE_FREE
 
         assert set(OBJECTIVE_NAMES) == set(OBJECTIVES) | {"sft"}
-        assert set(REFERENCE_FREE) == {n for n, s in OBJECTIVE_SPECS.items() if not s.reference} \
-            | {"sft"}
+        assert set(REFERENCE_FREE) == {n for n, s in OBJECTIVE_SPECS.items() if not s.reference} | {
+            "sft"
+        }
         assert set(PAIRWISE) == {n for n, s in OBJECTIVE_SPECS.items() if s.pairwise}
 
     def test_dispatch_options(self):
         """Options reach the objective; one it does not take is refused by name."""
         pc, pr, rc, rr = _random_inputs(4, 1)
         n = {"chosen_lengths": torch.full((4,), 2), "rejected_lengths": torch.full((4, 1), 2)}
-        assert_close(preference_loss("ipo", pc, pr, rc, rr, 1.0, **n).losses,
-                     OBJECTIVES["ipo"](pc, pr, rc, rr, 1.0, **n).losses)
+        assert_close(
+            preference_loss("ipo", pc, pr, rc, rr, 1.0, **n).losses,
+            OBJECTIVES["ipo"](pc, pr, rc, rr, 1.0, **n).losses,
+        )
         with pytest.raises(ValueError, match="objective 'sdpo' takes no option 'gamma'"):
             preference_loss("sdpo", pc, pr, rc, rr, 1.0, gamma=0.5)
 

@@ -33,8 +33,17 @@ def test_on_policy_draw_is_best_first_and_never_the_target():
 
 def test_ties_are_broken_by_a_seeded_order():
     flat = torch.zeros(20)
-    draw = lambda seed, epoch, row: sample_negatives(20, 0, 5, "on_policy",  # noqa: E731
-                                                     example_generator(seed, epoch, row), scores=flat)
+
+    def draw(seed, epoch, row):
+        return sample_negatives(
+            20,
+            0,
+            5,
+            "on_policy",  # noqa: E731
+            example_generator(seed, epoch, row),
+            scores=flat,
+        )
+
     assert draw(3, 1, 7) == draw(3, 1, 7)  # same seed, epoch, row: same negatives
     assert len({tuple(draw(s, 0, 7)) for s in range(6)}) > 1  # the seed decides among equals
     assert all(0 not in draw(s, 0, 7) for s in range(6))
@@ -52,10 +61,13 @@ def test_negative_ranks_count_higher_scores_and_ties_against_the_target():
 
 # ---------------------------------------------------------------------------- the selector
 def _batch(n_rows: int = 4, m: int = 6) -> dict:
-    return {"index": torch.arange(10, 10 + n_rows), "target_index": torch.arange(n_rows) % m,
-            "candidate_mask": torch.ones(n_rows, m, dtype=torch.bool),
-            "candidate_popularity": torch.zeros(n_rows, m),
-            "candidates": [[f"c{j}" for j in range(m)] for _ in range(n_rows)]}
+    return {
+        "index": torch.arange(10, 10 + n_rows),
+        "target_index": torch.arange(n_rows) % m,
+        "candidate_mask": torch.ones(n_rows, m, dtype=torch.bool),
+        "candidate_popularity": torch.zeros(n_rows, m),
+        "candidates": [[f"c{j}" for j in range(m)] for _ in range(n_rows)],
+    }
 
 
 class _Policy:
@@ -110,7 +122,9 @@ def test_rows_are_rescored_only_when_their_scores_are_due():
     mixed = dict(_batch(2), index=torch.tensor([11, 40]))
     selector.select(mixed, 2, 0)
     assert policy.calls[-1] == [40] and selector.stats()["refreshed"] == 0.5
-    every = OnPolicyNegatives(policy, lambda: 0, refresh_steps=1)  # 1: every batch, even the same step
+    every = OnPolicyNegatives(
+        policy, lambda: 0, refresh_steps=1
+    )  # 1: every batch, even the same step
     n = len(policy.calls)
     every.select(batch, 2, 0)
     every.select(batch, 2, 0)
@@ -119,18 +133,37 @@ def test_rows_are_rescored_only_when_their_scores_are_due():
 
 # ---------------------------------------------------------------------------- in the module
 def _trainer(dm, root):
-    strategy = SimpleNamespace(reduce_boolean_decision=lambda d, all=True: d, all_gather=lambda t: t[None],
-                               barrier=lambda *a, **k: None)
-    return SimpleNamespace(datamodule=dm, training=True, validating=False, sanity_checking=False,
-                           testing=False, predicting=False, current_epoch=0, global_step=0,
-                           default_root_dir=str(root), world_size=1, global_rank=0, is_global_zero=True,
-                           strategy=strategy)
+    strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda d, all=True: d,
+        all_gather=lambda t: t[None],
+        barrier=lambda *a, **k: None,
+    )
+    return SimpleNamespace(
+        datamodule=dm,
+        training=True,
+        validating=False,
+        sanity_checking=False,
+        testing=False,
+        predicting=False,
+        current_epoch=0,
+        global_step=0,
+        default_root_dir=str(root),
+        world_size=1,
+        global_rank=0,
+        is_global_zero=True,
+        strategy=strategy,
+    )
 
 
 def test_module_negatives_are_the_policys_and_the_cached_reference_equals_a_live_one(
-        synthetic_dir, small_dir, tmp_path):
-    module, dm = make(synthetic_dir, small_dir, model={"objective": "sdpo", "num_negatives": 3},
-                      data={"negative_sampling": "on_policy", "num_negatives": 3})
+    synthetic_dir, small_dir, tmp_path
+):
+    module, dm = make(
+        synthetic_dir,
+        small_dir,
+        model={"objective": "sdpo", "num_negatives": 3},
+        data={"negative_sampling": "on_policy", "num_negatives": 3},
+    )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move the policy away from the reference (LoRA B starts at zero)
         for name, p in module.policy.named_parameters():
@@ -145,15 +178,21 @@ def test_module_negatives_are_the_policys_and_the_cached_reference_equals_a_live
     assert module.policy.training  # eval mode only while scoring
 
     with torch.no_grad(), eval_mode(module.policy):  # the policy's own ranking, from scratch
-        policy_scores = module.score(batch, batch["candidate_input_ids"], batch["candidate_attention_mask"],
-                                     mode="shared_prefix").logps
+        policy_scores = module.score(
+            batch,
+            batch["candidate_input_ids"],
+            batch["candidate_attention_mask"],
+            mode="shared_prefix",
+        ).logps
     want = negative_indices(batch, 3, "on_policy", 0, 0, policy_scores)
     assert torch.equal(got["completion_index"][:, 1:].cpu(), want)
     assert set(got["negative_stats"]) == {"mean_rank", "target_top1", "target_rank", "refreshed"}
 
     cached = module._reference_for(got)  # (B, 1 + K) gathered from the cache's (B, M) table
     with eval_mode(module.policy):
-        live = module.reference_logps(got, got["completion_input_ids"], got["completion_attention_mask"])
+        live = module.reference_logps(
+            got, got["completion_input_ids"], got["completion_attention_mask"]
+        )
     torch.testing.assert_close(cached, live, rtol=0, atol=1e-4)
     with torch.no_grad(), eval_mode(module.policy):
         scored = module.score(got, got["completion_input_ids"], got["completion_attention_mask"])
@@ -165,15 +204,24 @@ def test_module_negatives_are_the_policys_and_the_cached_reference_equals_a_live
 
 
 def test_zero3_refuses_policy_negatives_whose_forwards_differ_between_processes(
-        synthetic_dir, small_dir, tmp_path, monkeypatch):
+    synthetic_dir, small_dir, tmp_path, monkeypatch
+):
     from sdpo_lightning.errors import ConfigError
     from sdpo_lightning.training import strategies
 
-    monkeypatch.setattr(strategies, "zero3_config", lambda trainer: {"zero_optimization": {"stage": 3}})
-    module, dm = make(synthetic_dir, small_dir, model={"objective": "sdpo", "num_negatives": 3},
-                      data={"negative_sampling": "on_policy", "num_negatives": 3, "on_policy_refresh_steps": 2})
+    monkeypatch.setattr(
+        strategies, "zero3_config", lambda trainer: {"zero_optimization": {"stage": 3}}
+    )
+    module, dm = make(
+        synthetic_dir,
+        small_dir,
+        model={"objective": "sdpo", "num_negatives": 3},
+        data={"negative_sampling": "on_policy", "num_negatives": 3, "on_policy_refresh_steps": 2},
+    )
     module._trainer = _trainer(dm, tmp_path)
-    with pytest.raises(ConfigError, match="under DeepSpeed ZeRO-3 the processes would run different forwards"):
+    with pytest.raises(
+        ConfigError, match="under DeepSpeed ZeRO-3 the processes would run different forwards"
+    ):
         module.setup("fit")
     dm.hparams.on_policy_refresh_steps = 1  # one scoring pass per batch on every process: allowed
     module.setup("fit")

@@ -35,7 +35,9 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 def setup(synthetic_dir, tmp_path_factory):
     """A tiny LoRA policy (seeded non-zero B) and a left-padded test batch of 6 rows."""
     out = tmp_path_factory.mktemp("onepass")
-    (out / "test.json").write_text(json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6]))
+    (out / "test.json").write_text(
+        json.dumps(json.loads((synthetic_dir / "test.json").read_text())[:6])
+    )
     torch.manual_seed(0)
     source = ModelArgs(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY)
     module = SDPOModule(source=source, lora=LORA, eval=EvalArgs(max_new_tokens=10))
@@ -46,8 +48,12 @@ def setup(synthetic_dir, tmp_path_factory):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     module.policy.eval()
-    dm = RecDataModule(test_file=str(out / "test.json"), eval_batch_size=6, max_length=256,
-                       prompt_templates="music")
+    dm = RecDataModule(
+        test_file=str(out / "test.json"),
+        eval_batch_size=6,
+        max_length=256,
+        prompt_templates="music",
+    )
     dm.tokenizer = module.tokenizer
     dm.setup("test")
     ds = dm.datasets["test"]
@@ -67,7 +73,9 @@ def test_ranking_scores_equal_module_score(setup, protocols):
     module, batch = setup
     module.hparams.eval.constrained = False
     _, out = one_pass_outputs(module.eval_model(), batch, "generation" in protocols, True)
-    ref = module.score(batch, batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="shared_prefix")
+    ref = module.score(
+        batch, batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="shared_prefix"
+    )
     torch.testing.assert_close(out.logps, ref.logps, atol=1e-5, rtol=0)
     assert torch.equal(out.n_tokens, ref.n_tokens)
 
@@ -79,12 +87,23 @@ def test_greedy_decode_equals_generate_tokens(setup):
     module.hparams.eval.constrained = False
     p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     with torch.no_grad():
-        ref = model.generate(input_ids=p_ids, attention_mask=p_mask, max_new_tokens=10, do_sample=False,
-                             num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        first, cache = prefill(model, *trim_padding(p_ids, p_mask, p_ids[:, None], p_mask[:, None])[:2])
+        ref = model.generate(
+            input_ids=p_ids,
+            attention_mask=p_mask,
+            max_new_tokens=10,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        first, cache = prefill(
+            model, *trim_padding(p_ids, p_mask, p_ids[:, None], p_mask[:, None])[:2]
+        )
         trimmed_mask = trim_padding(p_ids, p_mask, p_ids[:, None], p_mask[:, None])[1]
-        ours = greedy_decode(model, first, cache, trimmed_mask, 10, tok.eos_token_id, tok.pad_token_id)
-    for row, toks in zip(ref[:, p_ids.shape[1]:].tolist(), ours):
+        ours = greedy_decode(
+            model, first, cache, trimmed_mask, 10, tok.eos_token_id, tok.pad_token_id
+        )
+    for row, toks in zip(ref[:, p_ids.shape[1] :].tolist(), ours, strict=False):
         if tok.eos_token_id in row:
             row = row[: row.index(tok.eos_token_id) + 1]
         assert toks == row
@@ -95,7 +114,7 @@ def test_free_generation_keeps_every_parsed_answer(setup, with_ranking):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=False)
     texts, _ = one_pass_outputs(module.eval_model(), batch, True, with_ranking)
-    for ours, ref, cands in zip(texts, ref_texts, batch["candidates"]):
+    for ours, ref, cands in zip(texts, ref_texts, batch["candidates"], strict=False):
         assert ref.startswith(ours)  # stopped early, never different
         assert parse_answer(ours, cands) == parse_answer(ref, cands)
 
@@ -132,7 +151,9 @@ def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
     with torch.no_grad():
         p_ids, p_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         first, cache = prefill(module.policy, p_ids, p_mask)
-        greedy = greedy_decode(module.policy, first, cache, p_mask, 10, eos, pad)  # no first-line stop
+        greedy = greedy_decode(
+            module.policy, first, cache, p_mask, 10, eos, pad
+        )  # no first-line stop
     ids, mask = batch["candidate_input_ids"].clone(), batch["candidate_attention_mask"].clone()
     C = max(ids.shape[-1], max(len(t) + 1 for t in greedy))
     ids = torch.nn.functional.pad(ids, (0, C - ids.shape[-1]), value=pad)
@@ -147,18 +168,26 @@ def test_free_generation_read_from_the_packed_pass_equals_generate(setup):
         packed = packed_forward(module.policy, p_ids, p_mask, ids, mask)
     assert all(t is not None for t in trie_verify(packed.logits, packed.src, ids, mask, 10, eos))
     texts, _ = one_pass_outputs(module.eval_model(), rigged, True, True)
-    for ours, ref in zip(texts, ref_texts):
+    for ours, ref in zip(texts, ref_texts, strict=False):
         assert ref.startswith(ours) and ours.strip()  # the first-line stop may end it earlier
-    assert texts == one_pass_outputs(module.eval_model(), batch, True, True)[0]  # = the decoded answers
+    assert (
+        texts == one_pass_outputs(module.eval_model(), batch, True, True)[0]
+    )  # = the decoded answers
 
 
 def test_constrained_trie_walk_equals_constrained_generate(setup):
     module, batch = setup
     _, ref_texts = _reference_tokens(module, batch, constrained=True)
     module.hparams.eval.constrained = True
-    texts, scores = one_pass_outputs(module.eval_model(), batch, True, True)  # with ranking: the trie walk
+    texts, scores = one_pass_outputs(
+        module.eval_model(), batch, True, True
+    )  # with ranking: the trie walk
     assert scores is not None and texts == ref_texts
-    assert all(parse_answer(t, c).valid for t, c in zip(texts, batch["candidates"]) if t.strip())
+    assert all(
+        parse_answer(t, c).valid
+        for t, c in zip(texts, batch["candidates"], strict=False)
+        if t.strip()
+    )
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -166,10 +195,13 @@ def test_evaluator_records_match_the_reference_path(setup, constrained):
     module, batch = setup
     module.hparams.eval.constrained = constrained
     new = Evaluator("test", ["generation", "ranking"]).update(module.eval_model(), batch)
-    old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(module.eval_model(), batch)
-    for a, b in zip(new, old):
-        assert {k: a[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")} == \
-               {k: b[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")}
+    old = Evaluator("test", ["generation", "ranking"], one_pass=False).update(
+        module.eval_model(), batch
+    )
+    for a, b in zip(new, old, strict=False):
+        assert {k: a[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")} == {
+            k: b[k] for k in ("parsed", "valid", "correct", "target_rank", "top_item")
+        }
         assert a["scores"] == pytest.approx(b["scores"], abs=2e-4)
 
 

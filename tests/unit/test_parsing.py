@@ -6,10 +6,27 @@ import unicodedata
 
 import pytest
 
-from sdpo_lightning.evaluation.parsing import ParsedAnswer, answer_scope, normalize_title, parse_answer
+from sdpo_lightning.evaluation.parsing import (
+    ParsedAnswer,
+    answer_scope,
+    normalize_title,
+    parse_answer,
+)
 
-CANDS = ["Muse", "Muse (band)", "Queen", "Queen + Paul Rodgers", "Blue", "Bad Boys Blue",
-         "Beyoncé", "Sigur Rós", "Dio", "Céline Dion", "!!!", "大塚愛"]
+CANDS = [
+    "Muse",
+    "Muse (band)",
+    "Queen",
+    "Queen + Paul Rodgers",
+    "Blue",
+    "Bad Boys Blue",
+    "Beyoncé",
+    "Sigur Rós",
+    "Dio",
+    "Céline Dion",
+    "!!!",
+    "大塚愛",
+]
 
 
 @pytest.mark.parametrize(

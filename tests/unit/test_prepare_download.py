@@ -36,8 +36,9 @@ def serve(directory: Path, lifetime: float = 30.0):
     _QuietHandler.requests = []
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     stopper = threading.Timer(lifetime, server.shutdown)
     stopper.daemon = True
@@ -53,8 +54,14 @@ def serve(directory: Path, lifetime: float = 30.0):
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
@@ -75,12 +82,13 @@ def test_fetch_local_file_url_verifies_and_reuses_cache(tmp_path, ml_archive):
     archive, sha = ml_archive
     logs: list[str] = []
     cache = tmp_path / "cache"
-    path = fetch(REMOTE["movielens-100k"], cache, url=archive.as_uri(), sha256=sha,
-                 log=logs.append)
+    path = fetch(REMOTE["movielens-100k"], cache, url=archive.as_uri(), sha256=sha, log=logs.append)
     assert path == cache / "ml-100k.zip" and path.read_bytes() == archive.read_bytes()
     archive.unlink()  # cached copy is verified and reused without any source
-    assert fetch(REMOTE["movielens-100k"], cache, url=archive.as_uri(), sha256=sha,
-                 log=logs.append) == path
+    assert (
+        fetch(REMOTE["movielens-100k"], cache, url=archive.as_uri(), sha256=sha, log=logs.append)
+        == path
+    )
     assert logs[-1].startswith("using cached")
 
 
@@ -88,14 +96,25 @@ def test_cli_download_over_loopback_http_then_cached(tmp_path, ml_archive, capsy
     archive, sha = ml_archive
     cache = tmp_path / "cache"
     with serve(archive.parent) as base:
-        args = ["ml-100k", "--download", "--url", f"{base}/ml-100k.zip", "--sha256", sha,
-                "--cache-dir", str(cache), "--timeout", "10"]
+        args = [
+            "ml-100k",
+            "--download",
+            "--url",
+            f"{base}/ml-100k.zip",
+            "--sha256",
+            sha,
+            "--cache-dir",
+            str(cache),
+            "--timeout",
+            "10",
+        ]
         assert main(args + ["--out", str(tmp_path / "o1")]) == 0
         assert main(args + ["--out", str(tmp_path / "o2")]) == 0
         assert _QuietHandler.requests == ["/ml-100k.zip"]  # the second run used the cache
     assert (cache / "movielens-100k" / "ml-100k" / "u.data").is_file()
-    assert (tmp_path / "o1" / "train.json").read_bytes() == \
-        (tmp_path / "o2" / "train.json").read_bytes()
+    assert (tmp_path / "o1" / "train.json").read_bytes() == (
+        tmp_path / "o2" / "train.json"
+    ).read_bytes()
     assert "users          12" in capsys.readouterr().out
 
 
@@ -117,8 +136,20 @@ def test_offline_gives_a_clear_error(tmp_path, capsys):
     url = f"http://127.0.0.1:{port}/ml-1m.zip"
     with pytest.raises(PrepareError, match="Are you offline.*files.grouplens.org"):
         download_dataset("movielens-1m", tmp_path, url=url, timeout=5, log=print)
-    rc = main(["ml-1m", "--download", "--url", url, "--cache-dir", str(tmp_path),
-               "--out", str(tmp_path / "out"), "--timeout", "5"])
+    rc = main(
+        [
+            "ml-1m",
+            "--download",
+            "--url",
+            url,
+            "--cache-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--timeout",
+            "5",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "offline" in err and "Traceback" not in err
 
@@ -127,10 +158,13 @@ def test_goodreads_download_from_folder_url_prints_unpinned_hash(tmp_path):
     site = write_goodreads(tmp_path / "site", genre="poetry")
     logs: list[str] = []
     with serve(site) as base:
-        folder = download_dataset("goodreads", tmp_path / "cache", genre="poetry",
-                                  url=base, log=logs.append)
+        folder = download_dataset(
+            "goodreads", tmp_path / "cache", genre="poetry", url=base, log=logs.append
+        )
     assert sorted(p.name for p in folder.iterdir()) == [
-        "goodreads_books_poetry.json.gz", "goodreads_interactions_poetry.json.gz"]
+        "goodreads_books_poetry.json.gz",
+        "goodreads_interactions_poetry.json.gz",
+    ]
     assert sum("no pinned checksum" in line and "sha256=" in line for line in logs) == 2
     with pytest.raises(PrepareError, match="needs --genre"):
         download_dataset("goodreads", tmp_path / "cache", log=logs.append)
@@ -145,8 +179,13 @@ def test_bad_archives_and_cache_dir_default(tmp_path, monkeypatch):
     for name, message in (("evil.zip", "unsafe path"), ("junk.zip", "not a valid zip")):
         sha = hashlib.sha256((site / name).read_bytes()).hexdigest()
         with pytest.raises(PrepareError, match=message):
-            download_dataset("lastfm", tmp_path / name, url=(site / name).as_uri(), sha256=sha,
-                             log=lambda _m: None)
+            download_dataset(
+                "lastfm",
+                tmp_path / name,
+                url=(site / name).as_uri(),
+                sha256=sha,
+                log=lambda _m: None,
+            )
     assert not (tmp_path / "escape.txt").exists()
     monkeypatch.setenv("SDPO_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

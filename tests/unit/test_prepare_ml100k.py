@@ -55,7 +55,13 @@ def test_ml100k_exact_statistics_and_deterministic_output(ml100k, tmp_path, caps
     assert main(["ml-100k", "--raw", str(ml100k), "--out", str(second), "-q"]) == 0
     digests = _digests(first)
     assert digests == _digests(second)
-    assert sorted(digests) == ["catalogue.json", "stats.json", "test.json", "train.json", "valid.json"]
+    assert sorted(digests) == [
+        "catalogue.json",
+        "stats.json",
+        "test.json",
+        "train.json",
+        "valid.json",
+    ]
     assert digests["test.json"] == TEST_JSON_SHA256
 
     rows = json.loads((first / "test.json").read_text(encoding="utf-8"))
@@ -67,7 +73,9 @@ def test_ml100k_exact_statistics_and_deterministic_output(ml100k, tmp_path, caps
     assert sum(c["popularity"] for c in catalogue) == len(train) == 77287
     names = {c["title"] for c in catalogue}
     assert all(r["trueSelection"] in names and not set(r["historyList"]) - names for r in rows)
-    assert not any(r["trueSelection"] in r["historyList"] for r in rows)  # the history rule's premise
+    assert not any(
+        r["trueSelection"] in r["historyList"] for r in rows
+    )  # the history rule's premise
     for row in rows[:2000]:
         assert len(set(row["itemList"])) == 20 and row["trueSelection"] in row["itemList"]
         assert 1 <= len(row["historyList"]) <= 10

@@ -11,8 +11,9 @@ from sdpo_lightning.data.prepare.sampling import example_rng, sample_negatives, 
 from sdpo_lightning.data.prepare.titles import clean_title, disambiguate_titles
 
 
-def make_raw(n_users: int = 10, n_items: int = 60, length: int = 14, seed: int = 0,
-             **kwargs) -> RawDataset:
+def make_raw(
+    n_users: int = 10, n_items: int = 60, length: int = 14, seed: int = 0, **kwargs
+) -> RawDataset:
     """Users 1..n, each with ``length`` distinct items at increasing times, shuffled."""
     rng = random.Random(seed)
     rows = []
@@ -36,27 +37,38 @@ def test_sliding_windows_follow_time_order_and_cap_history():
     raw = make_raw(n_users=3, length=14)
     prepared = build_examples(raw)
     for user, rows in rows_by_user(prepared).items():
-        sequence = [item for u, item, _, _ in sorted(
-            (r for r in raw.interactions if r[0] == user), key=lambda r: r[2])]
+        sequence = [
+            item
+            for u, item, _, _ in sorted(
+                (r for r in raw.interactions if r[0] == user), key=lambda r: r[2]
+            )
+        ]
         assert len(rows) == 13  # one example per target position 1..13
         for t, row in enumerate(rows, start=1):
             ids = row["item_ids"]
             assert ids["trueSelection"] == sequence[t]
-            assert ids["historyList"] == sequence[max(0, t - 10):t]
+            assert ids["historyList"] == sequence[max(0, t - 10) : t]
             assert row["historyList"] == [f"Item {i}" for i in ids["historyList"]]
             assert list(row) == ["historyList", "itemList", "trueSelection", "user_id", "item_ids"]
 
 
 def test_max_examples_per_user_keeps_the_most_recent_windows():
     full = rows_by_user(build_examples(make_raw(n_users=3)))
-    capped = rows_by_user(build_examples(make_raw(n_users=3),
-                                         ProtocolConfig(max_examples_per_user=4)))
+    capped = rows_by_user(
+        build_examples(make_raw(n_users=3), ProtocolConfig(max_examples_per_user=4))
+    )
     assert all(capped[user] == rows[-4:] for user, rows in full.items())
 
 
 def test_equal_timestamps_keep_file_order_and_repeats_keep_first():
-    rows = [("u", "3", 5.0, None), ("u", "1", 5.0, None), ("u", "2", 1.0, None),
-            ("u", "1", 9.0, None), ("v", "1", 1.0, None), ("v", "2", 1.0, None)]
+    rows = [
+        ("u", "3", 5.0, None),
+        ("u", "1", 5.0, None),
+        ("u", "2", 1.0, None),
+        ("u", "1", 9.0, None),
+        ("v", "1", 1.0, None),
+        ("v", "2", 1.0, None),
+    ]
     rows += [("w", str(i), float(i), None) for i in range(4, 30)]
     raw = RawDataset("tie", rows, {str(i): f"T{i}" for i in range(1, 30)})
     prepared = build_examples(raw, ProtocolConfig(split=(1, 0, 0), num_candidates=3))
@@ -70,8 +82,11 @@ def test_user_split_is_seeded_disjoint_and_8_1_1():
     prepared = build_examples(make_raw(n_users=20))
     users = {s: {r["user_id"] for r in prepared.splits[s]} for s in ("train", "valid", "test")}
     assert [len(users[s]) for s in ("train", "valid", "test")] == [16, 2, 2]
-    assert not (users["train"] & users["valid"] or users["train"] & users["test"]
-                or users["valid"] & users["test"])
+    assert not (
+        users["train"] & users["valid"]
+        or users["train"] & users["test"]
+        or users["valid"] & users["test"]
+    )
     again = build_examples(make_raw(n_users=20))
     assert again.splits == prepared.splits and again.stats == prepared.stats
     other = build_examples(make_raw(n_users=20), ProtocolConfig(seed=7))
@@ -126,9 +141,10 @@ def test_missing_titles_short_users_and_k_core_are_counted():
     assert dropped["no_title"] == sum(1 for r in raw.interactions if r[1] == "5")
     assert dropped["users_removed"] >= 1  # "lonely" has one interaction
     assert "lonely" not in rows_by_user(prepared)
-    sequences = {user: rows[0]["item_ids"]["historyList"]
-                 + [r["item_ids"]["trueSelection"] for r in rows]
-                 for user, rows in rows_by_user(prepared).items()}
+    sequences = {
+        user: rows[0]["item_ids"]["historyList"] + [r["item_ids"]["trueSelection"] for r in rows]
+        for user, rows in rows_by_user(prepared).items()
+    }
     counts: dict[str, int] = {}
     for seq in sequences.values():
         for item in seq:
@@ -152,9 +168,14 @@ def test_empty_after_filtering_and_too_few_items_are_clear_errors():
         build_examples(make_raw(n_users=3, length=5), ProtocolConfig(min_user_interactions=6))
     with pytest.raises(PrepareError, match="lower --num-candidates"):
         build_examples(make_raw(n_users=2, n_items=20, length=10))
-    for bad in (dict(max_history=0), dict(num_candidates=1), dict(split=(1, -1, 0)),
-                dict(split=(0, 0, 0)), dict(min_item_interactions=-1),
-                dict(max_examples_per_user=0)):
+    for bad in (
+        dict(max_history=0),
+        dict(num_candidates=1),
+        dict(split=(1, -1, 0)),
+        dict(split=(0, 0, 0)),
+        dict(min_item_interactions=-1),
+        dict(max_examples_per_user=0),
+    ):
         with pytest.raises(PrepareError):
             build_examples(make_raw(n_users=2), ProtocolConfig(**bad))
 

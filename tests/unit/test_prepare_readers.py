@@ -12,7 +12,11 @@ from sdpo_lightning.data.prepare.goodreads import parse_goodreads_time, read_goo
 from sdpo_lightning.data.prepare.lastfm import read_lastfm
 from sdpo_lightning.data.prepare.movielens import read_movielens_1m, read_movielens_100k
 from sdpo_lightning.data.prepare.samples import (
-    sample_interactions, write_goodreads, write_lastfm, write_movielens_1m, write_movielens_100k,
+    sample_interactions,
+    write_goodreads,
+    write_lastfm,
+    write_movielens_1m,
+    write_movielens_100k,
 )
 
 N_ROWS = len(sample_interactions())
@@ -64,9 +68,13 @@ def test_goodreads_by_genre_explicit_files_and_auto_detection(tmp_path):
     folder = write_goodreads(tmp_path, genre="poetry")
     by_genre = read_goodreads(folder, ReaderOptions(genre="poetry"))
     auto = read_goodreads(folder)
-    explicit = read_goodreads(None, ReaderOptions(
-        interactions=folder / "goodreads_interactions_poetry.json.gz",
-        books=folder / "goodreads_books_poetry.json.gz"))
+    explicit = read_goodreads(
+        None,
+        ReaderOptions(
+            interactions=folder / "goodreads_interactions_poetry.json.gz",
+            books=folder / "goodreads_books_poetry.json.gz",
+        ),
+    )
     assert by_genre.interactions == auto.interactions == explicit.interactions
     assert len(by_genre.interactions) == N_ROWS and by_genre.titles["2"] == "Twin Title (1997)"
     only_read = read_goodreads(folder, ReaderOptions(only_read=True))
@@ -83,9 +91,11 @@ def test_goodreads_by_genre_explicit_files_and_auto_detection(tmp_path):
 def test_goodreads_dates_and_missing_timestamps(tmp_path):
     assert parse_goodreads_time("Fri Sep 08 10:44:24 -0700 2017") == 1504892664.0
     assert parse_goodreads_time("2017-09-08T17:44:24+00:00") == 1504892664.0
-    rows = [{"user_id": "a", "book_id": "1", "date_added": ""},
-            {"user_id": "a", "book_id": "2", "date_added": "Fri Sep 08 10:44:24 -0700 2017"},
-            {"user_id": "a", "book_id": "3", "date_added": "yesterday"}]
+    rows = [
+        {"user_id": "a", "book_id": "1", "date_added": ""},
+        {"user_id": "a", "book_id": "2", "date_added": "Fri Sep 08 10:44:24 -0700 2017"},
+        {"user_id": "a", "book_id": "3", "date_added": "yesterday"},
+    ]
     inter = tmp_path / "i.json"
     inter.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     books = tmp_path / "b.json.gz"
@@ -99,11 +109,17 @@ def test_goodreads_dates_and_missing_timestamps(tmp_path):
     assert raw.titles == {"2": "B"}
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"1\t2\t3\t881250949\n1\t3\t4\n", r"u\.data:2: expected 4 '\\t'-separated columns, found 3"),
-    (b"1\t2\t3\t881250949\n1\t3\tfour\t881250950\n", r"u\.data:2: rating 'four'"),
-    (b"1\t2\t3\t881250949\n\t3\t4\t881250950\n", r"u\.data:2: empty user or item id"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b"1\t2\t3\t881250949\n1\t3\t4\n",
+            r"u\.data:2: expected 4 '\\t'-separated columns, found 3",
+        ),
+        (b"1\t2\t3\t881250949\n1\t3\tfour\t881250950\n", r"u\.data:2: rating 'four'"),
+        (b"1\t2\t3\t881250949\n\t3\t4\t881250950\n", r"u\.data:2: empty user or item id"),
+    ],
+)
 def test_malformed_lines_name_file_and_line(tmp_path, content, message):
     folder = write_movielens_100k(tmp_path)
     (folder / "u.data").write_bytes(content + (folder / "u.data").read_bytes())

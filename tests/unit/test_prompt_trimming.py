@@ -11,17 +11,40 @@ from sdpo_lightning.data.prompts import PromptBuilder
 from sdpo_lightning.data.records import DataFormatError, Example, validate_example
 from tests.conftest import GGUF, require_shared
 
-TITLES = ["Quiet Raven", "Star Wars (1977)", "Amélie", "Se7en", "Dr. Strangelove, or: How I",
-          "!!!", "M*A*S*H", "Toy Story 2", "Léon: The Professional", "8½", "Rush Hour 3",
-          "東京物語", "Naïve ‘quoted’ — dash", "x", "The The"]
+TITLES = [
+    "Quiet Raven",
+    "Star Wars (1977)",
+    "Amélie",
+    "Se7en",
+    "Dr. Strangelove, or: How I",
+    "!!!",
+    "M*A*S*H",
+    "Toy Story 2",
+    "Léon: The Professional",
+    "8½",
+    "Rush Hour 3",
+    "東京物語",
+    "Naïve ‘quoted’ — dash",
+    "x",
+    "The The",
+]
 
 
-def reference_encode(pb: PromptBuilder, ex: Example, index: int, tok, max_length: int,
-                     items=None, source: str = "data") -> tuple[str, list[int], int]:
+def reference_encode(
+    pb: PromptBuilder,
+    ex: Example,
+    index: int,
+    tok,
+    max_length: int,
+    items=None,
+    source: str = "data",
+) -> tuple[str, list[int], int]:
     """The trimming loop as it was: drop the oldest item and tokenize again until it fits."""
     pb.resolve_prefix(tok)
-    longest = max(len(tok(pb.completion_text(c), add_special_tokens=False)["input_ids"]) + 1
-                  for c in ex.candidates)
+    longest = max(
+        len(tok(pb.completion_text(c), add_special_tokens=False)["input_ids"]) + 1
+        for c in ex.candidates
+    )
     hist = list(ex.history)
     while True:
         if items is None:
@@ -36,7 +59,8 @@ def reference_encode(pb: PromptBuilder, ex: Example, index: int, tok, max_length
                 f"{source}, record {index}: prompt needs {len(ids)} tokens with one history item "
                 f"plus {longest} for the longest completion, over max_length={max_length}; the "
                 "candidate list and completions are never cut — raise max_length or shorten the "
-                "template")
+                "template"
+            )
         hist = hist[1:]
 
 
@@ -44,8 +68,10 @@ def _examples(seed: int, n: int) -> list[Example]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        hist = [rng.choice(TITLES) + ("" if rng.random() < 0.5 else f" {rng.randrange(99)}")
-                for _ in range(rng.randint(1, 40))]
+        hist = [
+            rng.choice(TITLES) + ("" if rng.random() < 0.5 else f" {rng.randrange(99)}")
+            for _ in range(rng.randint(1, 40))
+        ]
         cands = rng.sample(TITLES, 4)
         out.append(validate_example(hist, cands, cands[rng.randrange(4)]))
     return out
@@ -121,9 +147,9 @@ def test_a_10k_item_history_costs_a_logarithmic_number_of_tokenizer_calls(tokeni
     assert tok.calls <= 2 + 1 + 2 * 8
     full = len(pb.render(ex, 0))
     assert tok.chars < 2 * full  # the long prompt once, then short ones only
-    assert enc.prompt == pb.render(ex, 0, hist[-enc.history_used:])
+    assert enc.prompt == pb.render(ex, 0, hist[-enc.history_used :])
     # the 256-token budget is met and one more item would not fit
     longest = max(len(c) for c in enc.candidate_ids)
     assert len(enc.prompt_ids) + longest <= 256
-    one_more = tokenizer(pb.render(ex, 0, hist[-enc.history_used - 1:]))["input_ids"]
+    one_more = tokenizer(pb.render(ex, 0, hist[-enc.history_used - 1 :]))["input_ids"]
     assert len(one_more) + longest > 256

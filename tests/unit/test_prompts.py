@@ -26,7 +26,10 @@ def test_presets_and_user_templates():
 def test_render_fills_history_and_candidates():
     pb = PromptBuilder("Seen {history}. Pick from {candidates}.", separator=" | ")
     ex = _example(2)
-    assert pb.render(ex, 0) == "Seen Quiet Raven 0 | Quiet Raven 1. Pick from Iron Drum | Paper Cloud | Glass Magnet."
+    assert (
+        pb.render(ex, 0)
+        == "Seen Quiet Raven 0 | Quiet Raven 1. Pick from Iron Drum | Paper Cloud | Glass Magnet."
+    )
 
 
 def test_template_choice_is_seeded_per_example():
@@ -61,7 +64,7 @@ def test_truncation_drops_oldest_history_first(tokenizer):
     cut = pb.encode(ex, 0, tokenizer, max_length=budget)
     assert 1 <= cut.history_used < 10
     assert len(cut.prompt_ids) + max(len(c) for c in cut.candidate_ids) <= budget
-    kept = ex.history[-cut.history_used:]
+    kept = ex.history[-cut.history_used :]
     assert cut.prompt == pb.render(ex, 0, kept)  # the most recent items stay
     assert "Quiet Raven 0," not in cut.prompt and "Quiet Raven 9" in cut.prompt
     for title in ex.candidates:  # the candidate list is never cut
@@ -70,7 +73,9 @@ def test_truncation_drops_oldest_history_first(tokenizer):
 
 def test_does_not_fit_is_a_clear_error(tokenizer):
     pb = PromptBuilder("movies")
-    with pytest.raises(ValueError, match=r"train.json, record 0: prompt needs \d+ tokens with one history item"):
+    with pytest.raises(
+        ValueError, match=r"train.json, record 0: prompt needs \d+ tokens with one history item"
+    ):
         pb.encode(_example(3), 0, tokenizer, max_length=20, source="train.json")
 
 

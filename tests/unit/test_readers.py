@@ -48,7 +48,9 @@ def test_bad_record_names_file_record_and_reason(write_json, bad, reason):
 
 def test_too_few_candidates_for_k(write_json):
     path = write_json([record(items=("A2", "B2", "C2"))])
-    with pytest.raises(DataFormatError, match=r"record 0: 3 candidates, fewer than the 4 needed \(K\+1 for K=3"):
+    with pytest.raises(
+        DataFormatError, match=r"record 0: 3 candidates, fewer than the 4 needed \(K\+1 for K=3"
+    ):
         load_examples(path, min_candidates=4)
 
 

@@ -39,17 +39,35 @@ def small_dir(synthetic_dir, tmp_path_factory) -> Path:
     keep = [c for c in row["itemList"] if c != row["trueSelection"]][:5] + [row["trueSelection"]]
     row["itemList"] = keep
     (out / "train.json").write_text(json.dumps(train))
-    (out / "valid.json").write_text(json.dumps(json.loads((synthetic_dir / "valid.json").read_text())[:N_VAL]))
+    (out / "valid.json").write_text(
+        json.dumps(json.loads((synthetic_dir / "valid.json").read_text())[:N_VAL])
+    )
     return out
 
 
-def make(synthetic_dir: Path, data_dir: Path, model: dict | None = None, data: dict | None = None,
-         tokenizer=None) -> tuple[SDPOModule, RecDataModule]:
-    kw = dict(tokenizer_path=str(synthetic_dir / "tokenizer"), tiny_config=TINY, lora=LORA, reference="cached")
+def make(
+    synthetic_dir: Path,
+    data_dir: Path,
+    model: dict | None = None,
+    data: dict | None = None,
+    tokenizer=None,
+) -> tuple[SDPOModule, RecDataModule]:
+    kw = dict(
+        tokenizer_path=str(synthetic_dir / "tokenizer"),
+        tiny_config=TINY,
+        lora=LORA,
+        reference="cached",
+    )
     module = SDPOModule(**grouped_kwargs({**kw, **(model or {})}))  # model: flat names, regrouped
     module.configure_model()
-    dkw = dict(train_file=str(data_dir / "train.json"), val_file=str(data_dir / "valid.json"),
-               batch_size=2, eval_batch_size=3, max_length=256, prompt_templates="music")
+    dkw = dict(
+        train_file=str(data_dir / "train.json"),
+        val_file=str(data_dir / "valid.json"),
+        batch_size=2,
+        eval_batch_size=3,
+        max_length=256,
+        prompt_templates="music",
+    )
     dm = RecDataModule(**{**dkw, **(data or {})})
     dm.tokenizer = tokenizer or module.tokenizer
     if tokenizer is not None:
@@ -59,11 +77,15 @@ def make(synthetic_dir: Path, data_dir: Path, model: dict | None = None, data: d
 
 
 def key_of(module: SDPOModule, dm: RecDataModule, split: str = "fit") -> str:
-    return cache_key(reference_identity(module.hparams.source), data_identity(dm, split), dm.datasets[split])
+    return cache_key(
+        reference_identity(module.hparams.source), data_identity(dm, split), dm.datasets[split]
+    )
 
 
 # ---------------------------------------------------------------------------- the key
-def test_key_is_stable_and_ignores_what_does_not_change_the_scores(synthetic_dir, small_dir, tmp_path):
+def test_key_is_stable_and_ignores_what_does_not_change_the_scores(
+    synthetic_dir, small_dir, tmp_path
+):
     base = key_of(*make(synthetic_dir, small_dir))
     assert key_of(*make(synthetic_dir, small_dir)) == base
     # the same content at another path, other LoRA / optimisation / batching settings: same scores
@@ -72,16 +94,37 @@ def test_key_is_stable_and_ignores_what_does_not_change_the_scores(synthetic_dir
     for name in ("train.json", "valid.json"):
         (copy_dir / name).write_bytes((small_dir / name).read_bytes())
     assert key_of(*make(synthetic_dir, copy_dir)) == base
-    same = make(synthetic_dir, small_dir, model={"lora": {**LORA, "r": 8}, "learning_rate": 0.5, "beta": 2.0,
-                                                 "num_negatives": 5, "scoring": "naive"},
-                data={"batch_size": 7, "negative_sampling": "tempered", "num_negatives": 5})
+    same = make(
+        synthetic_dir,
+        small_dir,
+        model={
+            "lora": {**LORA, "r": 8},
+            "learning_rate": 0.5,
+            "beta": 2.0,
+            "num_negatives": 5,
+            "scoring": "naive",
+        },
+        data={"batch_size": 7, "negative_sampling": "tempered", "num_negatives": 5},
+    )
     assert key_of(*same) == base
 
 
-@pytest.mark.parametrize("change", [
-    "data_content", "template", "template_seed", "max_length", "tokenizer", "init_seed", "tiny_config", "dtype",
-])
-def test_key_changes_with_data_template_max_length_tokenizer_and_model(synthetic_dir, small_dir, tmp_path, change):
+@pytest.mark.parametrize(
+    "change",
+    [
+        "data_content",
+        "template",
+        "template_seed",
+        "max_length",
+        "tokenizer",
+        "init_seed",
+        "tiny_config",
+        "dtype",
+    ],
+)
+def test_key_changes_with_data_template_max_length_tokenizer_and_model(
+    synthetic_dir, small_dir, tmp_path, change
+):
     base_module, base_dm = make(synthetic_dir, small_dir)
     model, data, tok, data_dir = {}, {}, None, small_dir
     if change == "data_content":
@@ -96,7 +139,9 @@ def test_key_changes_with_data_template_max_length_tokenizer_and_model(synthetic
     elif change == "template_seed":
         data["seed"] = 1
     elif change == "max_length":
-        data["max_length"] = 1000  # nothing is truncated either way: the setting alone changes the key
+        data["max_length"] = (
+            1000  # nothing is truncated either way: the setting alone changes the key
+        )
     elif change == "tokenizer":
         tok = copy.deepcopy(base_module.tokenizer)
         tok.add_tokens(["<extra-token>"])
@@ -133,7 +178,9 @@ def test_reference_identity_tracks_model_files_and_adapter_content(tmp_path):
 
 
 # ---------------------------------------------------------------------------- load or build
-def test_second_build_reuses_the_file_and_a_changed_key_rebuilds(synthetic_dir, small_dir, tmp_path, count_builds):
+def test_second_build_reuses_the_file_and_a_changed_key_rebuilds(
+    synthetic_dir, small_dir, tmp_path, count_builds
+):
     root = tmp_path / "cache"
     module, dm = make(synthetic_dir, small_dir)
     first = ReferenceCache.build(module.reference_source(), dm, root)
@@ -178,12 +225,18 @@ def _live_reference(module: SDPOModule, dm: RecDataModule, split: str, i: int) -
     with module.reference_scorer() as (model, _):
         with eval_mode(model):
             return completion_logps(
-                model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                batch["candidate_input_ids"], batch["candidate_attention_mask"], mode="naive",
+                model,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                batch["candidate_input_ids"],
+                batch["candidate_attention_mask"],
+                mode="naive",
             ).logps[0]
 
 
-def test_lookup_shapes_padding_and_values_equal_the_live_reference(synthetic_dir, small_dir, tmp_path):
+def test_lookup_shapes_padding_and_values_equal_the_live_reference(
+    synthetic_dir, small_dir, tmp_path
+):
     module, dm = make(synthetic_dir, small_dir)
     cache = ReferenceCache.build(module.reference_source(), dm, tmp_path)
     table = cache.tables["fit"]
@@ -191,11 +244,15 @@ def test_lookup_shapes_padding_and_values_equal_the_live_reference(synthetic_dir
     assert cache.lookup("fit", torch.tensor([3, 0, 3])).shape == (3, 20)
     assert torch.equal(cache.lookup("fit", [N_TRAIN - 1]), table[N_TRAIN - 1 :])
     short = table[N_TRAIN - 1]
-    assert torch.isfinite(short[:6]).all() and torch.isneginf(short[6:]).all()  # the 6-candidate row
+    assert (
+        torch.isfinite(short[:6]).all() and torch.isneginf(short[6:]).all()
+    )  # the 6-candidate row
     assert torch.isfinite(table[: N_TRAIN - 1]).all() and (table[: N_TRAIN - 1] < 0).all()
     for split, i in (("fit", 0), ("fit", N_TRAIN - 1), ("validate", 2)):
         live = _live_reference(module, dm, split, i)
-        torch.testing.assert_close(cache.lookup(split, [i])[0, : len(live)], live, rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            cache.lookup(split, [i])[0, : len(live)], live, rtol=0, atol=1e-4
+        )
     with pytest.raises(KeyError, match="no cached reference scores for split 'test'"):
         cache.lookup("test", [0])
     with pytest.raises(IndexError, match="out of range"):
@@ -204,23 +261,31 @@ def test_lookup_shapes_padding_and_values_equal_the_live_reference(synthetic_dir
 
 def test_lora_cache_is_the_base_model_not_the_trained_adapter(synthetic_dir, small_dir, tmp_path):
     module, dm = make(synthetic_dir, small_dir)
-    before = ReferenceCache.build(module.reference_source(), dm, tmp_path / "a", splits=("fit",)).tables["fit"]
+    before = ReferenceCache.build(
+        module.reference_source(), dm, tmp_path / "a", splits=("fit",)
+    ).tables["fit"]
     with torch.no_grad():
         for name, p in module.policy.named_parameters():
             if "lora_B" in name:
                 p.add_(0.5)  # the adapter has "trained"
-    after = ReferenceCache.build(module.reference_source(), dm, tmp_path / "b", splits=("fit",)).tables["fit"]
+    after = ReferenceCache.build(
+        module.reference_source(), dm, tmp_path / "b", splits=("fit",)
+    ).tables["fit"]
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
 
 def test_full_fine_tuning_cache_uses_the_initial_weights(synthetic_dir, small_dir, tmp_path):
     module, dm = make(synthetic_dir, small_dir, model={"lora": None})
     assert module.reference_model is None  # cached: no frozen copy is kept for training
-    before = ReferenceCache.build(module.reference_source(), dm, tmp_path / "a", splits=("fit",)).tables["fit"]
+    before = ReferenceCache.build(
+        module.reference_source(), dm, tmp_path / "a", splits=("fit",)
+    ).tables["fit"]
     with torch.no_grad():
         for p in module.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the policy has moved away from the reference
-    after = ReferenceCache.build(module.reference_source(), dm, tmp_path / "b", splits=("fit",)).tables["fit"]
+    after = ReferenceCache.build(
+        module.reference_source(), dm, tmp_path / "b", splits=("fit",)
+    ).tables["fit"]
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
 
@@ -238,10 +303,12 @@ def test_multi_process_shares_cover_every_row_with_equal_work(synthetic_dir, sma
             shares[rank] = t.clone()
             return torch.stack([shares.get(0, t), shares.get(1, t)])
 
-        module._trainer = SimpleNamespace(world_size=2, global_rank=rank,
-                                          strategy=SimpleNamespace(all_gather=all_gather))
+        module._trainer = SimpleNamespace(
+            world_size=2, global_rank=rank, strategy=SimpleNamespace(all_gather=all_gather)
+        )
         try:
             with module.reference_scorer() as (model, scorer):
+
                 def counting(batch, m):
                     seen[rank].append(batch["index"].tolist())
                     return scorer(batch, m)

@@ -18,20 +18,28 @@ def _batch(module, dm, rows, split="fit"):
     return make_collate(module.tokenizer.pad_token_id)([dm.datasets[split][i] for i in rows])
 
 
-def test_rows_are_scored_on_first_use_equal_the_full_build_and_are_reused(synthetic_dir, small_dir, tmp_path):
+def test_rows_are_scored_on_first_use_equal_the_full_build_and_are_reused(
+    synthetic_dir, small_dir, tmp_path
+):
     module, dm = make(synthetic_dir, small_dir)
-    assert module.reference_cache_build_mode() == "lazy"  # LoRA: the reference (adapter off) is at hand every step
+    assert (
+        module.reference_cache_build_mode() == "lazy"
+    )  # LoRA: the reference (adapter off) is at hand every step
     full = ReferenceCache.build(module.reference_source(), dm, tmp_path / "full").tables["fit"]
     cache = ReferenceCache.open(module.reference_source(), dm, tmp_path / "lazy")
     assert cache.stats["fit"]["filled"] == 0 and not cache.filled["fit"].any()
-    got = cache.scores_for(module.reference_source(), "fit", _batch(module, dm, [7, 2, N_TRAIN - 1]))
+    got = cache.scores_for(
+        module.reference_source(), "fit", _batch(module, dm, [7, 2, N_TRAIN - 1])
+    )
     torch.testing.assert_close(got, full[[7, 2, N_TRAIN - 1]], rtol=0, atol=1e-5)
     assert torch.isneginf(got[2, 6:]).all()  # the 6-candidate row keeps -inf padding
     assert cache.filled["fit"].nonzero().flatten().tolist() == [2, 7, N_TRAIN - 1]
     assert cache.stats["fit"]["scored"] == 3
     with pytest.raises(KeyError, match="not scored yet"):
         cache.lookup("fit", [0])
-    cache.scores_for(module.reference_source(), "fit", _batch(module, dm, [2, 7]))  # all known: nothing scored
+    cache.scores_for(
+        module.reference_source(), "fit", _batch(module, dm, [2, 7])
+    )  # all known: nothing scored
     assert cache.stats["fit"]["scored"] == 3
     cache.flush(module.reference_source())
     files = sorted(p.name.split("-")[0] for p in (tmp_path / "lazy").glob("*.pt"))
@@ -64,19 +72,27 @@ def test_full_fine_tuning_without_a_frozen_copy_builds_in_full(synthetic_dir, sm
         module.reference_cache_build_mode()
 
 
-def test_two_simulated_processes_stay_in_step_and_merge_before_the_write(synthetic_dir, small_dir, tmp_path):
+def test_two_simulated_processes_stay_in_step_and_merge_before_the_write(
+    synthetic_dir, small_dir, tmp_path
+):
     """Rank 0 has rows to score, rank 1 has none: both run one forward (rank 1 a dummy); the
     flush merges both ranks' rows into one file."""
     module, dm = make(synthetic_dir, small_dir)
     caches = {r: ReferenceCache.open(module.reference_source(), dm, tmp_path) for r in (0, 1)}
     forwards = {0: 0, 1: 0}
-    caches[1].scores_for(module.reference_source(), "fit", _batch(module, dm, [5]))  # rank 1 knows row 5 already
+    caches[1].scores_for(
+        module.reference_source(), "fit", _batch(module, dm, [5])
+    )  # rank 1 knows row 5 already
     caches[1].dirty.clear()
     decisions = {0: True, 1: False}  # rank 0 has a miss
 
     def trainer(rank):
-        strategy = SimpleNamespace(reduce_boolean_decision=lambda d, all=True: any(decisions.values()))
-        return SimpleNamespace(world_size=2, global_rank=rank, is_global_zero=rank == 0, strategy=strategy)
+        strategy = SimpleNamespace(
+            reduce_boolean_decision=lambda d, all=True: any(decisions.values())
+        )
+        return SimpleNamespace(
+            world_size=2, global_rank=rank, is_global_zero=rank == 0, strategy=strategy
+        )
 
     real = module.reference_scorer
     for rank, rows in ((0, [3, 4]), (1, [5])):
@@ -92,14 +108,22 @@ def test_two_simulated_processes_stay_in_step_and_merge_before_the_write(synthet
     assert caches[1].stats["fit"]["scored"] == 1  # only its earlier row 5; the dummy is not stored
     # flush on rank 0 with both ranks' tables gathered
     module._trainer = trainer(0)
-    calls = iter([(caches[0].tables["fit"], caches[1].tables["fit"]),
-                  (caches[0].filled["fit"].long(), caches[1].filled["fit"].long()),
-                  (caches[0].digests["fit"], caches[1].digests["fit"])])
+    calls = iter(
+        [
+            (caches[0].tables["fit"], caches[1].tables["fit"]),
+            (caches[0].filled["fit"].long(), caches[1].filled["fit"].long()),
+            (caches[0].digests["fit"], caches[1].digests["fit"]),
+        ]
+    )
     module._trainer.strategy.all_gather = lambda t: torch.stack(next(calls))
-    module._trainer.strategy.reduce_boolean_decision = lambda d, all=True: d  # only "fit" has new rows
+    module._trainer.strategy.reduce_boolean_decision = lambda d, all=True: (
+        d
+    )  # only "fit" has new rows
     caches[0].flush(module.reference_source())
     del module.reference_scorer
     module._trainer = None
     assert caches[0].filled["fit"].nonzero().flatten().tolist() == [3, 4, 5]
     reopened = ReferenceCache.open(module.reference_source(), dm, tmp_path)
-    torch.testing.assert_close(reopened.lookup("fit", [5]), caches[1].lookup("fit", [5]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        reopened.lookup("fit", [5]), caches[1].lookup("fit", [5]), rtol=0, atol=0
+    )

@@ -24,9 +24,14 @@ def dm(synthetic_dir, tokenizer, tmp_path) -> RecDataModule:
     for name, n in (("train.json", N_TRAIN), ("valid.json", N_VAL)):
         rows = json.loads((synthetic_dir / name).read_text())[:n]
         (tmp_path / name).write_text(json.dumps(rows))
-    dm = RecDataModule(train_file=str(tmp_path / "train.json"),
-                       val_file=str(tmp_path / "valid.json"), batch_size=2, eval_batch_size=3,
-                       max_length=256, prompt_templates="music")
+    dm = RecDataModule(
+        train_file=str(tmp_path / "train.json"),
+        val_file=str(tmp_path / "valid.json"),
+        batch_size=2,
+        eval_batch_size=3,
+        max_length=256,
+        prompt_templates="music",
+    )
     dm.tokenizer = tokenizer
     dm.setup("fit")
     return dm
@@ -66,8 +71,9 @@ def test_full_build_with_a_plain_callable_and_a_changed_identity(dm, tmp_path):
     ReferenceCache.build(other, dm, tmp_path / "cache", splits=("fit",))
     assert len(score.rows) == 2 * N_TRAIN + N_VAL  # another identity, another key: scored again
     assert len(list((tmp_path / "cache").glob("fit-*.pt"))) == 2
-    assert torch.equal(score_dataset(source, dm.datasets["fit"], 4, dm.tokenizer.pad_token_id),
-                       cache.tables["fit"])
+    assert torch.equal(
+        score_dataset(source, dm.datasets["fit"], 4, dm.tokenizer.pad_token_id), cache.tables["fit"]
+    )
 
 
 def test_lazy_fill_flush_and_reopen_with_a_plain_callable(dm, tmp_path):

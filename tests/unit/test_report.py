@@ -23,9 +23,15 @@ from sdpo_lightning.evaluation.report import (
 
 def _records(correct: list[int], valid: list[int], ranks: list[int] | None = None) -> list[dict]:
     out = []
-    for i, (c, v) in enumerate(zip(correct, valid)):
-        rec = {"index": i, "generated": "x", "parsed": "t" if c else None, "target": "t",
-               "correct": bool(c), "valid": bool(v)}
+    for i, (c, v) in enumerate(zip(correct, valid, strict=False)):
+        rec = {
+            "index": i,
+            "generated": "x",
+            "parsed": "t" if c else None,
+            "target": "t",
+            "correct": bool(c),
+            "valid": bool(v),
+        }
         if ranks is not None:
             rec["target_rank"] = ranks[i]
         out.append(rec)
@@ -52,7 +58,10 @@ def test_build_summary_schema_and_values() -> None:
     assert list(rank) == ["hr@1", "hr@3", "hr@5", "ndcg@5", "ndcg@10", "mrr"]
     assert gen["hr@1"]["value"] == 0.5 and gen["hr@1"]["n"] == 4
     assert gen["valid_ratio"]["value"] == 0.75
-    assert gen["hr@1_given_valid"]["value"] == pytest.approx(2 / 3) and gen["hr@1_given_valid"]["n"] == 3
+    assert (
+        gen["hr@1_given_valid"]["value"] == pytest.approx(2 / 3)
+        and gen["hr@1_given_valid"]["n"] == 3
+    )
     assert rank["mrr"]["value"] == pytest.approx((1 + 0.5 + 0.25 + 1) / 4)
     assert rank["hr@3"]["value"] == 0.75
     for metrics in summary["protocols"].values():
@@ -128,8 +137,14 @@ def test_comparison_table_exact(runs: list[Path], tmp_path: Path, capsys) -> Non
 def test_comparison_table_without_rel_and_glob(runs: list[Path], tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "*" / "summary.json")]) == 0  # a quoted glob is expanded
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| Method | LastFM HR@1 | LastFM ValidRatio | MovieLens HR@1 | MovieLens ValidRatio |"
-    assert lines[2:] == ["| DPO | 0.5000 | 0.7500 | 0.2500 | 0.5000 |", "| S-DPO | 0.7500 | 1.0000 | 0.5000 | 0.7500 |"]
+    assert (
+        lines[0]
+        == "| Method | LastFM HR@1 | LastFM ValidRatio | MovieLens HR@1 | MovieLens ValidRatio |"
+    )
+    assert lines[2:] == [
+        "| DPO | 0.5000 | 0.7500 | 0.2500 | 0.5000 |",
+        "| S-DPO | 0.7500 | 1.0000 | 0.5000 | 0.7500 |",
+    ]
 
 
 def test_mismatched_indices(runs: list[Path]) -> None:
@@ -171,7 +186,13 @@ def test_summary_ranking_matches_ranking_metrics(tmp_path: Path) -> None:
     target = torch.randint(0, 20, (40,), generator=gen)
     ranks = rank_of_target(scores, target).tolist()
     records = [
-        {"index": i, "correct": r == 1, "valid": True, "target_rank": r, "scores": scores[i].tolist()}
+        {
+            "index": i,
+            "correct": r == 1,
+            "valid": True,
+            "target_rank": r,
+            "scores": scores[i].tolist(),
+        }
         for i, r in enumerate(ranks)
     ]
     path = write_predictions(tmp_path, records)
@@ -181,4 +202,6 @@ def test_summary_ranking_matches_ranking_metrics(tmp_path: Path) -> None:
     metric = RankingMetrics()
     metric.update(scores, target)
     for name, value in metric.compute().items():
-        assert summary["protocols"]["ranking"][name]["value"] == pytest.approx(float(value), abs=1e-6)
+        assert summary["protocols"]["ranking"][name]["value"] == pytest.approx(
+            float(value), abs=1e-6
+        )

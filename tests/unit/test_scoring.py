@@ -37,9 +37,17 @@ def enable_checkpointing(model, use_reentrant: bool = False) -> None:
 def tiny_llama(seed: int = 0, lora: bool = False, checkpointing: bool = False, **config_kwargs):
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS, **config_kwargs,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        **config_kwargs,
     )
     model = LlamaForCausalLM(config)
     if checkpointing:
@@ -48,8 +56,14 @@ def tiny_llama(seed: int = 0, lora: bool = False, checkpointing: bool = False, *
         from peft import LoraConfig, get_peft_model
 
         # init_lora_weights=False: non-zero lora_B, so lora_A gets a non-trivial gradient too.
-        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                         init_lora_weights=False, task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, cfg)
     return model.train()
 
@@ -150,8 +164,12 @@ def test_extra_padding_does_not_change_scores():
     p_ids, p_mask, c_ids, c_mask = make_batch(B=2, N=4, seed=5)
     pad_p = torch.zeros(2, 5, dtype=torch.long)
     pad_c = torch.zeros(2, 4, 3, dtype=torch.long)
-    wider = (torch.cat([pad_p, p_ids], 1), torch.cat([pad_p, p_mask], 1),
-             torch.cat([c_ids, pad_c], 2), torch.cat([c_mask, pad_c], 2))
+    wider = (
+        torch.cat([pad_p, p_ids], 1),
+        torch.cat([pad_p, p_mask], 1),
+        torch.cat([c_ids, pad_c], 2),
+        torch.cat([c_mask, pad_c], 2),
+    )
     for mode in ("naive", "shared_prefix"):
         with torch.no_grad():
             a = completion_logps(model, p_ids, p_mask, c_ids, c_mask, mode=mode)
@@ -308,11 +326,17 @@ def _lastfm_batch(tok, B: int, N: int):
         history = ", ".join(hist.split("::") if isinstance(hist, str) else hist)
         target = r["trueSelection"]
         cands = [target] + [c for c in r["itemList"] if c != target][: N - 1]
-        prompts.append(tok(f"This user has listened to {history}. From {', '.join(r['itemList'])}, "
-                           "the user will listen to next:", add_special_tokens=False)["input_ids"])
+        prompts.append(
+            tok(
+                f"This user has listened to {history}. From {', '.join(r['itemList'])}, "
+                "the user will listen to next:",
+                add_special_tokens=False,
+            )["input_ids"]
+        )
         eos = [tok.eos_token_id]
-        completions.append([tok(" " + c, add_special_tokens=False)["input_ids"] + eos
-                            for c in cands])
+        completions.append(
+            [tok(" " + c, add_special_tokens=False)["input_ids"] + eos for c in cands]
+        )
     P, C = max(map(len, prompts)), max(len(c) for cs in completions for c in cs)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     p_ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])
@@ -334,8 +358,10 @@ def test_smollm_gguf_shared_prefix_equals_naive(smollm):
             t0 = time.perf_counter()
             timings[mode] = (completion_logps(model, *batch, mode=mode), time.perf_counter() - t0)
     naive, shared = timings["naive"][0], timings["shared_prefix"][0]
-    print(f"SmolLM2 B=2 N=20 P={batch[0].shape[1]}: naive {timings['naive'][1]:.2f}s, "
-          f"shared_prefix {timings['shared_prefix'][1]:.2f}s")
+    print(
+        f"SmolLM2 B=2 N=20 P={batch[0].shape[1]}: naive {timings['naive'][1]:.2f}s, "
+        f"shared_prefix {timings['shared_prefix'][1]:.2f}s"
+    )
     torch.testing.assert_close(shared.logps, naive.logps, atol=ATOL, rtol=0)
     assert torch.equal(shared.n_tokens, naive.n_tokens)
     assert bool((naive.logps < 0).all())
@@ -346,8 +372,14 @@ def test_smollm_gguf_lora_gradients_match(smollm):
     from peft import LoraConfig, get_peft_model
 
     tok, base = smollm
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                     init_lora_weights=False, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(base, cfg).train()
     enable_checkpointing(model.base_model.model)
     try:

@@ -33,17 +33,23 @@ def test_resumed_fit_is_one_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     Expected: training rows 9, 19, 29, 39 with the redone 29 from the resume, and a
     learning curve of two points (20 and 40 steps, 80 and 160 examples at batch size 4)."""
     run = tmp_path / "run"
-    _write(run / "csv" / "version_0" / "metrics.csv", [
-        {"epoch": 0, "step": 9, "train/loss": 3.0},
-        {"epoch": 0, "step": 19, "train/loss": 2.5},
-        {"epoch": 0, "step": 19, "val/loss": 2.8, "val/rank/hr@1": 0.1},
-        {"epoch": 0, "step": 29, "train/loss": 2.2},  # lost: redone after the resume
-    ])
-    _write(run / "csv" / "version_1" / "metrics.csv", [
-        {"epoch": 0, "step": 29, "train/loss": 2.1, "train/hybrid_probability": 0.7},
-        {"epoch": 0, "step": 39, "train/loss": 2.0, "train/hybrid_probability": 0.9},
-        {"epoch": 0, "step": 39, "val/loss": 2.4, "val/rank/hr@1": 0.3},
-    ])
+    _write(
+        run / "csv" / "version_0" / "metrics.csv",
+        [
+            {"epoch": 0, "step": 9, "train/loss": 3.0},
+            {"epoch": 0, "step": 19, "train/loss": 2.5},
+            {"epoch": 0, "step": 19, "val/loss": 2.8, "val/rank/hr@1": 0.1},
+            {"epoch": 0, "step": 29, "train/loss": 2.2},  # lost: redone after the resume
+        ],
+    )
+    _write(
+        run / "csv" / "version_1" / "metrics.csv",
+        [
+            {"epoch": 0, "step": 29, "train/loss": 2.1, "train/hybrid_probability": 0.7},
+            {"epoch": 0, "step": 39, "train/loss": 2.0, "train/hybrid_probability": 0.9},
+            {"epoch": 0, "step": 39, "val/loss": 2.4, "val/rank/hr@1": 0.3},
+        ],
+    )
     _write(run / "csv" / "version_2" / "metrics.csv", [{"test/gen/hr@1": 0.25}])
     monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
 
@@ -52,37 +58,62 @@ def test_resumed_fit_is_one_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     dest = tmp_path / "results" / "demo"
     fit = list(csv.DictReader((dest / "fit_metrics.csv").open()))
     assert [(r["step"], r["train/loss"]) for r in fit if r["train/loss"]] == [
-        ("9", "3.0"), ("19", "2.5"), ("29", "2.1"), ("39", "2.0")]
+        ("9", "3.0"),
+        ("19", "2.5"),
+        ("29", "2.1"),
+        ("39", "2.0"),
+    ]
     assert "train/hybrid_probability" in fit[0]
     curve = list(csv.DictReader((dest / "learning_curve.csv").open()))
     assert [(r["step"], r["examples_seen"], r["val_rank_hr@1"]) for r in curve] == [
-        ("20", "80", "0.1"), ("40", "160", "0.3")]
+        ("20", "80", "0.1"),
+        ("40", "160", "0.3"),
+    ]
     assert list(csv.DictReader((dest / "metrics.csv").open())) == [{"test/gen/hr@1": "0.25"}]
 
 
-def test_single_fit_log_is_copied_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_single_fit_log_is_copied_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
-    rows = [{"epoch": 0, "step": 9, "train/loss": 1.5}, {"epoch": 0, "step": 9, "val/rank/hr@1": 0.2}]
+    rows = [
+        {"epoch": 0, "step": 9, "train/loss": 1.5},
+        {"epoch": 0, "step": 9, "val/rank/hr@1": 0.2},
+    ]
     _write(run / "csv" / "version_0" / "metrics.csv", rows)
     _write(run / "csv" / "version_1" / "metrics.csv", [{"test/gen/hr@1": 0.5}])
     monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
 
     lastfm_study.collect(run, "one")
 
-    assert (tmp_path / "results" / "one" / "fit_metrics.csv").read_bytes() == \
-        (run / "csv" / "version_0" / "metrics.csv").read_bytes()
+    assert (tmp_path / "results" / "one" / "fit_metrics.csv").read_bytes() == (
+        run / "csv" / "version_0" / "metrics.csv"
+    ).read_bytes()
 
 
-def test_collect_commits_compact_predictions(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collect_commits_compact_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The predictions go into the results as ``predictions.jsonl.gz`` without the prompt and
     target (an older full copy is removed); the run directory keeps its full file."""
     from sdpo_lightning.evaluation.report import hits_by_index, read_predictions
 
     run = tmp_path / "run"
-    full = [{"index": i, "target": "a", "prompt": "p", "generated": " a", "parsed": "a",
-             "valid": True, "correct": i == 0, "target_rank": 1 + i, "top_item": "a",
-             "scores": [0.5, -1.0]} for i in range(2)]
+    full = [
+        {
+            "index": i,
+            "target": "a",
+            "prompt": "p",
+            "generated": " a",
+            "parsed": "a",
+            "valid": True,
+            "correct": i == 0,
+            "target_rank": 1 + i,
+            "top_item": "a",
+            "scores": [0.5, -1.0],
+        }
+        for i in range(2)
+    ]
     run.mkdir()
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
     monkeypatch.setattr(lastfm_study, "RESULTS", tmp_path / "results")
@@ -94,7 +125,8 @@ def test_collect_commits_compact_predictions(tmp_path: Path,
 
     assert not (dest / "predictions.jsonl").exists() and (run / "predictions.jsonl").is_file()
     assert read_predictions(dest / "predictions.jsonl.gz") == [
-        {k: v for k, v in r.items() if k not in ("target", "prompt")} for r in full]
+        {k: v for k, v in r.items() if k not in ("target", "prompt")} for r in full
+    ]
     assert lastfm_study.has_predictions("one")
     assert hits_by_index(dest / "predictions.jsonl") == hits_by_index(run / "predictions.jsonl")
 
@@ -170,12 +202,24 @@ def test_ml100k_split_keeps_users_apart(tmp_path: Path) -> None:
 
     full = tmp_path / "ml100k_full"
     full.mkdir()
-    row = lambda u, t: {"historyList": ["A"], "itemList": [f"T{t}", "B"], "trueSelection": f"T{t}", "user_id": str(u)}  # noqa: E731
+
+    def row(u, t):
+        return {
+            "historyList": ["A"],
+            "itemList": [f"T{t}", "B"],
+            "trueSelection": f"T{t}",
+            "user_id": str(u),
+        }  # noqa: E731
+
     train = [row(u, t) for u in range(1, 21) for t in range(10)]  # 20 users, 10 rows each
     (full / "train.json").write_text(json.dumps(train))
     (full / "valid.json").write_text(json.dumps([row(100 + i, i) for i in range(30)]))
-    (full / "test.json").write_text(json.dumps([row(200 + i // 3, i) for i in range(30)]))  # 10 users
-    paths = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
+    (full / "test.json").write_text(
+        json.dumps([row(200 + i // 3, i) for i in range(30)])
+    )  # 10 users
+    paths = ml100k_study.split(
+        tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5
+    )
     load = lambda k: json.loads(paths[k].read_text())  # noqa: E731
     sft, align, val, test = load("sft"), load("align"), load("val"), load("test")
     assert (len(sft), len(align), len(val), len(test)) == (50, 20, 5, 12)
@@ -183,9 +227,13 @@ def test_ml100k_split_keeps_users_apart(tmp_path: Path) -> None:
     assert len({(r["user_id"], r["trueSelection"]) for r in align + val}) == 25
     assert all(int(r["user_id"]) >= 100 for r in test)
     assert load("lm_rows") == sft + align and len(load("train_full")) == 200
-    assert len(load("confirm1")) + len(load("confirm2")) == 30  # per_user 21 ≥ 3: every test.json row
+    assert (
+        len(load("confirm1")) + len(load("confirm2")) == 30
+    )  # per_user 21 ≥ 3: every test.json row
     before = {k: p.read_text() for k, p in paths.items()}
-    again = ml100k_study.split(tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5)
+    again = ml100k_study.split(
+        tmp_path, seed=1, sft_rows=50, align_rows=20, test_rows=12, val_rows=5
+    )
     assert {k: p.read_text() for k, p in again.items()} == before
 
 
@@ -207,7 +255,9 @@ def test_ml100k_confirmation_rows() -> None:
     assert ml100k_study.confirm_rows(test, seed=1, per_user=3) == halves
 
 
-def test_ml100k_user_table_pools_parts_by_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ml100k_user_table_pools_parts_by_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two test files: ``test`` (rows of users 1, 1, 2) and ``confirm1`` (one row of user 1).
     Generation hits of S-DPO 1,1,0 | 1 and of its control 0,1,0 | 0 give differences
     1,0,0 | 1: mean 0.5 over 4 rows. A user of one file is not the same cluster as a user of
@@ -218,7 +268,11 @@ def test_ml100k_user_table_pools_parts_by_user(tmp_path: Path, monkeypatch: pyte
     def write(part_dir: Path, name: str, gen: list[int]) -> None:
         (part_dir / name).mkdir(parents=True)
         (part_dir / name / "predictions.jsonl").write_text(
-            "".join(json.dumps({"index": i, "correct": bool(g), "target_rank": 2}) + "\n" for i, g in enumerate(gen)))
+            "".join(
+                json.dumps({"index": i, "correct": bool(g), "target_rank": 2}) + "\n"
+                for i, g in enumerate(gen)
+            )
+        )
 
     results = tmp_path / "results"
     for module in (ml100k_study, lastfm_study):
@@ -233,7 +287,9 @@ def test_ml100k_user_table_pools_parts_by_user(tmp_path: Path, monkeypatch: pyte
     write(results / "ml100k" / "confirm1", "sdpo_k3", [1])
     write(results / "ml100k" / "confirm1", "sft_cont", [0])
 
-    out = ml100k_study.user_table(["test", "confirm1"], [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft")])
+    out = ml100k_study.user_table(
+        ["test", "confirm1"], [("sdpo_k3", "sft_cont"), ("sdpo_k3", "sft")]
+    )
 
     lines = [line for line in out.splitlines() if line.startswith("| `")]
     assert len(lines) == 1  # the pair without an sft run is left out

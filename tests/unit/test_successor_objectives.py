@@ -28,14 +28,18 @@ from sdpo_lightning.training.reference_free import simpo_loss, softmax_simpo_los
 
 def _random(batch: int, k: int, dtype=torch.float64, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    return tuple(-torch.rand(*shape, generator=gen, dtype=dtype) * 20
-                 for shape in ((batch,), (batch, k), (batch,), (batch, k)))
+    return tuple(
+        -torch.rand(*shape, generator=gen, dtype=dtype) * 20
+        for shape in ((batch,), (batch, k), (batch,), (batch, k))
+    )
 
 
 def _lengths(batch: int, k: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randint(1, 9, (batch,), generator=gen),
-            torch.randint(1, 9, (batch, k), generator=gen))
+    return (
+        torch.randint(1, 9, (batch,), generator=gen),
+        torch.randint(1, 9, (batch, k), generator=gen),
+    )
 
 
 def _softplus(x: float) -> float:
@@ -71,8 +75,9 @@ class TestDMPO:
         """With reference 0, r(d) = [0, -20]: mean reward -10, L = softplus(-10) = 4.54e-5;
         averaging probabilities instead, log((e^0 + e^-20) / 2) = -0.693, would give
         softplus(-0.693) = 0.405."""
-        out = dmpo_loss(torch.zeros(1), torch.tensor([[0.0, -20.0]]), torch.zeros(1),
-                        torch.zeros(1, 2), 1.0)
+        out = dmpo_loss(
+            torch.zeros(1), torch.tensor([[0.0, -20.0]]), torch.zeros(1), torch.zeros(1, 2), 1.0
+        )
         assert_close(out.losses, torch.tensor([math.log1p(math.exp(-10.0))]))
 
     def test_k1_equals_dpo(self):
@@ -88,8 +93,9 @@ class TestDMPO:
         r(d) = 0.5 * [2, -4], mean -0.5, s = σ(-1)."""
         pc = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
         pr = torch.tensor([[2.0, -4.0]], dtype=torch.float64, requires_grad=True)
-        dmpo_loss(pc, pr, torch.zeros(1, dtype=torch.float64),
-                  torch.zeros(1, 2, dtype=torch.float64), 0.5).losses.sum().backward()
+        dmpo_loss(
+            pc, pr, torch.zeros(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), 0.5
+        ).losses.sum().backward()
         s = torch.sigmoid(torch.tensor(-1.0, dtype=torch.float64))
         assert_close(pc.grad, -0.5 * s.reshape(1))
         assert_close(pr.grad, (0.5 * s / 2).expand(1, 2))
@@ -122,10 +128,12 @@ class TestIPO:
         ipo_k with h(d) = [-2, 0]: margins [2, 0], L = ((2-1)^2 + (0-1)^2) / 2 = 1;
         with h(d) = [-2, -4]: margins [2, 4], L = (1 + 9) / 2 = 5."""
         z1, z2 = torch.zeros(1), torch.zeros(1, 2)
-        assert_close(ipo_loss(z1, torch.tensor([-2.0]), z1, torch.zeros(1), 0.5).losses,
-                     torch.tensor([1.0]))
-        assert_close(ipo_k_loss(z1, torch.tensor([[-2.0, 0.0]]), z1, z2, 0.5).losses,
-                     torch.tensor([1.0]))
+        assert_close(
+            ipo_loss(z1, torch.tensor([-2.0]), z1, torch.zeros(1), 0.5).losses, torch.tensor([1.0])
+        )
+        assert_close(
+            ipo_k_loss(z1, torch.tensor([[-2.0, 0.0]]), z1, z2, 0.5).losses, torch.tensor([1.0])
+        )
         out = ipo_k_loss(z1, torch.tensor([[-2.0, -4.0]]), z1, z2, 0.5)
         assert_close(out.losses, torch.tensor([5.0]))
         assert_close(out.rejected_rewards, torch.tensor([[-1.0, -2.0]]))  # beta * h
@@ -133,8 +141,13 @@ class TestIPO:
     def test_reference_enters_the_margin(self):
         """log pi = [-1 (p), -3 (d)], log pi_ref = [-2, -2]: h(p) = 1, h(d) = -1, margin 2;
         beta = 1: target 0.5, L = 1.5^2 = 2.25."""
-        out = ipo_loss(torch.tensor([-1.0]), torch.tensor([[-3.0]]), torch.tensor([-2.0]),
-                       torch.tensor([[-2.0]]), 1.0)
+        out = ipo_loss(
+            torch.tensor([-1.0]),
+            torch.tensor([[-3.0]]),
+            torch.tensor([-2.0]),
+            torch.tensor([[-2.0]]),
+            1.0,
+        )
         assert_close(out.losses, torch.tensor([2.25]))
 
     def test_token_mean(self):
@@ -163,13 +176,14 @@ class TestIPO:
         with pytest.raises(ValueError, match="both"):
             ipo_k_loss(pc, pr, rc, rr, 1.0, chosen_lengths=torch.ones(2))
         with pytest.raises(ValueError, match=r"rejected_lengths must have shape \(2, 3\)"):
-            ipo_k_loss(pc, pr, rc, rr, 1.0, chosen_lengths=torch.ones(2),
-                       rejected_lengths=torch.ones(2))
+            ipo_k_loss(
+                pc, pr, rc, rr, 1.0, chosen_lengths=torch.ones(2), rejected_lengths=torch.ones(2)
+            )
 
     def test_extreme_margins(self):
         """beta = 1, target 0.5: margins -1000 and +1000 give (1000.5)^2 and (999.5)^2."""
         out = _assert_finite_at_extremes(ipo_k_loss)
-        assert_close(out.losses, torch.tensor([1000.5 ** 2, 999.5 ** 2]))
+        assert_close(out.losses, torch.tensor([1000.5**2, 999.5**2]))
 
     def test_gradcheck(self):
         pc, pr, rc, rr = (t.requires_grad_() for t in _random(3, 4))
@@ -177,7 +191,8 @@ class TestIPO:
         assert torch.autograd.gradcheck(lambda *a: ipo_k_loss(*a, 0.8).losses, (pc, pr, rc, rr))
         assert torch.autograd.gradcheck(
             lambda *a: ipo_k_loss(*a, 0.8, chosen_lengths=n_c, rejected_lengths=n_r).losses,
-            (pc, pr, rc, rr))
+            (pc, pr, rc, rr),
+        )
 
 
 # ----------------------------------------------------------------------------- SimPO
@@ -186,9 +201,16 @@ class TestSimPO:
         """beta = 2, gamma = 0.5; log pi(p) = -3 over 3 tokens: r(p) = 2 * -1 = -2;
         log pi(d) = -8 over 2 tokens: r(d) = 2 * -4 = -8.
         L = -log σ(-2 - (-8) - 0.5) = softplus(-5.5)."""
-        out = simpo_loss(torch.tensor([-3.0]), torch.tensor([-8.0]), None, None, 2.0,
-                         chosen_lengths=torch.tensor([3]), rejected_lengths=torch.tensor([2]),
-                         gamma=0.5)
+        out = simpo_loss(
+            torch.tensor([-3.0]),
+            torch.tensor([-8.0]),
+            None,
+            None,
+            2.0,
+            chosen_lengths=torch.tensor([3]),
+            rejected_lengths=torch.tensor([2]),
+            gamma=0.5,
+        )
         assert_close(out.losses, torch.tensor([_softplus(-5.5)]))
         assert_close(out.chosen_rewards, torch.tensor([-2.0]))
         assert_close(out.rejected_rewards, torch.tensor([[-8.0]]))
@@ -196,9 +218,16 @@ class TestSimPO:
     def test_softmax_hand_computed(self):
         """beta = 1, counts 1, gamma = 1: r(p) = 0, r(d) = [0, 0]:
         L = softplus(gamma + log(e^0 + e^0)) = softplus(1 + log 2) = log(1 + 2e)."""
-        out = softmax_simpo_loss(torch.zeros(1), torch.zeros(1, 2), None, None, 1.0,
-                                 chosen_lengths=torch.ones(1), rejected_lengths=torch.ones(1, 2),
-                                 gamma=1.0)
+        out = softmax_simpo_loss(
+            torch.zeros(1),
+            torch.zeros(1, 2),
+            None,
+            None,
+            1.0,
+            chosen_lengths=torch.ones(1),
+            rejected_lengths=torch.ones(1, 2),
+            gamma=1.0,
+        )
         assert_close(out.losses, torch.tensor([math.log1p(2 * math.e)]))
 
     def test_softmax_k1_equals_simpo(self):
@@ -206,9 +235,19 @@ class TestSimPO:
         pc, pr, _, _ = _random(8, 1)
         n_c, n_r = _lengths(8, 1)
         kw = dict(chosen_lengths=n_c, rejected_lengths=n_r, gamma=0.7)
-        assert_close(softmax_simpo_loss(pc, pr, None, None, 2.5, **kw).losses,
-                     simpo_loss(pc, pr[:, 0], None, None, 2.5, chosen_lengths=n_c,
-                                rejected_lengths=n_r[:, 0], gamma=0.7).losses)
+        assert_close(
+            softmax_simpo_loss(pc, pr, None, None, 2.5, **kw).losses,
+            simpo_loss(
+                pc,
+                pr[:, 0],
+                None,
+                None,
+                2.5,
+                chosen_lengths=n_c,
+                rejected_lengths=n_r[:, 0],
+                gamma=0.7,
+            ).losses,
+        )
 
     def test_softmax_is_reference_free_sdpo(self):
         """gamma = 0 and counts of 1: r(y) = beta log pi(y), which is S-DPO's reward with a
@@ -216,17 +255,31 @@ class TestSimPO:
         from sdpo_lightning.training.objectives import sdpo_loss
 
         pc, pr, _, _ = _random(5, 4)
-        out = softmax_simpo_loss(pc, pr, None, None, 0.3, chosen_lengths=torch.ones(5),
-                                 rejected_lengths=torch.ones(5, 4), gamma=0.0)
-        assert_close(out.losses, sdpo_loss(pc, pr, torch.zeros(5, dtype=pc.dtype),
-                                           torch.zeros(5, 4, dtype=pc.dtype), 0.3).losses)
+        out = softmax_simpo_loss(
+            pc,
+            pr,
+            None,
+            None,
+            0.3,
+            chosen_lengths=torch.ones(5),
+            rejected_lengths=torch.ones(5, 4),
+            gamma=0.0,
+        )
+        assert_close(
+            out.losses,
+            sdpo_loss(
+                pc, pr, torch.zeros(5, dtype=pc.dtype), torch.zeros(5, 4, dtype=pc.dtype), 0.3
+            ).losses,
+        )
 
     def test_reference_ignored(self):
         pc, pr, rc, rr = _random(3, 2)
         n_c, n_r = _lengths(3, 2)
         kw = dict(chosen_lengths=n_c, rejected_lengths=n_r)
-        assert_close(softmax_simpo_loss(pc, pr, rc, rr, 1.0, **kw).losses,
-                     softmax_simpo_loss(pc, pr, None, None, 1.0, **kw).losses)
+        assert_close(
+            softmax_simpo_loss(pc, pr, rc, rr, 1.0, **kw).losses,
+            softmax_simpo_loss(pc, pr, None, None, 1.0, **kw).losses,
+        )
 
     def test_counts_required_and_checked(self):
         pc, pr, _, _ = _random(2, 3)
@@ -235,23 +288,59 @@ class TestSimPO:
         with pytest.raises(ValueError, match="token counts are required"):
             softmax_simpo_loss(pc, pr, None, None, 1.0, chosen_lengths=None, rejected_lengths=None)
         with pytest.raises(ValueError, match=r"chosen_lengths must have shape \(2,\)"):
-            softmax_simpo_loss(pc, pr, None, None, 1.0, chosen_lengths=torch.ones(3),
-                               rejected_lengths=torch.ones(2, 3))
+            softmax_simpo_loss(
+                pc,
+                pr,
+                None,
+                None,
+                1.0,
+                chosen_lengths=torch.ones(3),
+                rejected_lengths=torch.ones(2, 3),
+            )
         with pytest.raises(ValueError, match=">= 0"):
-            softmax_simpo_loss(pc, pr, None, None, 1.0, chosen_lengths=-torch.ones(2),
-                               rejected_lengths=torch.ones(2, 3))
+            softmax_simpo_loss(
+                pc,
+                pr,
+                None,
+                None,
+                1.0,
+                chosen_lengths=-torch.ones(2),
+                rejected_lengths=torch.ones(2, 3),
+            )
         with pytest.raises(ValueError, match="use objective 'softmax_simpo'"):
-            simpo_loss(pc, pr, None, None, 1.0, chosen_lengths=torch.ones(2),
-                       rejected_lengths=torch.ones(2, 3))
+            simpo_loss(
+                pc,
+                pr,
+                None,
+                None,
+                1.0,
+                chosen_lengths=torch.ones(2),
+                rejected_lengths=torch.ones(2, 3),
+            )
         with pytest.raises(ValueError, match="gamma"):
-            simpo_loss(pc, pr[:, 0], None, None, 1.0, chosen_lengths=torch.ones(2),
-                       rejected_lengths=torch.ones(2), gamma=float("nan"))
+            simpo_loss(
+                pc,
+                pr[:, 0],
+                None,
+                None,
+                1.0,
+                chosen_lengths=torch.ones(2),
+                rejected_lengths=torch.ones(2),
+                gamma=float("nan"),
+            )
 
     def test_empty_completion_is_guarded(self):
         """A count of 0 is clamped to 1 (its summed log-prob is 0): r = 0, no division by 0."""
-        out = simpo_loss(torch.tensor([0.0]), torch.tensor([-2.0]), None, None, 1.0,
-                         chosen_lengths=torch.tensor([0]), rejected_lengths=torch.tensor([1]),
-                         gamma=0.0)
+        out = simpo_loss(
+            torch.tensor([0.0]),
+            torch.tensor([-2.0]),
+            None,
+            None,
+            1.0,
+            chosen_lengths=torch.tensor([0]),
+            rejected_lengths=torch.tensor([1]),
+            gamma=0.0,
+        )
         assert_close(out.losses, torch.tensor([_softplus(-2.0)]))
 
     def test_extreme_margins(self):
@@ -267,8 +356,9 @@ class TestSimPO:
         pr = torch.tensor([[-3.0, -6.0]], dtype=torch.float64, requires_grad=True)
         n_c, n_r = torch.tensor([2]), torch.tensor([[1, 3]])
         beta, gamma = 1.5, 0.2
-        softmax_simpo_loss(pc, pr, None, None, beta, chosen_lengths=n_c, rejected_lengths=n_r,
-                           gamma=gamma).losses.sum().backward()
+        softmax_simpo_loss(
+            pc, pr, None, None, beta, chosen_lengths=n_c, rejected_lengths=n_r, gamma=gamma
+        ).losses.sum().backward()
         g = beta * torch.tensor([-3.0 / 1, -6.0 / 3], dtype=torch.float64) - beta * (-2.0 / 2)
         s = torch.sigmoid(gamma + torch.logsumexp(g, 0))
         assert_close(pc.grad, (-beta * s / 2).reshape(1))
@@ -279,8 +369,13 @@ class TestSimPO:
         pc, pr, _, _ = (t.requires_grad_() for t in _random(3, 4))
         n_c, n_r = _lengths(3, 4)
         assert torch.autograd.gradcheck(
-            lambda a, b: softmax_simpo_loss(a, b, None, None, 2.0, chosen_lengths=n_c,
-                                            rejected_lengths=n_r, gamma=0.5).losses, (pc, pr))
+            lambda a, b: (
+                softmax_simpo_loss(
+                    a, b, None, None, 2.0, chosen_lengths=n_c, rejected_lengths=n_r, gamma=0.5
+                ).losses
+            ),
+            (pc, pr),
+        )
 
 
 # ----------------------------------------------------------------------------- DynamicPO
@@ -292,10 +387,14 @@ class TestDynamicPO:
         (0.02) -> top group {5, 5.1}. Rows are independent; order in the row is kept.
         K <= 3: every value its own group, the top one is the maximum."""
         v = torch.tensor([[11.0, 1.0, 20.0, 2.0, 10.0], [5.1, 0.0, 0.2, 5.0, 0.1]])
-        assert top_cluster(v).tolist() == [[False, False, True, False, False],
-                                           [True, False, False, True, False]]
-        assert top_cluster(torch.tensor([[3.0, 1.0], [-1.0, 4.0]])).tolist() == [[True, False],
-                                                                               [False, True]]
+        assert top_cluster(v).tolist() == [
+            [False, False, True, False, False],
+            [True, False, False, True, False],
+        ]
+        assert top_cluster(torch.tensor([[3.0, 1.0], [-1.0, 4.0]])).tolist() == [
+            [True, False],
+            [False, True],
+        ]
         assert top_cluster(torch.tensor([[-7.0]])).tolist() == [[True]]
         assert top_cluster(v, clusters=1).all()
 
@@ -304,12 +403,14 @@ class TestDynamicPO:
         discriminative {d_1}. Row 1: l(p) = -5, all negatives above: D = B = all.
         Row 2: l(p) = 0, none reaches it: the top k-means group of [-1, -2, -10, -11, -20] is
         {-1, -2} (SSE 1 against >= 16.5 for any other split); D = the rest."""
-        b, d = boundary_negatives(torch.tensor([-2.0, -5.0]), torch.tensor([[-1.0, -3.0, -2.0],
-                                                                           [-1.0, -2.0, -4.0]]))
+        b, d = boundary_negatives(
+            torch.tensor([-2.0, -5.0]), torch.tensor([[-1.0, -3.0, -2.0], [-1.0, -2.0, -4.0]])
+        )
         assert b.tolist() == [[True, False, True], [True, True, True]]
         assert d.tolist() == [[False, True, False], [True, True, True]]
-        b, d = boundary_negatives(torch.tensor([0.0]),
-                                  torch.tensor([[-1.0, -2.0, -10.0, -11.0, -20.0]]))
+        b, d = boundary_negatives(
+            torch.tensor([0.0]), torch.tensor([[-1.0, -2.0, -10.0, -11.0, -20.0]])
+        )
         assert b.tolist() == [[True, True, False, False, False]]
         assert d.tolist() == [[False, False, True, True, True]]
 
@@ -352,11 +453,15 @@ class TestDynamicPO:
         b, _ = boundary_negatives(pc, pr)
         for i in range(6):
             keep = b[i]
-            ref = dmpo_loss(pc[i:i + 1], pr[i:i + 1, keep], rc[i:i + 1], rr[i:i + 1, keep], 0.9)
-            assert_close(out.losses[i:i + 1], ref.losses)
+            ref = dmpo_loss(
+                pc[i : i + 1], pr[i : i + 1, keep], rc[i : i + 1], rr[i : i + 1, keep], 0.9
+            )
+            assert_close(out.losses[i : i + 1], ref.losses)
         low = pr.min(dim=1).values - 1.0  # below every negative: all are boundary negatives
-        assert_close(dynamicpo_loss(low, pr, rc, rr, 0.9, spread=0.0).losses,
-                     dmpo_loss(low, pr, rc, rr, 0.9).losses)
+        assert_close(
+            dynamicpo_loss(low, pr, rc, rr, 0.9, spread=0.0).losses,
+            dmpo_loss(low, pr, rc, rr, 0.9).losses,
+        )
 
     def test_k1_tie_is_finite(self):
         """K = 1 with l(d) = l(p): a = c = 0, the adjustment is tanh(-m / 0+) = -1, so
@@ -381,7 +486,8 @@ class TestDynamicPO:
         rc.requires_grad_()
         rr.requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda a, b: dynamicpo_loss(pc, pr, a, b, 0.7).losses, (rc, rr))
+            lambda a, b: dynamicpo_loss(pc, pr, a, b, 0.7).losses, (rc, rr)
+        )
         pc2, pr2 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
         g_pol = torch.autograd.grad(dynamicpo_loss(pc2, pr2, rc, rr, 0.7).losses.sum(), (pc2, pr2))
         g_ref = torch.autograd.grad(dynamicpo_loss(pc, pr, rc, rr, 0.7).losses.sum(), (rc, rr))
@@ -398,10 +504,18 @@ class TestDynamicPO:
             top_cluster(pr, clusters=0)
 
 
-@pytest.mark.parametrize("fn, kw", [
-    (dmpo_loss, {}), (ipo_k_loss, {}), (dynamicpo_loss, {}),
-    (softmax_simpo_loss, {"chosen_lengths": torch.ones(3), "rejected_lengths": torch.ones(3, 2)}),
-])
+@pytest.mark.parametrize(
+    "fn, kw",
+    [
+        (dmpo_loss, {}),
+        (ipo_k_loss, {}),
+        (dynamicpo_loss, {}),
+        (
+            softmax_simpo_loss,
+            {"chosen_lengths": torch.ones(3), "rejected_lengths": torch.ones(3, 2)},
+        ),
+    ],
+)
 def test_rewards_detached_losses_attached(fn, kw):
     pc, pr, rc, rr = _random(3, 2, dtype=torch.float32)
     pc.requires_grad_()

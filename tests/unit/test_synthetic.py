@@ -38,12 +38,17 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(data_dir: Path) -> dict[str, list[dict]]:
-    return {name: json.loads((data_dir / f"{name}.json").read_text()) for name in (*SPLITS, "items")}
+    return {
+        name: json.loads((data_dir / f"{name}.json").read_text()) for name in (*SPLITS, "items")
+    }
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_files_and_default_sizes(data_dir: Path, data: dict[str, list[dict]]) -> None:
@@ -93,7 +98,7 @@ def test_target_position_is_shuffled(data: dict[str, list[dict]]) -> None:
 def test_sliding_windows(data: dict[str, list[dict]]) -> None:
     """Consecutive rows of a user: the next history is (history + target)[-10:]."""
     rows = data["train"]
-    for prev, nxt in zip(rows, rows[1:]):
+    for prev, nxt in zip(rows, rows[1:], strict=False):
         if prev["user_id"] == nxt["user_id"]:
             assert nxt["historyList"] == (prev["historyList"] + [prev["trueSelection"]])[-10:]
         else:
@@ -145,7 +150,8 @@ def test_tokenizer_texts_cover_titles(data: dict[str, list[dict]]) -> None:
         assert it["title"] in texts and f" {it['title']}" in texts
     assert all(t in texts for t in PROMPT_TEXTS)
     assert tokenizer_texts(generate_catalogue(20, 4, seed=0)) == tokenizer_texts(
-        generate_catalogue(20, 4, seed=0))
+        generate_catalogue(20, 4, seed=0)
+    )
 
 
 def test_same_seed_byte_identical_across_processes(data_dir: Path, tmp_path: Path) -> None:
@@ -157,10 +163,14 @@ def test_same_seed_byte_identical_across_processes(data_dir: Path, tmp_path: Pat
         "main(['--out', sys.argv[1], '--seed', '0', '--no-tokenizer'])\n"
         "open(sys.argv[1] + '/bpe.json', 'w').write(build_bpe(tokenizer_texts(generate_catalogue()), 1000).to_str())\n"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345",
-           "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env,
-                   capture_output=True)
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], check=True, env=env, capture_output=True
+    )
     fresh = json.loads((tmp_path / "bpe.json").read_text())["model"]
     (tmp_path / "bpe.json").unlink()
     expected = {k: v for k, v in _digests(data_dir).items() if not k.startswith("tokenizer")}
@@ -185,12 +195,17 @@ def test_invalid_arguments() -> None:
         generate_dataset(None, min_history=0)
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("n_itemz: 3\n", "unknown generator setting(s) ['n_itemz']"),
-    ("a: [\n", "not valid YAML"),
-    (None, "No such file or directory"),
-])
-def test_bad_generator_config_is_one_error_line(tmp_path: Path, capsys, text: str | None, reason: str) -> None:
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("n_itemz: 3\n", "unknown generator setting(s) ['n_itemz']"),
+        ("a: [\n", "not valid YAML"),
+        (None, "No such file or directory"),
+    ],
+)
+def test_bad_generator_config_is_one_error_line(
+    tmp_path: Path, capsys, text: str | None, reason: str
+) -> None:
     """A bad ``--config`` exits 2 with one ``error:`` line naming the file and the reason."""
     cfg = tmp_path / "gen.yaml"
     if text is not None:
@@ -215,7 +230,12 @@ def test_context_negatives_come_from_the_last_items_category() -> None:
     cat = {it["title"]: it["category"] for it in near["items"]}
 
     def share(rows: list[dict]) -> float:
-        negs = [(ex["historyList"][-1], t) for ex in rows for t in ex["itemList"] if t != ex["trueSelection"]]
+        negs = [
+            (ex["historyList"][-1], t)
+            for ex in rows
+            for t in ex["itemList"]
+            if t != ex["trueSelection"]
+        ]
         return sum(cat[h] == cat[t] for h, t in negs) / len(negs)
 
     assert share(near["train"]) > 0.99  # 20 items a category: it never runs out here

@@ -28,7 +28,12 @@ def tok(texts: list[str]):
 
 
 def test_special_tokens_and_bos(tok) -> None:
-    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == (
+        "<s>",
+        "</s>",
+        "<pad>",
+        "<unk>",
+    )
     assert [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id] == [0, 1, 2, 3]
     with_special = tok("Quiet Lantern").input_ids
     without = tok("Quiet Lantern", add_special_tokens=False).input_ids
@@ -37,10 +42,17 @@ def test_special_tokens_and_bos(tok) -> None:
     assert 900 <= len(tok) <= 1000
 
 
-@pytest.mark.parametrize("text", [
-    "Crimson Harbor", " Crimson Harbor", "  two  spaces\tand\ttabs\n", "Zebra qxj 123!?",
-    "naïve café — Ünïcödé 世界 🎉🙂", "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Crimson Harbor",
+        " Crimson Harbor",
+        "  two  spaces\tand\ttabs\n",
+        "Zebra qxj 123!?",
+        "naïve café — Ünïcödé 世界 🎉🙂",
+        "",
+    ],
+)
 def test_round_trip(tok, text: str) -> None:
     ids = tok(text, add_special_tokens=False).input_ids
     assert tok.unk_token_id not in ids
@@ -64,8 +76,8 @@ def test_completion_ids_independent_of_prompt(tok) -> None:
     for prompt in PROMPTS:
         prompt_ids = tok(prompt).input_ids
         full = prompt_ids + comp_ids
-        assert full[len(prompt_ids):] == comp_ids
-        assert tok.decode(full[len(prompt_ids):]) == completion
+        assert full[len(prompt_ids) :] == comp_ids
+        assert tok.decode(full[len(prompt_ids) :]) == completion
         assert tok.decode(full, skip_special_tokens=True) == prompt + completion
         # Joint tokenization agrees too when the prompt ends with a non-space character.
         assert tok(prompt + completion).input_ids == full
@@ -82,9 +94,11 @@ def test_prompt_length(tok) -> None:
     """A prompt with 10 history items and 20 candidates stays well under 200 tokens."""
     rows = generate_dataset(None, seed=0, n_users=10)["train"]
     row = next(r for r in rows if len(r["historyList"]) == 10)
-    prompt = (f"This user has watched {', '.join(row['historyList'])} in the previous. Please "
-              "predict the next movie this user will watch. Choose the answer from the "
-              f"following 20 movie titles: {', '.join(row['itemList'])}. Answer:")
+    prompt = (
+        f"This user has watched {', '.join(row['historyList'])} in the previous. Please "
+        "predict the next movie this user will watch. Choose the answer from the "
+        f"following 20 movie titles: {', '.join(row['itemList'])}. Answer:"
+    )
     assert 80 <= len(tok(prompt).input_ids) <= 200
 
 
@@ -103,8 +117,10 @@ def test_save_and_load_offline(texts: list[str], tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     saved = train_tokenizer(texts, vocab_size=1000, save_dir=tmp_path / "tok")
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
-    for loaded in (AutoTokenizer.from_pretrained(str(tmp_path / "tok")),
-                   load_tokenizer(tmp_path / "tok", padding_side="left")):
+    for loaded in (
+        AutoTokenizer.from_pretrained(str(tmp_path / "tok")),
+        load_tokenizer(tmp_path / "tok", padding_side="left"),
+    ):
         assert loaded.get_vocab() == saved.get_vocab()
         for prompt in PROMPTS:
             assert loaded(prompt).input_ids == saved(prompt).input_ids

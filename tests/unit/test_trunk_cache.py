@@ -23,18 +23,38 @@ ATOL = 1e-5
 
 def top_lora_llama(layers: int = 3, top: list[int] | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False, task_type="CAUSAL_LM",
-                     target_modules=["q_proj", "v_proj", "up_proj"], layers_to_transform=top or [layers - 1])
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "v_proj", "up_proj"],
+        layers_to_transform=top or [layers - 1],
+    )
     return get_peft_model(LlamaForCausalLM(config), cfg).train()
 
 
 def batch_of(B: int = 3, M: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
     p_ids, p_mask, c_ids, c_mask = make_batch(B, M, seed=seed, empty_row=False)
-    return {"prompt_input_ids": p_ids, "prompt_attention_mask": p_mask,
-            "candidate_input_ids": c_ids, "candidate_attention_mask": c_mask}
+    return {
+        "prompt_input_ids": p_ids,
+        "prompt_attention_mask": p_mask,
+        "candidate_input_ids": c_ids,
+        "candidate_attention_mask": c_mask,
+    }
 
 
 def test_frozen_layer_count_is_the_lowest_adapted_layer() -> None:
@@ -46,7 +66,9 @@ def test_all_candidates_equal_shared_prefix_and_fill_once() -> None:
     model, batch = top_lora_llama(), batch_of()
     ids, mask = batch["candidate_input_ids"], batch["candidate_attention_mask"]
     cache = TrunkCache(frozen_layer_count(model))
-    want = completion_logps(model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask)
+    want = completion_logps(
+        model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask
+    )
     got = cache.completion_logps(model, batch, ids, mask)
     assert_close(got.logps, want.logps, atol=ATOL, rtol=0)
     assert torch.equal(got.n_tokens, want.n_tokens)
@@ -64,15 +86,19 @@ def test_subsets_and_order_of_completions_and_gradients_match() -> None:
     ids = batch["candidate_input_ids"][:, pick]
     mask = batch["candidate_attention_mask"][:, pick]
     cache = TrunkCache(frozen_layer_count(model))
-    cache.completion_logps(model, batch, batch["candidate_input_ids"], batch["candidate_attention_mask"])
+    cache.completion_logps(
+        model, batch, batch["candidate_input_ids"], batch["candidate_attention_mask"]
+    )
 
     params = [p for p in model.parameters() if p.requires_grad]
-    want = completion_logps(model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask)
+    want = completion_logps(
+        model, batch["prompt_input_ids"], batch["prompt_attention_mask"], ids, mask
+    )
     grads_want = torch.autograd.grad((want.logps * torch.tensor([1.0, -0.5, 0.25])).sum(), params)
     got = cache.completion_logps(model, batch, ids, mask)
     grads_got = torch.autograd.grad((got.logps * torch.tensor([1.0, -0.5, 0.25])).sum(), params)
     assert_close(got.logps, want.logps, atol=ATOL, rtol=0)
-    for g_got, g_want in zip(grads_got, grads_want):
+    for g_got, g_want in zip(grads_got, grads_want, strict=False):
         assert_close(g_got, g_want, atol=ATOL, rtol=1e-4)
     assert cache.builds == 3  # served from the store
 

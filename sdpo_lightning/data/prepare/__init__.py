@@ -14,13 +14,30 @@ Example:
 from sdpo_lightning.data.prepare.download import REMOTE, default_cache_dir, download_dataset
 from sdpo_lightning.data.prepare.output import format_stats, write_prepared
 from sdpo_lightning.data.prepare.protocol import (
-    SPLITS, PreparedDataset, ProtocolConfig, RawDataset, build_examples,
+    SPLITS,
+    PreparedDataset,
+    ProtocolConfig,
+    RawDataset,
+    build_examples,
 )
 from sdpo_lightning.data.prepare.rawio import PrepareError, ReaderOptions
 from sdpo_lightning.data.prepare.registry import DATASETS, DatasetSpec, get_dataset, prepare
 
 __all__ = [
-    "DATASETS", "REMOTE", "SPLITS", "DatasetSpec", "PrepareError", "PreparedDataset",
-    "ProtocolConfig", "RawDataset", "ReaderOptions", "build_examples", "default_cache_dir",
-    "download_dataset", "format_stats", "get_dataset", "prepare", "write_prepared",
+    "DATASETS",
+    "REMOTE",
+    "SPLITS",
+    "DatasetSpec",
+    "PrepareError",
+    "PreparedDataset",
+    "ProtocolConfig",
+    "RawDataset",
+    "ReaderOptions",
+    "build_examples",
+    "default_cache_dir",
+    "download_dataset",
+    "format_stats",
+    "get_dataset",
+    "prepare",
+    "write_prepared",
 ]

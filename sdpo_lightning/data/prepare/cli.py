@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from sdpo_lightning.data.prepare.download import default_cache_dir, download_dataset
 from sdpo_lightning.data.prepare.output import format_stats
@@ -34,22 +34,35 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sdpo-prepare``."""
     epilog = "datasets and the raw files they read:\n" + "\n".join(
-        f"  {s.name:<16}{s.files}  (aliases: {', '.join(s.aliases)})"
-        for s in DATASETS.values())
+        f"  {s.name:<16}{s.files}  (aliases: {', '.join(s.aliases)})" for s in DATASETS.values()
+    )
     parser = argparse.ArgumentParser(
-        prog="sdpo-prepare", description="Turn raw interaction logs into train/valid/test "
-        "candidate-list JSON (S-DPO / LLaRA protocol) plus stats.json.", epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", help="dataset name (see below), or `catalogue` to derive "
-                        "catalogue.json from candidate-list files (sdpo-prepare catalogue -h)")
+        prog="sdpo-prepare",
+        description="Turn raw interaction logs into train/valid/test "
+        "candidate-list JSON (S-DPO / LLaRA protocol) plus stats.json.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "dataset",
+        help="dataset name (see below), or `catalogue` to derive "
+        "catalogue.json from candidate-list files (sdpo-prepare catalogue -h)",
+    )
     parser.add_argument("--raw", type=Path, help="folder holding the raw files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     dl = parser.add_argument_group("download")
-    dl.add_argument("--download", action="store_true",
-                    help="fetch the official files into the cache (needs internet)")
-    dl.add_argument("--cache-dir", type=Path, default=None,
-                    help=f"download cache (default: {default_cache_dir()})")
+    dl.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch the official files into the cache (needs internet)",
+    )
+    dl.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"download cache (default: {default_cache_dir()})",
+    )
     dl.add_argument("--url", help="mirror URL of the archive (Goodreads: of the folder)")
     dl.add_argument("--sha256", help="expected SHA-256 of the archive")
     dl.add_argument("--timeout", type=float, default=60.0, help="network timeout, seconds")
@@ -58,29 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--seed", type=int, default=defaults.seed)
     proto.add_argument("--max-history", type=int, default=defaults.max_history)
     proto.add_argument("--num-candidates", type=int, default=defaults.num_candidates)
-    proto.add_argument("--split", type=float, nargs=3, default=list(defaults.split),
-                       metavar=("TRAIN", "VALID", "TEST"), help="user split fractions")
+    proto.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=list(defaults.split),
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="user split fractions",
+    )
     proto.add_argument("--min-user-interactions", type=int, default=0)
     proto.add_argument("--min-item-interactions", type=int, default=0)
-    proto.add_argument("--min-rating", type=float, default=None,
-                       help="keep interactions rated at least this")
-    proto.add_argument("--max-examples-per-user", type=int, default=None,
-                       help="keep each user's N most recent windows (default: all)")
-    proto.add_argument("--no-item-ids", action="store_true",
-                       help="omit the item_ids field from the examples")
+    proto.add_argument(
+        "--min-rating", type=float, default=None, help="keep interactions rated at least this"
+    )
+    proto.add_argument(
+        "--max-examples-per-user",
+        type=int,
+        default=None,
+        help="keep each user's N most recent windows (default: all)",
+    )
+    proto.add_argument(
+        "--no-item-ids", action="store_true", help="omit the item_ids field from the examples"
+    )
     read = parser.add_argument_group("reading")
-    read.add_argument("--lenient", action="store_true",
-                      help="skip malformed lines (counted) instead of failing")
+    read.add_argument(
+        "--lenient", action="store_true", help="skip malformed lines (counted) instead of failing"
+    )
     read.add_argument("--encoding", help="override the text encoding of the raw files")
     gr = parser.add_argument_group("goodreads")
     gr.add_argument("--genre", help="by-genre file set, e.g. poetry, children")
     gr.add_argument("--interactions", type=Path, help="explicit interactions file")
     gr.add_argument("--books", type=Path, help="explicit book metadata file")
-    gr.add_argument("--time-field", default="date_added",
-                    choices=("date_added", "date_updated", "read_at", "started_at"))
+    gr.add_argument(
+        "--time-field",
+        default="date_added",
+        choices=("date_added", "date_updated", "read_at", "started_at"),
+    )
     gr.add_argument("--only-read", action="store_true", help="keep is_read entries only")
-    gr.add_argument("--title-field", default="title",
-                    choices=("title", "title_without_series"))
+    gr.add_argument("--title-field", default="title", choices=("title", "title_without_series"))
     return parser
 
 
@@ -92,15 +120,21 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
             another inconsistent value.
     """
     if not all(f > 0 for f in args.split):  # also NaN
-        raise PrepareError(f"--split: every fraction must be positive (each split gets users), "
-                           f"got {' '.join(map(str, args.split))}")
+        raise PrepareError(
+            f"--split: every fraction must be positive (each split gets users), "
+            f"got {' '.join(map(str, args.split))}"
+        )
     config = ProtocolConfig(
-        max_history=args.max_history, num_candidates=args.num_candidates,
-        split=tuple(args.split), seed=args.seed,
+        max_history=args.max_history,
+        num_candidates=args.num_candidates,
+        split=tuple(args.split),
+        seed=args.seed,
         min_user_interactions=args.min_user_interactions,
-        min_item_interactions=args.min_item_interactions, min_rating=args.min_rating,
+        min_item_interactions=args.min_item_interactions,
+        min_rating=args.min_rating,
         include_item_ids=not args.no_item_ids,
-        max_examples_per_user=args.max_examples_per_user)
+        max_examples_per_user=args.max_examples_per_user,
+    )
     config.validate()
     return config
 
@@ -113,14 +147,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.download:
         if raw is not None:
             raise PrepareError("pass either --raw or --download, not both")
-        raw = download_dataset(spec.name, args.cache_dir, genre=args.genre, url=args.url,
-                               sha256=args.sha256, timeout=args.timeout, log=log)
+        raw = download_dataset(
+            spec.name,
+            args.cache_dir,
+            genre=args.genre,
+            url=args.url,
+            sha256=args.sha256,
+            timeout=args.timeout,
+            log=log,
+        )
     elif raw is None and not (spec.name == "goodreads" and args.interactions):
         raise PrepareError(f"{spec.name}: pass --raw DIR (holding {spec.files}) or --download")
     options = ReaderOptions(
-        lenient=args.lenient, encoding=args.encoding, genre=args.genre,
-        interactions=args.interactions, books=args.books, time_field=args.time_field,
-        only_read=args.only_read, title_field=args.title_field)
+        lenient=args.lenient,
+        encoding=args.encoding,
+        genre=args.genre,
+        interactions=args.interactions,
+        books=args.books,
+        time_field=args.time_field,
+        only_read=args.only_read,
+        title_field=args.title_field,
+    )
     start = time.perf_counter()
     stats = prepare(spec.name, raw, args.out, config, options)
     elapsed = time.perf_counter() - start

@@ -19,9 +19,9 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sdpo_lightning.data.prepare.rawio import PrepareError
 
@@ -48,13 +48,16 @@ REMOTE: dict[str, RemoteFile] = {
     "movielens-100k": RemoteFile(
         "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
         sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-        md5="0e33842e24a9c977be4e0107933c0723"),
+        md5="0e33842e24a9c977be4e0107933c0723",
+    ),
     "movielens-1m": RemoteFile(
         "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-        md5="c4d9eecfca2ab87c1945afe126590906"),
+        md5="c4d9eecfca2ab87c1945afe126590906",
+    ),
     "lastfm": RemoteFile(
         "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip",
-        sha256="6738f48195667ff03caaab4d32ca9a3133d8cc026b7c3cdaf6ce1010e913c59c"),
+        sha256="6738f48195667ff03caaab4d32ca9a3133d8cc026b7c3cdaf6ce1010e913c59c",
+    ),
 }
 
 
@@ -75,8 +78,7 @@ def _digests(path: Path) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def _verify(path: Path, remote: RemoteFile, sha256: str | None,
-            log: Callable[[str], None]) -> bool:
+def _verify(path: Path, remote: RemoteFile, sha256: str | None, log: Callable[[str], None]) -> bool:
     """True when the file matches the expected checksum (or none is known)."""
     actual_sha, actual_md5 = _digests(path)
     expected = (sha256 or remote.sha256 or "").lower()
@@ -84,14 +86,22 @@ def _verify(path: Path, remote: RemoteFile, sha256: str | None,
         return actual_sha == expected
     if remote.md5:
         return actual_md5 == remote.md5
-    log(f"note: no pinned checksum for {remote.filename}; sha256={actual_sha} "
-        "(pass --sha256 to pin it)")
+    log(
+        f"note: no pinned checksum for {remote.filename}; sha256={actual_sha} "
+        "(pass --sha256 to pin it)"
+    )
     return True
 
 
-def fetch(remote: RemoteFile, cache_dir: Path, *, url: str | None = None,
-          sha256: str | None = None, timeout: float = 60.0,
-          log: Callable[[str], None] = print) -> Path:
+def fetch(
+    remote: RemoteFile,
+    cache_dir: Path,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Return the verified file in the cache, downloading it if needed.
 
     Args:
@@ -116,8 +126,10 @@ def fetch(remote: RemoteFile, cache_dir: Path, *, url: str | None = None,
     part = target.with_name(target.name + ".part")
     log(f"downloading {source}")
     try:
-        with urllib.request.urlopen(source, timeout=timeout) as response, \
-                open(part, "wb") as handle:
+        with (
+            urllib.request.urlopen(source, timeout=timeout) as response,
+            open(part, "wb") as handle,
+        ):
             shutil.copyfileobj(response, handle, 1 << 20)
     except urllib.error.HTTPError as err:
         part.unlink(missing_ok=True)
@@ -134,7 +146,8 @@ def fetch(remote: RemoteFile, cache_dir: Path, *, url: str | None = None,
         part.unlink(missing_ok=True)
         raise PrepareError(
             f"checksum mismatch for {source}: sha256={actual}, expected "
-            f"{sha256 or remote.sha256 or 'md5 ' + str(remote.md5)}")
+            f"{sha256 or remote.sha256 or 'md5 ' + str(remote.md5)}"
+        )
     os.replace(part, target)
     return target
 
@@ -151,9 +164,16 @@ def _extract(archive: Path, dest: Path) -> None:
         raise PrepareError(f"{archive} is not a valid zip archive") from None
 
 
-def download_dataset(dataset: str, cache_dir: Path | None = None, *, genre: str | None = None,
-                     url: str | None = None, sha256: str | None = None, timeout: float = 60.0,
-                     log: Callable[[str], None] = print) -> Path:
+def download_dataset(
+    dataset: str,
+    cache_dir: Path | None = None,
+    *,
+    genre: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 60.0,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Fetch (or reuse) a dataset's official files and return the raw folder for its reader.
 
     Args:
@@ -176,8 +196,9 @@ def download_dataset(dataset: str, cache_dir: Path | None = None, *, genre: str 
         base = url.rstrip("/") + "/" if url else GOODREADS_BASE
         for kind in ("interactions", "books"):
             name = f"goodreads_{kind}_{genre}.json.gz"
-            fetch(RemoteFile(GOODREADS_BASE + name), folder, url=base + name,
-                  timeout=timeout, log=log)
+            fetch(
+                RemoteFile(GOODREADS_BASE + name), folder, url=base + name, timeout=timeout, log=log
+            )
         return folder
     if dataset not in REMOTE:
         raise PrepareError(f"no download known for {dataset!r}")

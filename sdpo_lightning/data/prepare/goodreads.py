@@ -25,18 +25,22 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from sdpo_lightning.data.prepare.protocol import RawDataset
 from sdpo_lightning.data.prepare.rawio import (
-    LineReader, PrepareError, ReaderOptions, require_file,
+    LineReader,
+    PrepareError,
+    ReaderOptions,
+    require_file,
 )
 
 __all__ = ["read_goodreads", "parse_goodreads_time", "goodreads_files"]
 
-_MONTHS = {m: i for i, m in enumerate(
-    "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), start=1)}
+_MONTHS = {
+    m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), start=1)
+}
 _BOOK_ID_RE = re.compile(r'"book_id"\s*:\s*"([^"]*)"')
 TIME_FIELDS = ("date_added", "date_updated", "read_at", "started_at")
 
@@ -54,12 +58,19 @@ def parse_goodreads_time(text: str) -> float:
         if len(zone) != 5 or zone[0] not in "+-":
             raise ValueError(f"bad UTC offset {zone!r}")
         offset = (int(zone[1:3]) * 60 + int(zone[3:5])) * (1 if zone[0] == "+" else -1)
-        when = datetime(int(parts[5]), _MONTHS[parts[1]], int(parts[2]), hour, minute,
-                        second, tzinfo=timezone(timedelta(minutes=offset)))
+        when = datetime(
+            int(parts[5]),
+            _MONTHS[parts[1]],
+            int(parts[2]),
+            hour,
+            minute,
+            second,
+            tzinfo=timezone(timedelta(minutes=offset)),
+        )
         return when.timestamp()
     when = datetime.fromisoformat(text.strip())
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
@@ -72,18 +83,23 @@ def goodreads_files(raw: Path | None, options: ReaderOptions) -> tuple[Path, Pat
     if options.interactions is not None or options.books is not None:
         if options.interactions is None or options.books is None:
             raise PrepareError("goodreads: pass both --interactions and --books")
-        return (require_file(Path(options.interactions), "Goodreads interactions"),
-                require_file(Path(options.books), "Goodreads books"))
+        return (
+            require_file(Path(options.interactions), "Goodreads interactions"),
+            require_file(Path(options.books), "Goodreads books"),
+        )
     if raw is None or not Path(raw).is_dir():
-        raise PrepareError("goodreads: --raw DIR (with --genre) or --interactions/--books "
-                           "are required")
+        raise PrepareError(
+            "goodreads: --raw DIR (with --genre) or --interactions/--books are required"
+        )
     raw = Path(raw)
     genre = options.genre
     if genre is None:
         found = sorted(p.name for p in raw.glob("goodreads_interactions_*.json*"))
         if len(found) != 1:
-            raise PrepareError(f"goodreads: pass --genre; found interactions files: "
-                               f"{', '.join(found) or 'none'} in {raw}")
+            raise PrepareError(
+                f"goodreads: pass --genre; found interactions files: "
+                f"{', '.join(found) or 'none'} in {raw}"
+            )
         genre = re.sub(r"^goodreads_interactions_|\.json(\.gz)?$", "", found[0])
     paths = []
     for kind in ("interactions", "books"):
@@ -95,14 +111,21 @@ def goodreads_files(raw: Path | None, options: ReaderOptions) -> tuple[Path, Pat
     return paths[0], paths[1]
 
 
-def _interactions(reader: LineReader, options: ReaderOptions, dropped: Counter,
-                  ) -> list[tuple[str, str, float, float | None]]:
+def _interactions(
+    reader: LineReader,
+    options: ReaderOptions,
+    dropped: Counter,
+) -> list[tuple[str, str, float, float | None]]:
     out: list[tuple[str, str, float, float | None]] = []
     field = options.time_field
     for lineno, obj in reader.json_objects():
         user, book, stamp = obj.get("user_id"), obj.get("book_id"), obj.get(field)
-        if not isinstance(user, (str, int)) or not isinstance(book, (str, int)) or \
-                str(user) == "" or str(book) == "":
+        if (
+            not isinstance(user, (str, int))
+            or not isinstance(book, (str, int))
+            or str(user) == ""
+            or str(book) == ""
+        ):
             reader.bad(lineno, "missing user_id or book_id")
             continue
         if not stamp:
@@ -159,10 +182,18 @@ def read_goodreads(raw: Path | None, options: ReaderOptions = ReaderOptions()) -
     skipped: Counter = Counter()
     dropped: Counter = Counter()
     interactions = _interactions(
-        LineReader(inter_path, encoding, lenient=options.lenient, skipped=skipped),
-        options, dropped)
+        LineReader(inter_path, encoding, lenient=options.lenient, skipped=skipped), options, dropped
+    )
     wanted = {book for _, book, _, _ in interactions}
-    titles = _titles(LineReader(books_path, encoding, lenient=options.lenient,
-                                skipped=skipped), wanted, options.title_field)
-    return RawDataset(name="goodreads", interactions=interactions, titles=titles,
-                      dropped=dropped, skipped_lines=skipped)
+    titles = _titles(
+        LineReader(books_path, encoding, lenient=options.lenient, skipped=skipped),
+        wanted,
+        options.title_field,
+    )
+    return RawDataset(
+        name="goodreads",
+        interactions=interactions,
+        titles=titles,
+        dropped=dropped,
+        skipped_lines=skipped,
+    )

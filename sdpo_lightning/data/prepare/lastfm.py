@@ -93,5 +93,10 @@ def read_lastfm(raw: Path | None, options: ReaderOptions = ReaderOptions()) -> R
             continue
         interactions.append((user, artist, time, None))
     dropped["tag_without_listen"] = sum(1 for key in times if key not in listened)
-    return RawDataset(name="lastfm", interactions=interactions, titles=titles,
-                      dropped=+dropped, skipped_lines=skipped)
+    return RawDataset(
+        name="lastfm",
+        interactions=interactions,
+        titles=titles,
+        dropped=+dropped,
+        skipped_lines=skipped,
+    )

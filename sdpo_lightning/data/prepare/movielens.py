@@ -67,15 +67,27 @@ def read_titles(reader: LineReader, sep: str, ncols: int) -> dict[str, str]:
     return titles
 
 
-def _read(name: str, folder: Path, files: tuple[str, str], sep: tuple[str, str],
-          item_cols: int, options: ReaderOptions) -> RawDataset:
+def _read(
+    name: str,
+    folder: Path,
+    files: tuple[str, str],
+    sep: tuple[str, str],
+    item_cols: int,
+    options: ReaderOptions,
+) -> RawDataset:
     skipped: Counter = Counter()
-    ratings = LineReader(folder / files[0], options.encoding or "latin-1",
-                         lenient=options.lenient, skipped=skipped)
-    items = LineReader(folder / files[1], options.encoding or "latin-1",
-                       lenient=options.lenient, skipped=skipped)
-    return RawDataset(name=name, interactions=read_ratings(ratings, sep[0]),
-                      titles=read_titles(items, sep[1], item_cols), skipped_lines=skipped)
+    ratings = LineReader(
+        folder / files[0], options.encoding or "latin-1", lenient=options.lenient, skipped=skipped
+    )
+    items = LineReader(
+        folder / files[1], options.encoding or "latin-1", lenient=options.lenient, skipped=skipped
+    )
+    return RawDataset(
+        name=name,
+        interactions=read_ratings(ratings, sep[0]),
+        titles=read_titles(items, sep[1], item_cols),
+        skipped_lines=skipped,
+    )
 
 
 def read_movielens_100k(raw: Path | None, options: ReaderOptions = ReaderOptions()) -> RawDataset:

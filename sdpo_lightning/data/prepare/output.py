@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from sdpo_lightning.data.prepare.protocol import SPLITS, PreparedDataset
 from sdpo_lightning.data.prepare.rawio import PrepareError
@@ -68,8 +69,12 @@ def write_prepared(prepared: PreparedDataset, out_dir: Path) -> dict[str, Path]:
         from sdpo_lightning.data.catalogue import Catalogue, write_catalogue
 
         items = prepared.catalogue
-        catalogue = Catalogue([r["title"] for r in items], [r["item_id"] for r in items],
-                              [r["popularity"] for r in items], source=str(out_dir / "catalogue.json"))
+        catalogue = Catalogue(
+            [r["title"] for r in items],
+            [r["item_id"] for r in items],
+            [r["popularity"] for r in items],
+            source=str(out_dir / "catalogue.json"),
+        )
         paths["catalogue"] = write_catalogue(catalogue, out_dir / "catalogue.json")
     paths["stats"] = out_dir / "stats.json"
     stats_text = json.dumps(prepared.stats, ensure_ascii=False, indent=2) + "\n"
@@ -88,10 +93,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"{'split':<8}{'users':>8}{'examples':>11}{'mean history':>15}",
     ]
     for split in (*SPLITS, "total"):
-        users = (stats["users"] if split == "total" else stats["users_per_split"][split])
+        users = stats["users"] if split == "total" else stats["users_per_split"][split]
         key = "all" if split == "total" else split
-        lines.append(f"{split:<8}{users:>8}{stats['examples'][split]:>11}"
-                     f"{stats['mean_history_length'][key]:>15.4f}")
+        lines.append(
+            f"{split:<8}{users:>8}{stats['examples'][split]:>11}"
+            f"{stats['mean_history_length'][key]:>15.4f}"
+        )
     extra = []
     if stats.get("disambiguated_titles"):
         extra.append(f"titles disambiguated: {stats['disambiguated_titles']}")
@@ -99,6 +106,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         extra.append("dropped: " + ", ".join(f"{k}={v}" for k, v in stats["dropped"].items()))
     if stats.get("skipped_lines"):
         total = sum(stats["skipped_lines"].values())
-        extra.append(f"malformed lines skipped (--lenient): {total} ("
-                     + ", ".join(f"{k}: {v}" for k, v in stats["skipped_lines"].items()) + ")")
+        extra.append(
+            f"malformed lines skipped (--lenient): {total} ("
+            + ", ".join(f"{k}: {v}" for k, v in stats["skipped_lines"].items())
+            + ")"
+        )
     return "\n".join(lines + ([""] + extra if extra else []))

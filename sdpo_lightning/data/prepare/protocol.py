@@ -121,8 +121,9 @@ class PreparedDataset:
     catalogue: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _ordered_sequences(raw: RawDataset, config: ProtocolConfig, dropped: Counter,
-                       titles: dict[str, str]) -> dict[str, list[str]]:
+def _ordered_sequences(
+    raw: RawDataset, config: ProtocolConfig, dropped: Counter, titles: dict[str, str]
+) -> dict[str, list[str]]:
     """Steps 1–2: filter, order by time (stable), deduplicate per user."""
     per_user: dict[str, list[tuple[float, int, str]]] = {}
     for index, (user, item, time, rating) in enumerate(raw.interactions):
@@ -147,8 +148,9 @@ def _ordered_sequences(raw: RawDataset, config: ProtocolConfig, dropped: Counter
     return sequences
 
 
-def _k_core(sequences: dict[str, list[str]], min_user: int, min_item: int,
-            dropped: Counter) -> dict[str, list[str]]:
+def _k_core(
+    sequences: dict[str, list[str]], min_user: int, min_item: int, dropped: Counter
+) -> dict[str, list[str]]:
     """Step 3: iterative user/item minimum-interaction filter."""
     while True:
         counts = Counter(item for seq in sequences.values() for item in seq)
@@ -181,8 +183,10 @@ def _split_users(users: list[str], config: ProtocolConfig) -> dict[str, list[str
         cumulative += ratio / total
         bounds.append(min(len(order), math.floor(len(order) * cumulative + 0.5)))
     bounds[-1] = len(order)
-    return {name: sorted(order[bounds[i]:bounds[i + 1]], key=natural_key)
-            for i, name in enumerate(SPLITS)}
+    return {
+        name: sorted(order[bounds[i] : bounds[i + 1]], key=natural_key)
+        for i, name in enumerate(SPLITS)
+    }
 
 
 def build_examples(raw: RawDataset, config: ProtocolConfig | None = None) -> PreparedDataset:
@@ -204,13 +208,15 @@ def build_examples(raw: RawDataset, config: ProtocolConfig | None = None) -> Pre
     cleaned = {item: clean_title(title) for item, title in raw.titles.items()}
     cleaned = {item: title for item, title in cleaned.items() if title}
     sequences = _ordered_sequences(raw, config, dropped, cleaned)
-    sequences = _k_core(sequences, max(config.min_user_interactions, 2),
-                        config.min_item_interactions, dropped)
+    sequences = _k_core(
+        sequences, max(config.min_user_interactions, 2), config.min_item_interactions, dropped
+    )
     if not sequences:
         raise PrepareError(
             f"{raw.name}: no users left after filtering ({len(raw.interactions)} raw "
             f"interactions; removed: {dict(sorted(dropped.items())) or 'none'}); "
-            "relax --min-user-interactions / --min-item-interactions / --min-rating")
+            "relax --min-user-interactions / --min-item-interactions / --min-rating"
+        )
     item_ids = sorted({item for seq in sequences.values() for item in seq}, key=natural_key)
     titles, renamed = disambiguate_titles({item: cleaned[item] for item in item_ids})
     index = {item: i for i, item in enumerate(item_ids)}
@@ -220,18 +226,22 @@ def build_examples(raw: RawDataset, config: ProtocolConfig | None = None) -> Pre
         if len(item_ids) - len(seq) < negatives:
             raise PrepareError(
                 f"{raw.name}: user {user} interacted with {len(seq)} of {len(item_ids)} items, "
-                f"leaving fewer than {negatives} negatives; lower --num-candidates")
+                f"leaving fewer than {negatives} negatives; lower --num-candidates"
+            )
     splits: dict[str, list[dict[str, Any]]] = {}
     for split, users in _split_users(list(sequences), config).items():
         rows = splits[split] = []
         for user in users:
             seq = [index[item] for item in sequences[user]]
             seen = set(seq)
-            first = 1 if config.max_examples_per_user is None else \
-                max(1, len(seq) - config.max_examples_per_user)
+            first = (
+                1
+                if config.max_examples_per_user is None
+                else max(1, len(seq) - config.max_examples_per_user)
+            )
             for t in range(first, len(seq)):
                 rng = example_rng(config.seed, user, t)
-                history = seq[max(0, t - config.max_history):t]
+                history = seq[max(0, t - config.max_history) : t]
                 candidates = [seq[t]] + sample_negatives(rng, len(item_ids), seen, negatives)
                 shuffle_in_place(rng, candidates)
                 row: dict[str, Any] = {
@@ -249,15 +259,24 @@ def build_examples(raw: RawDataset, config: ProtocolConfig | None = None) -> Pre
                 rows.append(row)
     stats = _statistics(raw, config, sequences, item_ids, splits, dropped, renamed)
     popularity = Counter(row["trueSelection"] for row in splits["train"])
-    catalogue = [{"item_id": item, "title": names[i], "popularity": popularity[names[i]]}
-                 for i, item in enumerate(item_ids)]
+    catalogue = [
+        {"item_id": item, "title": names[i], "popularity": popularity[names[i]]}
+        for i, item in enumerate(item_ids)
+    ]
     return PreparedDataset(splits=splits, stats=stats, catalogue=catalogue)
 
 
-def _statistics(raw: RawDataset, config: ProtocolConfig, sequences: dict[str, list[str]],
-                item_ids: list[str], splits: dict[str, list[dict[str, Any]]],
-                dropped: Counter, renamed: int) -> dict[str, Any]:
+def _statistics(
+    raw: RawDataset,
+    config: ProtocolConfig,
+    sequences: dict[str, list[str]],
+    item_ids: list[str],
+    splits: dict[str, list[dict[str, Any]]],
+    dropped: Counter,
+    renamed: int,
+) -> dict[str, Any]:
     """Collect the numbers written to ``stats.json`` (no paths, no times: deterministic)."""
+
     def mean_history(rows: list[dict[str, Any]]) -> float:
         return round(sum(len(r["historyList"]) for r in rows) / len(rows), 4) if rows else 0.0
 
@@ -270,8 +289,10 @@ def _statistics(raw: RawDataset, config: ProtocolConfig, sequences: dict[str, li
         "raw_interactions": len(raw.interactions),
         "users_per_split": {s: len({r["user_id"] for r in splits[s]}) for s in SPLITS},
         "examples": {**{s: len(splits[s]) for s in SPLITS}, "total": len(all_rows)},
-        "mean_history_length": {**{s: mean_history(splits[s]) for s in SPLITS},
-                                "all": mean_history(all_rows)},
+        "mean_history_length": {
+            **{s: mean_history(splits[s]) for s in SPLITS},
+            "all": mean_history(all_rows),
+        },
         "disambiguated_titles": renamed,
         "dropped": dict(sorted(dropped.items())),
         "skipped_lines": dict(sorted(raw.skipped_lines.items())),

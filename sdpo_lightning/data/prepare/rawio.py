@@ -12,12 +12,18 @@ import codecs
 import gzip
 import json
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 __all__ = [
-    "PrepareError", "LineReader", "ReaderOptions", "natural_key", "require_file", "locate",
+    "PrepareError",
+    "LineReader",
+    "ReaderOptions",
+    "natural_key",
+    "require_file",
+    "locate",
 ]
 
 
@@ -91,14 +97,17 @@ def locate(raw: Path | None, names: Sequence[str], subdirs: Sequence[str], what:
     if not raw.exists():
         raise PrepareError(f"{what}: raw path does not exist: {raw}")
     if raw.is_file():
-        raise PrepareError(f"{what}: --raw must be a folder holding {', '.join(names)}; "
-                           f"got the file {raw} (unpack archives first, or use --download)")
+        raise PrepareError(
+            f"{what}: --raw must be a folder holding {', '.join(names)}; "
+            f"got the file {raw} (unpack archives first, or use --download)"
+        )
     for folder in [raw, *(raw / sub for sub in subdirs)]:
         if all((folder / name).is_file() for name in names):
             return folder
     missing = [name for name in names if not (raw / name).is_file()]
-    raise PrepareError(f"{what}: missing file(s) in {raw}: {', '.join(missing)} "
-                       f"(expected: {', '.join(names)})")
+    raise PrepareError(
+        f"{what}: missing file(s) in {raw}: {', '.join(missing)} (expected: {', '.join(names)})"
+    )
 
 
 def check_encoding(encoding: str) -> str:
@@ -120,7 +129,11 @@ class LineReader:
     """
 
     def __init__(
-        self, path: Path, encoding: str = "utf-8", *, lenient: bool = False,
+        self,
+        path: Path,
+        encoding: str = "utf-8",
+        *,
+        lenient: bool = False,
         skipped: Counter | None = None,
     ) -> None:
         self.path = Path(path)
@@ -158,7 +171,11 @@ class LineReader:
                 raise PrepareError(f"cannot read {self.path}: {err}") from None
 
     def rows(
-        self, sep: str, ncols: int | tuple[int, int], *, header: Sequence[str] = (),
+        self,
+        sep: str,
+        ncols: int | tuple[int, int],
+        *,
+        header: Sequence[str] = (),
     ) -> Iterator[tuple[int, list[str]]]:
         """Yield ``(line number, fields)`` for a delimited file with a checked column count.
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdpo_lightning.data.prepare.goodreads import read_goodreads
 from sdpo_lightning.data.prepare.lastfm import read_lastfm
@@ -35,18 +36,39 @@ class DatasetSpec:
     reader: Callable[[Path | None, ReaderOptions], RawDataset]
 
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("movielens-100k", "MovieLens-100K", ("ml-100k", "ml100k", "movielens100k"),
-                "u.data, u.item (latin-1)", read_movielens_100k),
-    DatasetSpec("movielens-1m", "MovieLens-1M", ("ml-1m", "ml1m", "movielens1m"),
-                "ratings.dat, movies.dat (latin-1)", read_movielens_1m),
-    DatasetSpec("lastfm", "Last.fm HetRec 2011", ("lastfm-hetrec", "hetrec-lastfm", "lastfm-2k"),
-                "user_artists.dat, artists.dat, user_taggedartists-timestamps.dat",
-                read_lastfm),
-    DatasetSpec("goodreads", "Goodreads (UCSD)", ("goodreads-ucsd",),
-                "goodreads_interactions_<genre>.json.gz, goodreads_books_<genre>.json.gz",
-                read_goodreads),
-)}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            "movielens-100k",
+            "MovieLens-100K",
+            ("ml-100k", "ml100k", "movielens100k"),
+            "u.data, u.item (latin-1)",
+            read_movielens_100k,
+        ),
+        DatasetSpec(
+            "movielens-1m",
+            "MovieLens-1M",
+            ("ml-1m", "ml1m", "movielens1m"),
+            "ratings.dat, movies.dat (latin-1)",
+            read_movielens_1m,
+        ),
+        DatasetSpec(
+            "lastfm",
+            "Last.fm HetRec 2011",
+            ("lastfm-hetrec", "hetrec-lastfm", "lastfm-2k"),
+            "user_artists.dat, artists.dat, user_taggedartists-timestamps.dat",
+            read_lastfm,
+        ),
+        DatasetSpec(
+            "goodreads",
+            "Goodreads (UCSD)",
+            ("goodreads-ucsd",),
+            "goodreads_interactions_<genre>.json.gz, goodreads_books_<genre>.json.gz",
+            read_goodreads,
+        ),
+    )
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -62,8 +84,13 @@ def get_dataset(name: str) -> DatasetSpec:
     raise PrepareError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def prepare(dataset: str, raw: Path | None, out: Path, config: ProtocolConfig | None = None,
-            options: ReaderOptions | None = None) -> dict[str, Any]:
+def prepare(
+    dataset: str,
+    raw: Path | None,
+    out: Path,
+    config: ProtocolConfig | None = None,
+    options: ReaderOptions | None = None,
+) -> dict[str, Any]:
     """Read a raw dataset, apply the protocol and write the splits and ``stats.json``.
 
     Args:

@@ -14,17 +14,26 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["sample_interactions", "sample_titles", "write_movielens_100k",
-           "write_movielens_1m", "write_lastfm", "write_goodreads"]
+__all__ = [
+    "sample_interactions",
+    "sample_titles",
+    "write_movielens_100k",
+    "write_movielens_1m",
+    "write_lastfm",
+    "write_goodreads",
+]
 
 BASE_TIME = 880_000_000
 
 
-def sample_interactions(n_users: int = 12, n_items: int = 40, seed: int = 0,
-                        ) -> list[tuple[int, int, int, int]]:
+def sample_interactions(
+    n_users: int = 12,
+    n_items: int = 40,
+    seed: int = 0,
+) -> list[tuple[int, int, int, int]]:
     """``(user, item, unix time, rating 1-5)`` rows, shuffled; each user has 3–25 items.
 
     Every user's first two interactions share one timestamp (a tie to break stably).
@@ -51,22 +60,26 @@ def sample_titles(n_items: int = 40) -> dict[int, str]:
     return titles
 
 
-def write_movielens_100k(folder: str | Path, n_users: int = 12, n_items: int = 40,
-                         seed: int = 0) -> Path:
+def write_movielens_100k(
+    folder: str | Path, n_users: int = 12, n_items: int = 40, seed: int = 0
+) -> Path:
     """Write ``u.data`` and ``u.item`` (latin-1, 24 columns)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = sample_interactions(n_users, n_items, seed)
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, t, r in rows))
     flags = "|".join("0" * 19)
-    items = "".join(f"{i}|{title}|01-Jan-1995||http://example.invalid/{i}|{flags}\n"
-                    for i, title in sample_titles(n_items).items())
+    items = "".join(
+        f"{i}|{title}|01-Jan-1995||http://example.invalid/{i}|{flags}\n"
+        for i, title in sample_titles(n_items).items()
+    )
     (folder / "u.item").write_bytes(items.encode("latin-1"))
     return folder
 
 
-def write_movielens_1m(folder: str | Path, n_users: int = 12, n_items: int = 40,
-                       seed: int = 0) -> Path:
+def write_movielens_1m(
+    folder: str | Path, n_users: int = 12, n_items: int = 40, seed: int = 0
+) -> Path:
     """Write ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +90,7 @@ def write_movielens_1m(folder: str | Path, n_users: int = 12, n_items: int = 40,
     return folder
 
 
-def write_lastfm(folder: str | Path, n_users: int = 12, n_items: int = 40,
-                 seed: int = 0) -> Path:
+def write_lastfm(folder: str | Path, n_users: int = 12, n_items: int = 40, seed: int = 0) -> Path:
     """Write the three HetRec Last.fm files (UTF-8, with headers).
 
     Every listened pair is tagged (1–2 tags, timestamps in ms) except each user's
@@ -90,7 +102,7 @@ def write_lastfm(folder: str | Path, n_users: int = 12, n_items: int = 40,
     rng = random.Random(seed)
     rows = sorted(sample_interactions(n_users, n_items, seed))
     listens, tags, last_of = [], [], {}
-    for user, item, time, _ in rows:
+    for user, item, _time, _ in rows:
         last_of[user] = (user, item)
     for user, item, time, _ in rows:
         listens.append(f"{user}\t{item}\t{rng.randint(1, 9999)}\n")
@@ -101,20 +113,24 @@ def write_lastfm(folder: str | Path, n_users: int = 12, n_items: int = 40,
     unheard = min(set(range(1, n_items + 1)) - {i for u, i, _, _ in rows if u == 1})
     tags.append(f"1\t{unheard}\t7\t{BASE_TIME * 1000}\n")
     (folder / "user_artists.dat").write_text("userID\tartistID\tweight\n" + "".join(listens))
-    artists = "".join(f"{i}\t{title}\thttp://www.last.fm/music/{i}\t\n"
-                      for i, title in sample_titles(n_items).items())
+    artists = "".join(
+        f"{i}\t{title}\thttp://www.last.fm/music/{i}\t\n"
+        for i, title in sample_titles(n_items).items()
+    )
     (folder / "artists.dat").write_text("id\tname\turl\tpictureURL\n" + artists, encoding="utf-8")
     (folder / "user_taggedartists-timestamps.dat").write_text(
-        "userID\tartistID\ttagID\ttimestamp\n" + "".join(tags))
+        "userID\tartistID\ttagID\ttimestamp\n" + "".join(tags)
+    )
     return folder
 
 
 def _goodreads_date(unix: int) -> str:
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%a %b %d %H:%M:%S +0000 %Y")
+    return datetime.fromtimestamp(unix, UTC).strftime("%a %b %d %H:%M:%S +0000 %Y")
 
 
-def write_goodreads(folder: str | Path, genre: str = "poetry", n_users: int = 12,
-                    n_items: int = 40, seed: int = 0) -> Path:
+def write_goodreads(
+    folder: str | Path, genre: str = "poetry", n_users: int = 12, n_items: int = 40, seed: int = 0
+) -> Path:
     """Write ``goodreads_{interactions,books}_<genre>.json.gz`` (JSON Lines, gzip).
 
     User ids are hex strings as in the real data; ``is_read`` is false for every fourth row.
@@ -124,16 +140,37 @@ def write_goodreads(folder: str | Path, genre: str = "poetry", n_users: int = 12
     rows = sample_interactions(n_users, n_items, seed)
     lines = []
     for n, (user, item, time, rating) in enumerate(rows):
-        lines.append(json.dumps({
-            "user_id": f"{user:032x}", "book_id": str(item), "review_id": f"r{n}",
-            "is_read": n % 4 != 0, "rating": rating if n % 4 else 0,
-            "date_added": _goodreads_date(time), "date_updated": _goodreads_date(time + 60),
-            "read_at": "", "started_at": ""}))
-    with gzip.open(folder / f"goodreads_interactions_{genre}.json.gz", "wt",
-                   encoding="utf-8") as handle:
+        lines.append(
+            json.dumps(
+                {
+                    "user_id": f"{user:032x}",
+                    "book_id": str(item),
+                    "review_id": f"r{n}",
+                    "is_read": n % 4 != 0,
+                    "rating": rating if n % 4 else 0,
+                    "date_added": _goodreads_date(time),
+                    "date_updated": _goodreads_date(time + 60),
+                    "read_at": "",
+                    "started_at": "",
+                }
+            )
+        )
+    with gzip.open(
+        folder / f"goodreads_interactions_{genre}.json.gz", "wt", encoding="utf-8"
+    ) as handle:
         handle.write("\n".join(lines) + "\n")
     with gzip.open(folder / f"goodreads_books_{genre}.json.gz", "wt", encoding="utf-8") as handle:
         for i, title in sample_titles(n_items).items():
-            handle.write(json.dumps({"isbn": "", "similar_books": ["1", "2"], "book_id": str(i),
-                                     "title": title, "title_without_series": title}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "isbn": "",
+                        "similar_books": ["1", "2"],
+                        "book_id": str(i),
+                        "title": title,
+                        "title_without_series": title,
+                    }
+                )
+                + "\n"
+            )
     return folder

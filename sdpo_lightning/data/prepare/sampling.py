@@ -27,7 +27,7 @@ def example_rng(seed: int, user: str, position: int) -> random.Random:
         user: The raw user id.
         position: Index of the target in the user's ordered sequence.
     """
-    digest = hashlib.sha256(f"{seed}\x1f{user}\x1f{position}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x1f{user}\x1f{position}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
