@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(PY) -m sdpo_lightning.demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest --durations=15
 
 test-slow: $(STAMP)
