@@ -37,18 +37,33 @@ def test_a_list_of_titles_is_a_catalogue_without_popularity(tmp_path):
     assert len(cat) == 2 and not cat.has_popularity and "A" in cat
 
 
-@pytest.mark.parametrize("items, message", [
-    ([{"title": "A"}, {"title": " "}], "record 1: empty title ' '"),
-    ([{"title": "A"}, {"title": "B"}, {"title": "A"}], "record 2: duplicate title 'A' \\(also record 0\\)"),
-    ([{"title": "Heroes"}, {"title": "heroes"}], "record 1: title 'heroes' differs from record 0 \\('Heroes'\\) only in letter case"),
-    ([{"title": "A", "item_id": "1"}, {"title": "B", "item_id": "1"}], "record 1: duplicate item_id '1'"),
-    ([{"title": "A", "popularity": 1}, {"title": "B"}], "record 1: popularity is given for some items"),
-    ([{"title": "A", "popularity": -1}], "record 0: popularity must be an integer >= 0"),
-    ([{"title": 5}], "record 0: title must be a string"),
-    ([{"name": "A"}], "record 0: unknown key"),
-    ([], "holds no item"),
-    ({"title": "A"}, "expected a JSON list of items"),
-])
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([{"title": "A"}, {"title": " "}], "record 1: empty title ' '"),
+        (
+            [{"title": "A"}, {"title": "B"}, {"title": "A"}],
+            "record 2: duplicate title 'A' \\(also record 0\\)",
+        ),
+        (
+            [{"title": "Heroes"}, {"title": "heroes"}],
+            "record 1: title 'heroes' differs from record 0 \\('Heroes'\\) only in letter case",
+        ),
+        (
+            [{"title": "A", "item_id": "1"}, {"title": "B", "item_id": "1"}],
+            "record 1: duplicate item_id '1'",
+        ),
+        (
+            [{"title": "A", "popularity": 1}, {"title": "B"}],
+            "record 1: popularity is given for some items",
+        ),
+        ([{"title": "A", "popularity": -1}], "record 0: popularity must be an integer >= 0"),
+        ([{"title": 5}], "record 0: title must be a string"),
+        ([{"name": "A"}], "record 0: unknown key"),
+        ([], "holds no item"),
+        ({"title": "A"}, "expected a JSON list of items"),
+    ],
+)
 def test_bad_catalogue_files_name_file_record_and_reason(tmp_path, items, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(items))
@@ -74,24 +89,34 @@ def test_titles_that_differ_in_punctuation_are_distinct_items():
 def test_check_targets_names_the_split_file_and_record():
     cat = Catalogue(["A", "B"], source="cat.json")
     cat.check_targets(["A", None, "B"], "test.json")
-    with pytest.raises(DataFormatError, match="test.json, record 1: target 'C' is not in the catalogue cat.json"):
+    with pytest.raises(
+        DataFormatError, match="test.json, record 1: target 'C' is not in the catalogue cat.json"
+    ):
         cat.check_targets(["A", "C"], "test.json")
 
 
 def test_derived_from_candidate_lists(write_json):
-    train = write_json([record(("H1", "H2"), ("A", "B", "C"), "B"), record(("H2",), ("B", "D"), "B")], "train.json")
+    train = write_json(
+        [record(("H1", "H2"), ("A", "B", "C"), "B"), record(("H2",), ("B", "D"), "B")], "train.json"
+    )
     test = write_json([record(("A",), ("E", "A"), "E")], "test.jsonl")
     cat = catalogue_from_candidate_lists([train, test], train=train)
     assert cat.titles == ["A", "B", "C", "D", "E", "H1", "H2"]
-    assert dict(zip(cat.titles, cat.popularity.tolist()))["B"] == 2 and int(cat.popularity.sum()) == 2
+    assert (
+        dict(zip(cat.titles, cat.popularity.tolist(), strict=False))["B"] == 2
+        and int(cat.popularity.sum()) == 2
+    )
     assert catalogue_from_candidate_lists([train]).popularity is None
 
 
 def test_derivation_refuses_case_only_duplicates_naming_both_places(write_json):
     a = write_json([record(("The Who",), ("X", "Y"), "X")], "train.json")
     b = write_json([record(("Y",), ("the who", "X"), "X")], "valid.json")
-    with pytest.raises(DataFormatError, match="valid.json, record 0: title 'the who' differs from 'The Who' "
-                                              r"\(.*train.json, record 0\) only in letter case"):
+    with pytest.raises(
+        DataFormatError,
+        match="valid.json, record 0: title 'the who' differs from 'The Who' "
+        r"\(.*train.json, record 0\) only in letter case",
+    ):
         catalogue_from_candidate_lists([a, b])
 
 
@@ -105,7 +130,10 @@ def test_sdpo_prepare_catalogue_command(write_json, tmp_path, capsys):
     bad = write_json([record(("H1",), ("A", "B"), "Z")], "bad.json")
     assert prepare_main(["catalogue", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "sdpo-prepare catalogue: error:" in err and "bad.json, record 0: target 'Z' is not among" in err
+    assert (
+        "sdpo-prepare catalogue: error:" in err
+        and "bad.json, record 0: target 'Z' is not among" in err
+    )
 
 
 def test_public_lastfm_catalogue():
