@@ -140,3 +140,7 @@ def test_public_lastfm_catalogue():
     train = require_shared(LASTFM / "train.json")
     cat = catalogue_from_candidate_lists([train, LASTFM / "valid.json"], train=train)
     assert len(cat) == 4606 and int(cat.popularity.sum()) == 2117
+    rows = [r for f in ("train.json", "valid.json") for r in json.loads((LASTFM / f).read_text())]
+    history = [h.split("::") if isinstance(h, str) else h for h in (r["historyList"] for r in rows)]
+    assert len(rows) == 2767  # the history rule's premise: no target in its own history
+    assert not any(r["trueSelection"] in h for r, h in zip(rows, history, strict=True))
