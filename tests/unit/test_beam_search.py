@@ -246,3 +246,50 @@ def test_both_kv_sharing_paths_are_exact(model, tokenizer, kv_sharing):
         assert out.items[b].tolist() == want
         torch.testing.assert_close(out.scores[b], logps[b, want], atol=1e-4, rtol=0)
     assert model.config._attn_implementation != "sdpo_shared_prompt"  # restored
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "olmo", "olmo2", "granite"])
+def test_shared_prompt_attention_in_every_supported_family(family):
+    """The in-place prompt cache gives the expanded cache's items and scores on each model type
+    it is enabled for (random tiny models, GQA, left padding)."""
+    import random
+
+    import transformers as T
+
+    from sdpo_lightning.evaluation.shared_prompt import (
+        SUPPORTED_MODEL_TYPES,
+        supports_shared_prompt,
+    )
+
+    vocab, eos, rng = 200, 1, random.Random(0)
+    seqs: set[tuple[int, ...]] = set()
+    while len(seqs) < 40:
+        seqs.add((*(rng.randint(2, vocab - 1) for _ in range(rng.randint(1, 4))), eos))
+    trie = CatalogueTrie([list(s) for s in sorted(seqs)], eos)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+        pad_token_id=0,
+        eos_token_id=eos,
+    )
+    extra = {
+        "qwen3": {"head_dim": 8},
+        "mistral": {"sliding_window": None},
+        "granite": {"attention_multiplier": 0.3},
+    }.get(family, {})
+    config = T.AutoConfig.for_model(family, **common, **extra)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config).eval()
+    assert family in SUPPORTED_MODEL_TYPES and supports_shared_prompt(model)
+    p_ids = torch.randint(2, vocab, (3, 12))
+    p_mask = torch.ones_like(p_ids)
+    p_ids[0, :4], p_mask[0, :4] = 0, 0
+    shared = constrained_beam_search(model, p_ids, p_mask, trie, 8, 40, kv_sharing="shared")
+    expand = constrained_beam_search(model, p_ids, p_mask, trie, 8, 40, kv_sharing="expand")
+    assert shared.items.tolist() == expand.items.tolist()
+    torch.testing.assert_close(shared.scores, expand.scores, atol=1e-4, rtol=0)
