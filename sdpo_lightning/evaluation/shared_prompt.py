@@ -44,7 +44,8 @@ __all__ = [
 
 ATTENTION_NAME = "sdpo_shared_prompt"
 #: ``config.model_type`` values whose attention is plain causal attention routed through
-#: ``transformers``' attention interface (checked in the tests on LLaMA).
+#: ``transformers``' attention interface (each checked against the expanded cache in
+#: ``tests/unit/test_beam_search.py``).
 SUPPORTED_MODEL_TYPES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite"}
 )
