@@ -74,10 +74,12 @@ def test_top_n_is_the_argsort_of_catalogue_scores_without_history(scorer) -> Non
         assert part["target_popularity"] == int(CAT.popularity[ITEMS.index(t)])
 
 
-@pytest.mark.parametrize("scorer", fitted(), ids=lambda s: s.name)
+# random is left out: its draws are seeded by the titles it is given, so a candidate list and
+# the catalogue get different draws by design
+@pytest.mark.parametrize(
+    "scorer", [s for s in fitted() if s.name != "random"], ids=lambda s: s.name
+)
 def test_catalogue_scores_agree_with_candidate_scores(scorer) -> None:
-    if scorer.name == "random":
-        pytest.skip("random draws are seeded by the candidate list, not comparable")
     for e in TEST:
         assert scorer.score_titles(e.history, e.candidates).tolist() == scorer.score(e)
 
