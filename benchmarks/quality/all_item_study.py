@@ -47,6 +47,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +76,21 @@ ARMS: list[tuple[str, str, str, int, str]] = [
     ("sdpo_random", "S-DPO K=3, catalogue-random", "sdpo", 3, "random"),
     ("dpo_onpolicy", "DPO, one on-policy negative", "dpo", 1, "on_policy_beam"),
 ]
-LABELS = {"sft": "SFT"} | {name: label for name, label, *_ in ARMS}
+#: ``--successors`` (issue 30's real-data comparison, secondary to ``PRIMARY``): the successor
+#: objectives with the same on-policy negatives, rows, steps and β as ``sdpo_onpolicy``
+SUCCESSORS: list[tuple[str, str, str, int, str]] = [
+    ("dmpo_onpolicy", "DMPO K=3, on-policy", "dmpo", 3, "on_policy_beam"),
+    ("ipo_k_onpolicy", "IPO (mean over K=3), on-policy", "ipo_k", 3, "on_policy_beam"),
+    (
+        "softmax_simpo_onpolicy",
+        "softmax SimPO K=3, on-policy",
+        "softmax_simpo",
+        3,
+        "on_policy_beam",
+    ),
+    ("dynamicpo_onpolicy", "DynamicPO K=3, on-policy", "dynamicpo", 3, "on_policy_beam"),
+]
+LABELS = {"sft": "SFT"} | {name: label for name, label, *_ in ARMS + SUCCESSORS}
 
 DATASETS = {
     "lastfm": {
@@ -168,9 +184,86 @@ def split(dataset: str, out: Path, seed: int, sft_rows: int, align_rows: int, te
     files["val"] = files["align"][:64]  # the SFT's validation loss curve (rows it never trains on)
     paths = write_rows(data, files)
     counts = {k: len(v) for k, v in files.items()} | {"test_users": len(set(test_users))}
-    (data / "split.json").write_text(json.dumps(counts))
-    (data / "test_users.json").write_text(json.dumps(test_users))
+    for where in (data, RESULTS / dataset):  # the table's bootstrap over users reads the latter
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "split.json").write_text(json.dumps(counts) + "\n")
+        (where / "test_users.json").write_text(json.dumps(test_users) + "\n")
     return paths, catalogue, test_users
+
+
+#: (run, training rows, baseline, config of the sequential ones): ``lm_rows`` = the LM's SFT +
+#: alignment rows (the same training rows), ``train_full`` = every training row (context);
+#: the sequential models take the LastFM configs on the LM's rows (a data set of LastFM's size)
+ML_BASELINES = [
+    *[(f"{b}_lm_rows", "lm_rows", b, None) for b in ("random", "most_popular", "item_knn")],
+    *[(f"{b}_full", "train_full", b, None) for b in ("random", "most_popular", "item_knn")],
+    *[(f"{m}_lm_rows", "lm_rows", m, f"configs/baselines/{m}_lastfm.yaml") for m in ("sasrec", "gru4rec", "morec")],
+    *[(f"{m}_full", "train_full", m, f"configs/baselines/{m}_ml100k.yaml") for m in ("sasrec", "gru4rec")],
+]  # fmt: skip
+
+
+def baselines(run: Runner, files: dict, catalogue: Path, work: Path, dry_run: bool) -> None:
+    """MovieLens-100K baselines in the all-item protocol on the study's test rows, seed 0
+    (LastFM's are the committed ``results/baselines/all_item_lastfm``: the same rows)."""
+    from sdpo_lightning.evaluation.compact_predictions import compact_file
+
+    for name, rows, model, cfg in ML_BASELINES:
+        dest = RESULTS / "ml100k" / "baselines" / name
+        if cfg is None:
+            args = [
+                model,
+                "--train",
+                str(files[rows]),
+                "--test",
+                str(files["test"]),
+                "--out",
+                str(dest),
+                "--seed",
+                "0",
+                "--dataset",
+                "ml100k",
+                "--run",
+                name,
+                "--protocol",
+                "all_item",
+                "--catalogue",
+                str(catalogue),
+                "--top_n",
+                str(TOP_N),
+                "-q",
+            ]
+        else:
+            args = [
+                "fit",
+                "-c",
+                cfg,
+                "--seed_everything",
+                "0",
+                "--data.train_file",
+                str(files[rows]),
+                "--data.test_file",
+                str(files["test"]),
+                "--data.dataset",
+                "ml100k",
+                "--data.protocol",
+                "all_item",
+                "--data.catalogue_file",
+                str(catalogue),
+                "--data.top_n",
+                str(TOP_N),
+                "--trainer.default_root_dir",
+                str(work / "runs" / "baselines" / name),
+                "--trainer.logger.init_args.save_dir",
+                str(work / "runs" / "baselines" / name),
+                "--model.init_args.report_dir",
+                str(dest),
+            ]
+            if model == "morec":
+                args += ["--model.init_args.embedding_cache_dir", str(work.parent / "morec_cache")]
+        # fmt: skip
+        run.stage(f"fit_{name}", args, module="sdpo_lightning.baselines")
+        if not dry_run and (dest / "predictions.jsonl").is_file():
+            compact_file(dest / "predictions.jsonl", dest / "predictions.jsonl.gz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,10 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=sorted(DATASETS))
     p.add_argument("--out", type=Path, default=REPO.parent / "sdpo_allitem")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--sft-rows", type=int, default=1000, help="ml100k only (LastFM: every row)")
+    p.add_argument("--sft-rows", type=int, default=2000, help="ml100k only (LastFM: every row)")
     p.add_argument("--align-rows", type=int, default=256)
     p.add_argument("--test-rows", type=int, default=400, help="ml100k only (LastFM: all 650)")
     p.add_argument("--only", nargs="*", help="run names (sft, sft_cont, ..., baselines)")
+    p.add_argument(
+        "--successors",
+        action="store_true",
+        help="also fit and test the successor objectives (SUCCESSORS), after every other stage",
+    )
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--table", action="store_true", help="print the committed results' tables")
     a = p.parse_args(argv)
@@ -203,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         a.dataset, out, a.seed, a.sft_rows, a.align_rows, a.test_rows
     )  # fmt: skip
     run = Runner(out / a.dataset, a.dry_run)
+    len_sft = len(json.loads(files["sft"].read_text()))
     runs = out / a.dataset / "runs"
 
     def wanted(name: str) -> bool:
@@ -243,7 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         run.stage(f"test_{name}", args)
         if done(f"test_{name}") and not a.dry_run:
             collect(runs / name / "test", f"all_item/{a.dataset}/{name}")
-            cmd = " ".join(["sdpo", *args]).replace(str(out), "$OUT").replace(str(REPO) + "/", "")
+            cmd = (
+                shlex.join(["sdpo", *args])
+                .replace(str(out), "$OUT")
+                .replace(str(SHARED), "../shared")
+            )
+            fits = sorted((runs / name).glob("csv/version_*/metrics.csv"))
+            if fits:  # the fit's curves: losses, rewards, train/negatives/*
+                shutil.copy2(fits[-1], RESULTS / a.dataset / name / "fit_metrics.csv")
             (RESULTS / a.dataset / name / "command.txt").write_text(cmd + "\n")
 
     def fit_arm(name: str, objective: str, k: int, negatives: str) -> None:
@@ -254,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--data.train_file", str(files["align"]),
                 "--trainer.default_root_dir", str(runs / name),
                 "--trainer.max_epochs", "1",
-                "--trainer.val_check_interval", "16",
+                "--trainer.val_check_interval", str(min(16, -(-a.align_rows // 4))),
                 "--model.source.init_adapter", str(runs / "sft" / "export"),
                 "--model.objective.name", objective,
                 "--model.objective.num_negatives", str(k),
@@ -266,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )  # fmt: skip
 
+    if a.dataset == "ml100k" and wanted("baselines"):
+        baselines(run, files, catalogue, out / a.dataset, a.dry_run)
     if wanted("sft"):
         run.stage(
             "fit_sft",
@@ -274,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--data.train_file", str(files["sft"]),
                 "--trainer.default_root_dir", str(runs / "sft"),
                 "--trainer.max_epochs", "2",
-                "--trainer.val_check_interval", "100",
+                "--trainer.val_check_interval", str(min(100, -(-len_sft // 4))),
             ],
         )  # fmt: skip
     if not done("fit_sft"):
@@ -293,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                     test(name)
         elif wanted(step):
             fit_arm(step, *arms[step])
+    for name, _, objective, k, neg in SUCCESSORS if a.successors else []:
+        if wanted(name):
+            fit_arm(name, objective, k, neg)
+            test(name)
     if not a.dry_run:
         save_timings(run, RESULTS / a.dataset / "timings.json")
     return 0

@@ -299,3 +299,74 @@ def test_ml100k_user_table_pools_parts_by_user(
     assert cells[6] == cells[7] == "+0.0000 [+0.0000, +0.0000]"
     lastfm_study._hits.cache_clear()
     ml100k_study._users.cache_clear()
+
+
+def test_all_item_lastfm_users_chain_sliding_windows() -> None:
+    """LastFM rows carry no user id: a row continues the previous one's user iff its history is
+    the previous history plus the previous target (last len(history) items). Rows 0-2 are one
+    user's windows (length 2, then sliding), row 3 restarts (history not the continuation), row
+    4 continues row 3; a repeated history with a different target is a new user."""
+    import all_item_study
+
+    rows = [
+        {"historyList": ["a", "b"], "trueSelection": "c"},
+        {"historyList": ["b", "c"], "trueSelection": "d"},
+        {"historyList": "c::d", "trueSelection": "e"},  # the string form of the public files
+        {"historyList": ["x", "y"], "trueSelection": "z"},
+        {"historyList": ["x", "y", "z"], "trueSelection": "w"},  # a growing window
+        {"historyList": ["x", "y", "z"], "trueSelection": "v"},
+    ]
+    assert all_item_study.lastfm_users(rows) == [0, 0, 0, 1, 1, 2]
+
+
+def test_all_item_primary_comparison_is_registered() -> None:
+    """The registered primary comparison names the study's own arms and metric, and the runner
+    fits its two arms before any other alignment arm (their tests come first)."""
+    import all_item_study
+
+    names = [a[0] for a in all_item_study.ARMS]
+    assert all_item_study.PRIMARY["control"] == names[0] == "sft_cont"
+    assert all_item_study.PRIMARY["treatment"] == names[1] == "sdpo_onpolicy"
+    assert all_item_study.PRIMARY["metric"] == "hr@10"
+    arms = dict((a[0], a[2:]) for a in all_item_study.ARMS + all_item_study.SUCCESSORS)
+    assert arms["sdpo_onpolicy"] == ("sdpo", 3, "on_policy_beam")
+    assert all(
+        neg == "on_policy_beam" for _, _, neg in (arms[s[0]] for s in all_item_study.SUCCESSORS)
+    )
+
+
+def test_all_item_ml100k_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MovieLens-100K split of the all-item study: SFT and alignment rows from disjoint
+    training users, test rows from valid.json with their users recorded by index (the table's
+    bootstrap over users), the same files for the same seed."""
+    import all_item_study
+
+    monkeypatch.setattr(all_item_study, "RESULTS", tmp_path / "results")
+    full = tmp_path / "ml100k_full"
+    full.mkdir()
+
+    def row(u: int, t: int) -> dict:
+        return {
+            "historyList": ["A"],
+            "itemList": [f"T{t}"],
+            "trueSelection": f"T{t}",
+            "user_id": str(u),
+        }
+
+    (full / "catalogue.json").write_text(json.dumps([f"T{t}" for t in range(40)] + ["A"]))
+    (full / "train.json").write_text(
+        json.dumps([row(u, t) for u in range(1, 21) for t in range(10)])
+    )
+    (full / "valid.json").write_text(json.dumps([row(100 + i // 3, i) for i in range(30)]))
+    paths, catalogue, users = all_item_study.split("ml100k", tmp_path, 1, 50, 20, 12)
+    load = lambda k: json.loads(paths[k].read_text())  # noqa: E731
+    sft, align, test = load("sft"), load("align"), load("test")
+    assert (len(sft), len(align), len(test)) == (50, 20, 12)
+    assert catalogue == full / "catalogue.json"
+    assert {r["user_id"] for r in sft}.isdisjoint({r["user_id"] for r in align})
+    assert load("val") == align[:64] and load("lm_rows") == sft + align
+    assert users == [r["user_id"] for r in test]
+    assert json.loads((tmp_path / "results" / "ml100k" / "test_users.json").read_text()) == users
+    before = {k: p.read_text() for k, p in paths.items()}
+    again, _, _ = all_item_study.split("ml100k", tmp_path, 1, 50, 20, 12)
+    assert {k: p.read_text() for k, p in again.items()} == before
