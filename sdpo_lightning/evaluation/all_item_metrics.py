@@ -109,7 +109,7 @@ def all_item_values(
     for k in HR_KS:
         if k <= top_n:
             out[f"hr@{k}"] = (hit & (rank <= k)).astype(np.float64)
-    gain = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
+    gain = np.where(hit, 1.0 / np.log2(np.maximum(rank, 1.0) + 1.0), 0.0)  # rank 0: a miss
     for k in NDCG_KS:
         if k <= top_n:
             out[f"ndcg@{k}"] = np.where(hit & (rank <= k), gain, 0.0)
