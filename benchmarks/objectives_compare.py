@@ -127,6 +127,20 @@ def table(runs: dict[int, dict[str, Path]]) -> str:
                 f"| **{name}** | {OBJECTIVES.get(name, '—')} | pooled | {h[0].mean():.4f} "
                 f"| {h[1].mean():.4f} | {_ci(paired(h[0], c[0]))} | {_ci(paired(h[1], c[1]))} |"
             )
+    if len(runs) > 1:  # which objectives differ from S-DPO, pooled over the seeds
+        lines += [
+            "",
+            "| objective | K | Δ gen vs sdpo, pooled [95% CI] | Δ rank vs sdpo, pooled [95% CI] |",
+            "|:--|--:|--:|--:|",
+        ]
+        for name in OBJECTIVES:
+            if name == "sdpo":
+                continue
+            h = np.concatenate([hits(by_name[name]) for by_name in runs.values()], axis=1)
+            s = np.concatenate([hits(by_name["sdpo"]) for by_name in runs.values()], axis=1)
+            lines.append(
+                f"| {name} | {OBJECTIVES[name]} | {_ci(paired(h[0], s[0]))} | {_ci(paired(h[1], s[1]))} |"
+            )
     return "\n".join(lines)
 
 
