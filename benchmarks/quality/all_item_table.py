@@ -158,8 +158,8 @@ def negatives_table(dataset: str) -> str:
         "train/negatives/mean_rank",
     ]
     lines = [
-        "| run | steps | target top-1 (train) | target in beams (train) | negatives' mean rank | fit s | test s |",
-        "|:---|---:|---:|---:|---:|---:|---:|",
+        "| run | target top-1 (train) | target in beams (train) | negatives' mean rank | fit s | test s |",
+        "|:---|---:|---:|---:|---:|---:|",
     ]
     for name in LM_RUNS:
         path = RESULTS / dataset / name / "fit_metrics.csv"
@@ -167,14 +167,13 @@ def negatives_table(dataset: str) -> str:
             continue
         with path.open() as f:
             rows = list(csv.DictReader(f))
-        steps = max((int(float(r["step"])) for r in rows if r.get("step")), default=0) + 1
         cells = []
         for k in keys:
             xs = [float(r[k]) for r in rows if r.get(k)]
             cells.append(f"{sum(xs) / len(xs):.3f}" if xs else "—")
         t = [timings.get(f"{s}_{name}") for s in ("fit", "test")]
         tt = [f"{x:.0f}" if x else "—" for x in t]
-        lines.append(f"| `{name}` | {steps} | " + " | ".join(cells + tt) + " |")
+        lines.append(f"| `{name}` | " + " | ".join(cells + tt) + " |")
     return "\n".join(lines)
 
 
