@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         args = [
             "test", "-c", ds["align_cfg"], *common, *test_args,
+            "--model.output.method", LABELS[name],
             "--model.source.init_adapter", str(runs / name / "export"),
             "--trainer.default_root_dir", str(runs / name / "test"),
         ]  # fmt: skip
