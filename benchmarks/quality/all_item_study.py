@@ -55,7 +55,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lastfm_study import collect, save_timings  # noqa: E402
-from run import GGUF, REPO, SHARED, Runner, write_rows  # noqa: E402
+from run import GGUF, REPO, SHARED, Runner, lastfm_users, write_rows  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "quality" / "results" / "all_item"
 
@@ -106,26 +106,6 @@ DATASETS = {
 }
 TOP_N = 10
 ALIGN_LR = 5e-4
-
-
-def lastfm_users(rows: list[dict]) -> list[int]:
-    """A user label per LastFM row: consecutive rows are one user's sliding windows when a
-    row's history is the previous history plus its target (the files carry no user id)."""
-
-    def hist(r: dict) -> list[str]:
-        h = r["historyList"]
-        return h.split("::") if isinstance(h, str) else list(h)
-
-    users: list[int] = []
-    for i, r in enumerate(rows):
-        if i:
-            prev = rows[i - 1]
-            h = hist(r)
-            if len(h) >= len(hist(prev)) and h == (hist(prev) + [prev["trueSelection"]])[-len(h) :]:
-                users.append(users[-1])
-                continue
-        users.append(len(set(users)))
-    return users
 
 
 def split(dataset: str, out: Path, seed: int, sft_rows: int, align_rows: int, test_rows: int):

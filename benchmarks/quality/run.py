@@ -47,6 +47,26 @@ ALIGN = [  # (run name, method label, objective, K)
 ]
 
 
+def lastfm_users(rows: list[dict]) -> list[int]:
+    """A user label per LastFM row: consecutive rows are one user's sliding windows when a
+    row's history is the previous history plus its target (the files carry no user id)."""
+
+    def hist(r: dict) -> list[str]:
+        h = r["historyList"]
+        return h.split("::") if isinstance(h, str) else list(h)
+
+    users: list[int] = []
+    for i, r in enumerate(rows):
+        if i:
+            prev = rows[i - 1]
+            h = hist(r)
+            if len(h) >= len(hist(prev)) and h == (hist(prev) + [prev["trueSelection"]])[-len(h) :]:
+                users.append(users[-1])
+                continue
+        users.append(users[-1] + 1 if users else 0)
+    return users
+
+
 def split_data(
     out: Path, seed: int, select_frac: float, align_rows: int, test_rows: int
 ) -> dict[str, Path]:
@@ -56,23 +76,10 @@ def split_data(
     train = json.loads((LASTFM / "train.json").read_text())
     rng = random.Random(seed)
 
-    # the rows carry no user id, but a user's rows are consecutive sliding windows: a row
-    # continues the previous one iff its history is the previous history + target (last 10)
-    def hist(r):
-        return (
-            r["historyList"].split("::") if isinstance(r["historyList"], str) else r["historyList"]
-        )  # noqa: E731
-
-    groups: list[list[dict]] = []
-    for r in train:
-        if groups:
-            prev = groups[-1][-1]
-            if hist(r) == (hist(prev) + [prev["trueSelection"]])[-len(hist(r)) :] and len(
-                hist(r)
-            ) >= len(hist(prev)):
-                groups[-1].append(r)
-                continue
-        groups.append([r])
+    users = lastfm_users(train)  # the rows carry no user id
+    groups: list[list[dict]] = [[] for _ in range(users[-1] + 1 if users else 0)]
+    for r, u in zip(train, users, strict=True):
+        groups[u].append(r)
     order = list(range(len(groups)))
     rng.shuffle(order)
     n_select = max(1, round(select_frac * len(groups)))
