@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -216,6 +217,15 @@ def test_all_item_metrics_by_hand():
     assert per_example_value(_records()[1]["all_item"], "ndcg@10") == pytest.approx(0.5)
     bare = [{"index": 0, "all_item": {"items": ["A"], "scores": [0.0], "target_rank": 1}}]
     assert set(all_item_values(bare)) == {"hr@1", "mrr"}  # no catalogue, popularity, generation
+
+
+def test_all_item_metrics_of_a_missed_target_raise_no_warning():
+    """Row 2's target is outside the top N (rank None → 0): its NDCG gain is 0, computed
+    without a division by log2(1) = 0 (numpy's RuntimeWarning, an error here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = all_item_values(_records(), {"n_items": 10, "total_popularity": 18, "top_n": 20})
+    assert wide["ndcg@5"][2] == 0.0
 
 
 def test_coverage_interval_resamples_rows_like_bootstrap_ci():
